@@ -1,0 +1,118 @@
+"""Adversarial attacks in pixel space: FGSM, FGSM-RS, PGD, APGD-CE, APGD-DLR (l-inf and l2).
+
+Every attack is called as ``attack(model, x, y, eps, *, x_init=None, generator=None)`` on images
+in ``[0, 1]`` and returns examples inside the eps-ball and ``[0, 1]``; see
+:class:`~robustft.attacks.base.Attack` for the full contract.
+
+Example:
+    >>> from robustft import attacks
+    >>> pgd = attacks.create("pgd", norm="linf", steps=10)
+    >>> x_adv = pgd(model, x, y, eps=8 / 255)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+
+from robustft.attacks.apgd import APGD
+from robustft.attacks.base import Attack, crafting_mode
+from robustft.attacks.geometry import Geometry, get_geometry
+from robustft.attacks.pgd import PGD
+from robustft.errors import UserError, did_you_mean, unknown_name
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registry entry: the attack class and the hyperparameters its name fixes.
+
+    Attributes:
+        cls: the attack class.
+        fixed: hyperparameters implied by the name (e.g. ``steps=1`` for ``fgsm``); a user may
+            repeat them with the same value but not change them.
+        defaults: defaults that differ from the class's own (the user may override them).
+        summary: one line for help texts.
+    """
+
+    cls: type[Attack]
+    summary: str
+    fixed: Mapping[str, object] = field(default_factory=dict)
+    defaults: Mapping[str, object] = field(default_factory=dict)
+
+
+ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(
+    {
+        "fgsm": AttackSpec(
+            PGD,
+            "one signed-gradient step of size eps from the clean input (Goodfellow et al. 2015)",
+            fixed={"steps": 1, "random_init": False},
+            defaults={"rel_step": 1.0},
+        ),
+        "fgsm-rs": AttackSpec(
+            PGD,
+            "one step of 1.25 * eps from a uniform random start (Wong et al. 2020)",
+            fixed={"steps": 1, "random_init": True},
+            defaults={"rel_step": 1.25},
+        ),
+        "pgd": AttackSpec(
+            PGD, "projected gradient ascent, 10 steps of 0.25 * eps (Madry et al. 2018)"
+        ),
+        "apgd-ce": AttackSpec(
+            APGD, "Auto-PGD on cross-entropy, 10 steps (Croce & Hein 2020)", fixed={"loss": "ce"}
+        ),
+        "apgd-dlr": AttackSpec(
+            APGD,
+            "Auto-PGD on the DLR loss, 10 steps, >= 3 classes (Croce & Hein 2020)",
+            fixed={"loss": "dlr"},
+        ),
+    }
+)
+
+
+def create(name: str, norm: str = "linf", **hyperparameters: object) -> Attack:
+    """Build an attack by registry name.
+
+    Args:
+        name: one of :data:`ATTACKS` (``fgsm``, ``fgsm-rs``, ``pgd``, ``apgd-ce``, ``apgd-dlr``).
+        norm: ``"linf"`` or ``"l2"``; eps is measured in this norm, in [0, 1] pixel units.
+        **hyperparameters: fields of the attack class (e.g. ``steps``, ``rel_step``,
+            ``restarts``, ``eval_mode``), overriding the name's defaults.
+
+    Returns:
+        The attack, an immutable object; ``create(**attack.describe())`` rebuilds an equal one.
+
+    Raises:
+        UserError: unknown name, unknown hyperparameter, a change to a hyperparameter the name
+            fixes, or an invalid value.
+    """
+    if name not in ATTACKS:
+        raise unknown_name("attack", name, ATTACKS)
+    spec = ATTACKS[name]
+    settable = {f.name for f in fields(spec.cls)} - {"norm"}
+    for key, value in hyperparameters.items():
+        if key in spec.fixed and value != spec.fixed[key]:
+            raise UserError(
+                f"attack '{name}' fixes {key}={spec.fixed[key]!r}, got {key}={value!r}; "
+                f"choose another attack (valid: {', '.join(sorted(ATTACKS))})"
+            )
+        if key not in settable:
+            raise UserError(
+                f"unknown hyperparameter '{key}' for attack '{name}'"
+                f"{did_you_mean(key, settable)}; valid: {', '.join(sorted(settable))}"
+            )
+    arguments = {**spec.defaults, **hyperparameters, **spec.fixed}
+    return spec.cls(norm=norm, **arguments)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "APGD",
+    "ATTACKS",
+    "PGD",
+    "Attack",
+    "AttackSpec",
+    "Geometry",
+    "crafting_mode",
+    "create",
+    "get_geometry",
+]

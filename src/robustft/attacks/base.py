@@ -1,0 +1,233 @@
+"""The attack contract shared by every attack: ``attack(model, x, y, eps) -> x_adv``.
+
+An attack object holds only hyperparameters and is never mutated by a call. The final
+``__call__`` validates the inputs, skips examples with ``eps == 0`` at zero cost, puts the model
+in eval mode with parameter gradients off (restored on exit), calls the subclass's
+``_perturb``, projects the result into the eps-ball intersected with ``[0, 1]`` (a safety net)
+and detaches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robustft.attacks.geometry import Geometry, get_geometry
+from robustft.errors import UserError
+
+
+@contextlib.contextmanager
+def crafting_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Put ``model`` in the state used to craft adversarial examples, and restore it on exit.
+
+    Inside: every parameter has ``requires_grad=False`` (no parameter gradient is computed or
+    left behind) and, when ``eval_mode`` is true, every submodule is in eval mode (BatchNorm
+    statistics frozen, dropout off). On exit each submodule's ``training`` flag and each
+    parameter's ``requires_grad`` are set back to what they were, even on error.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+def _check_inputs(x: Tensor, y: Tensor, x_init: Tensor | None) -> None:
+    """Check shapes, and that images are in [0, 1] (a normalised batch is the classic mistake).
+
+    Raises:
+        UserError: wrong shapes, or pixel values outside [0, 1].
+    """
+    if x.ndim != 4 or y.shape != (x.shape[0],):
+        raise UserError(f"expected x (B,C,H,W) and y (B,), got {tuple(x.shape)}, {tuple(y.shape)}")
+    if x_init is not None and x_init.shape != x.shape:
+        raise UserError(
+            f"x_init must have the shape of x {tuple(x.shape)}, got {tuple(x_init.shape)}"
+        )
+    if x.numel() and bool(((x < 0) | (x > 1)).any()):
+        raise UserError(
+            f"attacks expect images in [0, 1] (got values in [{float(x.min()):.3g}, "
+            f"{float(x.max()):.3g}]); put mean/std normalisation inside the model and clamp "
+            "after resizing"
+        )
+
+
+def check_hyperparameter(name: str, value: object, valid: bool, expected: str) -> None:
+    """Raise a :class:`UserError` naming a bad hyperparameter and its value unless ``valid``.
+
+    Args:
+        name: the hyperparameter, e.g. ``"steps"``.
+        value: the value the user gave.
+        valid: whether the value is acceptable.
+        expected: what is accepted, e.g. ``"an integer >= 1"``.
+    """
+    if not valid:
+        raise UserError(f"{name} must be {expected}, got {value!r}")
+
+
+def is_int(value: object) -> bool:
+    """True for Python integers (booleans excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """True for finite Python ints and floats (booleans excluded)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def as_eps_tensor(eps: float | Tensor, x: Tensor) -> Tensor:
+    """Return eps as a float32 tensor of shape (B,) on ``x``'s device.
+
+    Raises:
+        UserError: eps is negative, non-finite, or a tensor of the wrong shape.
+    """
+    batch = x.shape[0]
+    eps_t = torch.as_tensor(eps, dtype=torch.float32, device=x.device)
+    if eps_t.ndim == 0:
+        eps_t = eps_t.expand(batch)
+    if eps_t.shape != (batch,):
+        raise UserError(f"eps must be a scalar or shape ({batch},), got {tuple(eps_t.shape)}")
+    if not bool(torch.isfinite(eps_t).all()) or bool((eps_t < 0).any()):
+        raise UserError(f"eps must be finite and >= 0, got {eps_t.tolist()[:8]}")
+    return eps_t.contiguous()
+
+
+def input_gradient(
+    model: nn.Module, x_adv: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward and backward pass: per-example losses and their gradient w.r.t. the input.
+
+    Only the input gradient is computed (``torch.autograd.grad``); inside
+    :func:`crafting_mode` no parameter gradient is computed or stored. Works under autocast: the
+    loss is computed in float32 and the gradient is returned as float32.
+
+    Args:
+        model: maps (B, C, H, W) to (B, K) logits.
+        x_adv: (B, C, H, W) points at which to evaluate.
+        y: (B,) labels.
+        loss_fn: per-example loss, (B, K) logits and (B,) labels to (B,) float32.
+
+    Returns:
+        ``(losses, grad, logits)``: (B,) float32 losses, (B, C, H, W) float32 gradient of
+        ``losses.sum()``, and the (B, K) logits, all detached.
+    """
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x_adv)
+        losses = loss_fn(logits, y)
+    (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+    return losses.detach(), grad.float(), logits.detach()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack(ABC):
+    """Base class of all attacks. Subclasses are frozen dataclasses of hyperparameters.
+
+    Attributes:
+        norm: threat model, ``"linf"`` or ``"l2"``; eps is measured in that norm, pixel units.
+        eval_mode: craft with the model in eval mode (default, and always so in evaluation).
+    """
+
+    norm: str = "linf"
+    eval_mode: bool = True
+
+    def __post_init__(self) -> None:
+        get_geometry(self.norm)  # raises UserError for an unknown norm
+        if not isinstance(self.eval_mode, bool):
+            raise UserError(f"eval_mode must be true or false, got {self.eval_mode!r}")
+
+    @property
+    def geometry(self) -> Geometry:
+        """The norm's geometry (random init, ascent direction, projection)."""
+        return get_geometry(self.norm)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: float | Tensor,
+        *,
+        x_init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Craft adversarial examples.
+
+        Args:
+            model: maps (B, C, H, W) images in [0, 1] to (B, K) logits.
+            x: clean images, (B, C, H, W), float in [0, 1].
+            y: labels, (B,), int64.
+            eps: budget in pixel units in ``self.norm``: a float or a (B,) tensor.
+            x_init: optional starting point (B, C, H, W), e.g. the adversarial example found at a
+                smaller eps; projected into the ball first. Replaces the random start.
+            generator: CPU ``torch.Generator`` for random starts and restarts; with the same
+                seed the result is the same.
+
+        Returns:
+            x_adv (B, C, H, W), detached, inside the eps-ball around x and in [0, 1]; equal to
+            ``x`` (the same values) wherever ``eps == 0``.
+        """
+        _check_inputs(x, y, x_init)
+        eps_t = as_eps_tensor(eps, x)
+        active = eps_t > 0
+        if not bool(active.any()):
+            return x.detach()
+        x = x.detach()
+        if bool(active.all()):
+            return self._run(model, x, y, eps_t, x_init, generator)
+        x_adv = x.clone()
+        sub_init = None if x_init is None else x_init[active]
+        x_adv[active] = self._run(model, x[active], y[active], eps_t[active], sub_init, generator)
+        return x_adv
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: Tensor,
+        x_init: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        if x_init is not None:
+            x_init = self.geometry.project(x_init.detach().to(x.device, x.dtype), x, eps)
+        with crafting_mode(model, eval_mode=self.eval_mode):
+            x_adv = self._perturb(model, x, y, eps, x_init, generator)
+        return self.geometry.project(x_adv.detach(), x, eps)
+
+    @abstractmethod
+    def _perturb(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: Tensor,
+        x_init: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Return adversarial examples for examples with eps > 0 (eps is (B,), all positive)."""
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-serialisable description: the attack's registry name and hyperparameters."""
+        from dataclasses import asdict
+
+        return {"name": self.name, **asdict(self)}
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The registry name, e.g. ``"pgd"``."""

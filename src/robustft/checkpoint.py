@@ -1,0 +1,140 @@
+"""Checkpoints and result files written atomically and loaded safely.
+
+Writes go to a temporary file in the same directory, are fsynced, then renamed over the target,
+so a reader (or a resumed run) sees either the old complete file or the new complete file,
+never a torn one. Checkpoints are loaded with ``torch.load(weights_only=True)``: a checkpoint
+cannot execute code. Each checkpoint carries a SHA-256 of its payload, checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustft.errors import UserError
+
+FORMAT = "robustft-checkpoint-v1"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _serialize(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Save ``payload`` (tensors, numbers, strings, lists, dicts) with an integrity hash.
+
+    The file is ``{"format", "sha256", "payload": bytes}``; the hash covers the serialised
+    payload. If a checkpoint already exists at ``path`` it is kept as ``<path>.prev`` first, so
+    a fallback survives a corrupt newest file.
+    """
+    blob = _serialize(payload)
+    wrapper = {"format": FORMAT, "sha256": hashlib.sha256(blob).hexdigest(), "payload": blob}
+    target = Path(path)
+    if target.exists():
+        os.replace(target, target.with_name(target.name + ".prev"))
+    atomic_write_bytes(target, _serialize(wrapper))
+
+
+def _safe_load(data: bytes, source: Path) -> Any:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else "unsafe content"
+        raise UserError(
+            f"checkpoint {source}: refused to load unsafe or foreign content ({first}); "
+            "only robustft checkpoints (plain tensors and numbers) are accepted"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise UserError(
+            f"checkpoint {source}: corrupt or truncated ({err.__class__.__name__}); "
+            "use the .prev checkpoint or start the run again"
+        ) from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and verify a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        UserError: missing, corrupt, unsafe, or failing its integrity hash.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise UserError(f"checkpoint not found: {source}")
+    wrapper = _safe_load(source.read_bytes(), source)
+    if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
+        raise UserError(f"checkpoint {source}: not a robustft checkpoint (unknown format)")
+    blob = wrapper.get("payload")
+    if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != wrapper.get("sha256"):
+        raise UserError(
+            f"checkpoint {source}: integrity hash mismatch (file damaged); "
+            "use the .prev checkpoint or start the run again"
+        )
+    payload = _safe_load(blob, source)
+    if not isinstance(payload, dict):
+        raise UserError(f"checkpoint {source}: unexpected content")
+    return payload
+
+
+def load_checkpoint_with_fallback(
+    path: str | Path, on_fallback: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Load ``path``; if it is corrupt, fall back to ``<path>.prev`` (reporting why)."""
+    try:
+        return load_checkpoint(path)
+    except UserError as err:
+        prev = Path(str(path) + ".prev")
+        if not prev.is_file():
+            raise
+        if on_fallback is not None:
+            on_fallback(f"{err}; falling back to {prev.name}")
+        return load_checkpoint(prev)

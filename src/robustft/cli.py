@@ -1,0 +1,70 @@
+"""Command-line entry point: parse arguments, call the library, render results.
+
+Each subcommand lives in ``robustft.commands.<name>`` and exposes ``add_parser(subparsers)``
+and ``run(args) -> int``. Any :class:`~robustft.errors.UserError` becomes one line on stderr and
+exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from robustft import __version__
+from robustft.errors import UserError
+
+COMMANDS = ("schedule", "train", "eval", "demo")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse reporting errors as one line with exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="robustft",
+        description="Robust fine-tuning of pretrained image classifiers "
+        "(Epsilon-Scheduling, fast adversarial fine-tuning, expected robustness).",
+    )
+    parser.add_argument("--version", action="version", version=f"robustft {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        module = importlib.import_module(f"robustft.commands.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 2 bad input, 130 interrupted)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        return int(args.handler(args))
+    except UserError as err:
+        print(f"robustft: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robustft: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

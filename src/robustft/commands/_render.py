@@ -1,0 +1,95 @@
+"""Terminal rendering for the CLI: progress bars and tables (stderr for progress, stdout for
+results). On a TTY a bar is redrawn in place; otherwise one line is printed per finished epoch
+or evaluation, so logs of batch jobs stay readable."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from robustft.units import format_eps
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An aligned plain-text table (first column left-aligned, the rest right-aligned)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        return "  ".join(parts).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+class Progress:
+    """Progress callbacks for :func:`robustft.train.fit` rendered on ``stream``."""
+
+    def __init__(self, stream: TextIO | None = None, label: str = "") -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.label = f"[{label}] " if label else ""
+        self._prefix = ""
+        self._start = time.perf_counter()
+
+    def _bar(self, done: int, total: int, width: int = 24) -> str:
+        filled = int(width * done / max(total, 1))
+        elapsed = time.perf_counter() - self._start
+        eta = elapsed / done * (total - done) if done else 0.0
+        bar = "#" * filled + "." * (width - filled)
+        return f"|{bar}| {done}/{total} {elapsed:5.1f}s eta {eta:4.0f}s"
+
+    def _draw(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+
+    def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None:
+        self._prefix = f"{self.label}epoch {epoch}/{epochs} eps {format_eps(eps)}"
+        self._start = time.perf_counter()
+        self._draw(f"{self._prefix} {self._bar(0, batches)}")
+
+    def on_batch(self, done: int, total: int) -> None:
+        self._draw(f"{self._prefix} {self._bar(done, total)}")
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        robust = row.get("val_robust_acc")
+        extra = f" val robust {pct(robust)}%" if robust is not None else ""
+        text = (
+            f"{self.label}epoch {row['epoch']} eps {format_eps(row['eps'])} "
+            f"loss {row['train_loss']:.3f} train {pct(row['train_acc'])}% "
+            f"val {pct(row['val_acc'])}%{extra} ({row['seconds']:.1f}s)"
+        )
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def on_eval_start(self, total: int) -> None:
+        self._prefix = f"{self.label}robustness curve"
+        self._start = time.perf_counter()
+        self._draw(f"{self._prefix} {self._bar(0, total)}")
+
+    def on_eval(self, done: int, total: int) -> None:
+        self._draw(f"{self._prefix} {self._bar(done, total)}")
+        if done >= total:
+            if self.tty:
+                self.stream.write("\r\033[K")
+            elapsed = time.perf_counter() - self._start
+            self.stream.write(f"{self._prefix}: {total} examples in {elapsed:.1f}s\n")
+            self.stream.flush()

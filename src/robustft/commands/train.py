@@ -1,0 +1,79 @@
+"""``robustft train CONFIG``: robust fine-tuning of one run, then its robustness curve."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from robustft.commands._render import Progress, pct, table
+from robustft.config import load_config
+from robustft.rundir import default_run_dir
+from robustft.units import format_eps
+
+HELP = """\
+Fine-tune a pretrained backbone with adversarial training under an eps schedule, checkpoint
+every epoch, then evaluate the robustness curve on the test split (APGD-CE 10 steps on the
+1/255 grid up to eps_g by default) and write result.json.
+
+examples:
+  robustft train configs/digits_sched.yaml
+  robustft train configs/digits_sched.yaml --set train.epochs=5 --set attack.eps=4/255
+  robustft train configs/digits_sched.yaml --run-dir runs/mine --resume
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="robust fine-tuning of one run",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value with a dotted key, e.g. --set train.epochs=10 (repeatable)",
+    )
+    p.add_argument("--run-dir", help="run directory (default: runs/<name>-<config hash>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite a run dir holding another run")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    p.set_defaults(handler=run)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The end-of-run table."""
+    eps = format_eps(result["eval_eps_max"])
+    rows = [
+        ["clean accuracy (%)", pct(result["clean_accuracy"])],
+        [f"robust accuracy at {eps} (%)", pct(result["robust_accuracy"])],
+        [f"expected robustness [0, {eps}] (%)", pct(result["expected_robustness"])],
+        ["task-adaptation delay (epoch)", result["adaptation_delay"] or "never"],
+        ["training time (s)", f"{result['train_seconds']:.1f}"],
+        ["evaluation time (s)", f"{result['eval_seconds']:.1f}"],
+    ]
+    return table(["metric", "value"], rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from robustft.train import fit
+
+    run_dir = args.run_dir or default_run_dir(config)
+    result = fit(
+        config,
+        run_dir,
+        resume=args.resume,
+        force=args.force,
+        callbacks=Progress(label=config.name),
+        device=args.device,
+    )
+    print(summary(result))
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}")
+    print(f"run directory: {run_dir}")
+    return 0

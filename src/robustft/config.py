@@ -1,0 +1,337 @@
+"""Typed, validated run configuration: YAML files plus dotted ``--set`` overrides.
+
+The nested frozen dataclasses below are the only home of defaults. A config file lists only
+what differs from them::
+
+    model: {name: efficientnet_lite0}
+    data: {name: digits, image_size: 32}
+    train: {epochs: 15, lr: 1e-3}
+    attack: {name: apgd-ce, steps: 7, eps: 8/255, schedule: "hinge(t1=12,t2=37)"}
+
+Overrides use dotted keys and YAML values: ``--set train.epochs=10 --set attack.eps=4/255``.
+Every value is checked against the field's type and range at construction; a bad value raises
+:class:`~robustft.errors.UserError` naming the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustft.errors import UserError, did_you_mean
+from robustft.units import format_eps, parse_eps
+
+
+def _check(cond: bool, key: str, value: object, expected: str) -> None:
+    if not cond:
+        raise UserError(f"config {key}: expected {expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone. ``name``: ``efficientnet_lite0`` (offline default), ``timm:<name>`` or
+    ``torchvision:<name>``; ``weights``: optional local .safetensors/.pth file; ``mode``: ``full``
+    or ``linear`` (linear probe)."""
+
+    name: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None
+    mode: str = "full"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset: ``digits`` (offline default), ``imagefolder:<path>`` or a torchvision set name."""
+
+    name: str = "digits"
+    image_size: int = 32
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    augment: str = "basic"
+    max_train_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        for key in ("val_fraction", "test_fraction"):
+            v = getattr(self, key)
+            _check(0 < v < 1, f"data.{key}", v, "a fraction in (0, 1)")
+        if self.max_train_per_class is not None:
+            _check(
+                self.max_train_per_class >= 1,
+                "data.max_train_per_class",
+                self.max_train_per_class,
+                "an integer >= 1 or null",
+            )
+
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``lr`` is the peak learning rate after ``warmup_epochs`` of linear warm-up;
+    ``lr_schedule`` then decays it (cosine to 0 by the last step, or constant)."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    head_lr: float | None = None
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    lr_schedule: str = "cosine"
+    grad_clip: float | None = None
+    bf16: bool = False
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "a number > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
+        _check(
+            0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+            "train.warmup_epochs",
+            self.warmup_epochs,
+            f"a number in [0, epochs={self.epochs})",
+        )
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.grad_clip is not None:
+            _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "a number > 0 or null")
+        _check(self.num_workers >= 0, "train.num_workers", self.num_workers, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Training perturbation: ``eps`` is eps_g (pixel units, e.g. 8/255; 0 = standard
+    fine-tuning), ``schedule`` the text form of the eps schedule, ``name``/``steps`` the attack
+    that crafts training examples (``rel_step`` only for pgd/fgsm; null = the attack's default)."""
+
+    name: str = "apgd-ce"
+    norm: str = "linf"
+    steps: int = 7
+    rel_step: float | None = None
+    eps: float = 8 / 255
+    schedule: str = "hinge(t1=12,t2=37)"
+    granularity: str = "epoch"
+    eval_mode: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "eps", parse_eps(self.eps, name="config attack.eps", upper=_eps_upper(self.norm))
+        )
+        _check(self.steps >= 1, "attack.steps", self.steps, "an integer >= 1")
+        _choice("attack.granularity", self.granularity, ("epoch", "step"))
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """Per-epoch validation: clean accuracy always; robust accuracy (PGD-10 at the epoch's
+    target eps_g) on a fixed subset every ``robust_every`` epochs (0 = never)."""
+
+    max_examples: int | None = None
+    robust_every: int = 0
+    robust_examples: int = 256
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Final robustness curve on the test split: ``attack`` with ``steps`` on the grid
+    0, eps_step, ..., eps_max (eps_max null = attack.eps)."""
+
+    attack: str = "apgd-ce"
+    steps: int = 10
+    eps_max: float | None = None
+    eps_step: float = 1 / 255
+    mode: str = "cascade"
+    max_examples: int | None = None
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.eps_max is not None:
+            object.__setattr__(
+                self, "eps_max", parse_eps(self.eps_max, name="config eval.eps_max", upper=1e6)
+            )
+        step = parse_eps(self.eps_step, name="config eval.eps_step", upper=1e6)
+        _check(step > 0, "eval.eps_step", self.eps_step, "a step > 0 such as 1/255")
+        object.__setattr__(self, "eps_step", step)
+        _check(self.steps >= 1, "eval.steps", self.steps, "an integer >= 1")
+        _choice("eval.mode", self.mode, ("cascade", "independent"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run. ``name`` is a free label shown in tables."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict; eps values that are multiples of 1/255 are written as ``"k/255"``."""
+        out = dataclasses.asdict(self)
+        out["attack"]["eps"] = format_eps(self.attack.eps)
+        out["eval"]["eps_step"] = format_eps(self.eval.eps_step)
+        if self.eval.eps_max is not None:
+            out["eval"]["eps_max"] = format_eps(self.eval.eps_max)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def run_id(self) -> str:
+        """Short hash of the resolved config (the ``name`` label excluded)."""
+        data = self.to_dict()
+        data.pop("name")
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _eps_upper(norm: str) -> float:
+    return 1.0 if norm == "linf" else 1e6
+
+
+def _choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UserError(
+            f"config {key}: unknown value {value!r}{did_you_mean(value, choices)}; "
+            f"valid: {', '.join(choices)}"
+        )
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type ``hint``; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if hint is bool:
+        _check(isinstance(value, bool), key, value, "true or false")
+        return value
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        return value
+    if hint is float:
+        if key.split(".")[-1] in ("eps", "eps_max", "eps_step"):
+            return value  # parsed and checked by the dataclass (accepts "8/255")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number"
+        )
+        return float(value)
+    if hint is str:
+        _check(isinstance(value, str), key, value, "a string")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise UserError(f"config {prefix or 'file'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            full_names = [f"{prefix}{n}" for n in names]
+            raise UserError(f"config: unknown key '{full}'{did_you_mean(full, full_names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{full}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(full, value, hint)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``"train.epochs=10"`` into (["train", "epochs"], 10) (value parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"override {text!r}: expected key=value, e.g. train.epochs=10")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise UserError(f"override {text!r}: empty key part; write e.g. train.epochs=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and "/" not in raw:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (empty file -> {})."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(
+            f"config file {p}: invalid YAML{where}; check indentation and colons"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"config file {p}: cannot read ({err.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p}: expected a mapping at the top level")
+    return data
+
+
+def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a dict and dotted overrides."""
+    merged = apply_overrides(dict(data or {}), overrides)
+    config: RunConfig = _build(RunConfig, merged, "")
+    return config
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML file (or the defaults when ``path`` is None) and apply overrides."""
+    return build_config(load_yaml(path) if path is not None else {}, overrides)

@@ -1,0 +1,372 @@
+"""Robustness curves and expected robustness.
+
+A robustness curve is the accuracy of a model under attack at every perturbation size of a grid
+``0 = eps_0 < eps_1 < ... < eps_K = eps_g`` (pixel units). *Expected robustness* (Ngnawé et al.
+2025) is the accuracy averaged over eps uniform on ``[0, eps_g]``: the trapezoid rule over the
+grid divided by ``eps_g``, i.e. the mean of the trapezoid heights. It always lies between the
+robust accuracy at ``eps_g`` and the clean accuracy.
+
+Two modes:
+
+* ``independent``: every eps attacks every example (the paper's protocol).
+* ``cascade`` (default): eps ascending; an example broken at one eps counts as broken at every
+  larger eps (its adversarial example lies in every larger ball) and is not attacked again.
+  Each still-robust example is attacked with exactly the random start ``independent`` would
+  use, so per example the cascade is the running minimum of the independent results: it can
+  never report a higher robust accuracy, and it costs far less. With ``warm_start=True`` an
+  example is instead attacked from its adversarial point at the previous eps (usually
+  stronger, but the guarantee above becomes empirical).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from robustft.attacks import Attack
+from robustft.errors import UserError
+
+_logger = logging.getLogger(__name__)
+
+MODES = ("cascade", "independent")
+ProgressFn = Callable[[int, int], None]
+
+
+def expected_robustness(epsilons: Sequence[float], accuracies: Sequence[float]) -> float:
+    """Accuracy averaged over eps uniform on ``[0, eps_max]`` (trapezoid rule / eps_max).
+
+    Args:
+        epsilons: ascending grid starting at 0 (pixel units), at least two points.
+        accuracies: accuracy at each grid point (any unit: fraction or %).
+
+    Returns:
+        The mean accuracy, in the unit of ``accuracies``.
+
+    Example:
+        >>> expected_robustness([0, 1/255, 2/255, 3/255, 4/255], [80, 60, 50, 40, 30])
+        51.25
+    """
+    if len(epsilons) != len(accuracies) or len(epsilons) < 2:
+        raise ValueError(f"need >= 2 matching points, got {len(epsilons)} and {len(accuracies)}")
+    if epsilons[0] != 0 or any(b <= a for a, b in pairwise(epsilons)):
+        raise ValueError(f"grid must start at 0 and ascend, got {list(epsilons)}")
+    area = sum(
+        (e1 - e0) * (a0 + a1) / 2
+        for (e0, e1), (a0, a1) in zip(pairwise(epsilons), pairwise(accuracies))
+    )
+    return round(area / epsilons[-1], 12)
+
+
+def _pack_bits(row: Sequence[bool]) -> str:
+    return "".join("1" if v else "0" for v in row)
+
+
+@dataclass(frozen=True)
+class RobustnessCurve:
+    """Accuracy under attack over an eps grid, with per-example results and provenance.
+
+    Attributes:
+        epsilons: the grid, ascending, first point 0 (clean), pixel units.
+        accuracy: accuracy (fraction in [0, 1]) at each eps; ``accuracy[0]`` is clean.
+        correct: per eps, per example correctness as a string of '0'/'1' (N characters).
+        expected_robustness: mean accuracy for eps uniform on [0, eps_max] (fraction).
+        attack: the attack's description (name, norm, hyperparameters).
+        mode: "cascade" or "independent".
+        seed: seed of the attacks' random starts.
+        attacked: number of examples attacked at each eps (cost; 0 at eps = 0).
+        seconds: wall time of the evaluation.
+        warnings: sanity-check findings (robust above clean, rising curve, masking, probabilities).
+        masking_check: accuracy at a very large eps on a subset, or None if not run.
+    """
+
+    epsilons: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    correct: tuple[str, ...]
+    expected_robustness: float
+    attack: dict[str, Any]
+    mode: str
+    seed: int
+    attacked: tuple[int, ...]
+    seconds: float
+    warnings: tuple[str, ...] = ()
+    masking_check: dict[str, float] | None = None
+    version: int = field(default=1)
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.correct[0]) if self.correct else 0
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.accuracy[0]
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Accuracy at the largest eps of the grid (eps_g)."""
+        return self.accuracy[-1]
+
+    @property
+    def eps_max(self) -> float:
+        return self.epsilons[-1]
+
+    def correct_tensor(self) -> Tensor:
+        """Per-example correctness, (K, N) bool."""
+        return torch.tensor([[c == "1" for c in row] for row in self.correct], dtype=torch.bool)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["clean_accuracy"] = self.clean_accuracy
+        out["robust_accuracy"] = self.robust_accuracy
+        out["n_examples"] = self.n_examples
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RobustnessCurve:
+        names = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for key in ("epsilons", "accuracy", "correct", "attacked", "warnings"):
+            kwargs[key] = tuple(kwargs.get(key, ()))
+        return cls(**kwargs)
+
+
+def _as_dataset(data: Dataset | tuple[Tensor, Tensor]) -> Dataset:
+    if isinstance(data, tuple):
+        x, y = data
+        return TensorDataset(x, y)
+    return data
+
+
+def _batch_seed(seed: int, batch_index: int, eps_index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{batch_index}:{eps_index}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def _uses_random_start(attack: Attack) -> bool:
+    return bool(getattr(attack, "random_init", True))
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x).argmax(dim=1)
+
+
+@dataclass
+class _BatchResult:
+    correct: list[Tensor]  # K tensors of (B,) bool
+    attacked: list[int]
+    logits_sample: Tensor
+
+
+def _start_points(
+    attack: Attack, x: Tensor, x_prev: Tensor, eps: Tensor, gen: torch.Generator, warm: bool
+) -> Tensor | None:
+    """Starting points for a whole batch; drawn for the full batch so that an example's start
+    does not depend on which other examples are still being attacked."""
+    if warm:
+        return x_prev
+    if _uses_random_start(attack):
+        return attack.geometry.random_init(x, eps, gen)
+    return None
+
+
+def _attack_batch(
+    model: nn.Module,
+    attack: Attack,
+    x: Tensor,
+    y: Tensor,
+    epsilons: Sequence[float],
+    *,
+    mode: str,
+    seed: int,
+    batch_index: int,
+    warm_start: bool,
+) -> _BatchResult:
+    """Correctness of one batch at every eps of the grid (the first eps is 0: clean).
+
+    Only examples classified correctly so far are attacked (misclassified ones are already
+    non-robust, as in AutoAttack): in ``independent`` mode those correct on clean inputs, in
+    ``cascade`` mode those that survived the previous eps.
+    """
+    with torch.no_grad():
+        logits = model(x)
+    clean = logits.argmax(dim=1) == y
+    result = _BatchResult(correct=[clean], attacked=[0], logits_sample=logits[:8].float().cpu())
+    x_prev = x
+    for k, eps in enumerate(epsilons[1:], start=1):
+        gen = torch.Generator().manual_seed(_batch_seed(seed, batch_index, k))
+        eps_t = torch.full((len(x),), float(eps), device=x.device)
+        idx = (result.correct[-1] if mode == "cascade" else clean).nonzero().flatten()
+        warm = warm_start and mode == "cascade"
+        start = _start_points(attack, x, x_prev, eps_t, gen, warm)
+        correct = torch.zeros_like(clean)
+        x_adv = x_prev.clone()
+        if len(idx):
+            x_adv[idx] = attack(
+                model,
+                x[idx],
+                y[idx],
+                eps_t[idx],
+                x_init=None if start is None else start[idx],
+                generator=gen,
+            )
+            correct[idx] = _predict(model, x_adv[idx]) == y[idx]
+        result.correct.append(correct)
+        result.attacked.append(len(idx))
+        x_prev = x_adv
+    return result
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _validate_grid(eps_grid: Sequence[float], mode: str) -> tuple[float, ...]:
+    if mode not in MODES:
+        raise UserError(f"unknown evaluation mode '{mode}'; valid: {', '.join(MODES)}")
+    grid = tuple(float(e) for e in eps_grid)
+    if len(grid) < 2 or grid[0] != 0.0:
+        raise UserError(f"eps grid must start at 0 and have >= 2 points, got {list(grid)}")
+    if any(b <= a for a, b in pairwise(grid)):
+        raise UserError(f"eps grid must be strictly ascending, got {list(grid)}")
+    return grid
+
+
+def robustness_curve(
+    model: nn.Module,
+    data: Dataset | tuple[Tensor, Tensor],
+    attack: Attack,
+    eps_grid: Sequence[float],
+    *,
+    mode: str = "cascade",
+    warm_start: bool = False,
+    seed: int = 0,
+    batch_size: int = 128,
+    max_examples: int | None = None,
+    masking_check_eps: float | None = None,
+    masking_check_examples: int = 64,
+    progress: ProgressFn | None = None,
+) -> RobustnessCurve:
+    """Evaluate accuracy under ``attack`` at every eps of ``eps_grid``.
+
+    Args:
+        model: maps [0, 1] images (B, C, H, W) to logits (B, K); evaluated in eval mode (its
+            mode is restored afterwards).
+        data: a map-style dataset of (image, label) or a tuple of tensors (x, y).
+        attack: any :class:`~robustft.attacks.Attack`; eps in its norm, pixel units.
+        eps_grid: ascending grid starting at 0, e.g. ``robustft.units.eps_grid(8/255)``.
+        mode: ``"cascade"`` (default) or ``"independent"``; see the module docstring.
+        warm_start: in cascade mode, start each eps from the previous adversarial point.
+        seed: seed of random starts (recorded in the result).
+        batch_size: examples per forward/backward.
+        max_examples: evaluate on the first N examples only.
+        masking_check_eps: if set, also attack up to ``masking_check_examples`` examples at this
+            very large eps; accuracy well above 0 there suggests gradient masking.
+        progress: called as ``progress(done_examples, total_examples)`` after each batch.
+
+    Returns:
+        A :class:`RobustnessCurve` with sanity-check warnings attached.
+    """
+    from robustft.checks import curve_warnings, masking_check
+
+    grid = _validate_grid(eps_grid, mode)
+    dataset = _as_dataset(data)
+    if max_examples is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(max_examples, len(dataset))))  # type: ignore[arg-type]
+    total = len(dataset)  # type: ignore[arg-type]
+    if total == 0:
+        raise UserError("evaluation data is empty; check the dataset split or max_examples")
+    device = _model_device(model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    rows: list[list[Tensor]] = [[] for _ in grid]
+    attacked = [0] * len(grid)
+    samples: list[Tensor] = []
+    start_time = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        done = 0
+        for b, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
+            res = _attack_batch(
+                model,
+                attack,
+                x,
+                y,
+                grid,
+                mode=mode,
+                seed=seed,
+                batch_index=b,
+                warm_start=warm_start,
+            )
+            for k in range(len(grid)):
+                rows[k].append(res.correct[k].cpu())
+                attacked[k] += res.attacked[k]
+            samples.append(res.logits_sample)
+            done += len(x)
+            if progress is not None:
+                progress(done, total)
+        masking = (
+            None
+            if masking_check_eps is None
+            else masking_check(
+                model, attack, loader, masking_check_eps, masking_check_examples, seed
+            )
+        )
+    finally:
+        model.train(was_training)
+    correct = [torch.cat(r) for r in rows]
+    accuracy = tuple(float(c.float().mean()) for c in correct)
+    curve = RobustnessCurve(
+        epsilons=grid,
+        accuracy=accuracy,
+        correct=tuple(_pack_bits(c.tolist()) for c in correct),
+        expected_robustness=expected_robustness(grid, accuracy),
+        attack=attack.describe(),
+        mode=mode,
+        seed=seed,
+        attacked=tuple(attacked),
+        seconds=round(time.perf_counter() - start_time, 3),
+        masking_check=masking,
+    )
+    warnings = curve_warnings(curve, torch.cat(samples))
+    for w in warnings:
+        _logger.warning("robustness check: %s", w)
+    return _replace_warnings(curve, warnings)
+
+
+def _replace_warnings(curve: RobustnessCurve, warnings: Sequence[str]) -> RobustnessCurve:
+    from dataclasses import replace
+
+    return replace(curve, warnings=tuple(warnings))
+
+
+def summarize(curve: RobustnessCurve) -> dict[str, Any]:
+    """Headline numbers in % (clean, robust at eps_g, expected robustness), for tables."""
+    return {
+        "clean": round(100 * curve.clean_accuracy, 2),
+        "robust": round(100 * curve.robust_accuracy, 2),
+        "expected_robustness": round(100 * curve.expected_robustness, 2),
+        "eps_max": curve.eps_max,
+        "n_examples": curve.n_examples,
+        "attack": curve.attack.get("name"),
+        "mode": curve.mode,
+    }
+
+
+def is_finite_curve(curve: RobustnessCurve) -> bool:
+    return all(math.isfinite(a) for a in curve.accuracy)

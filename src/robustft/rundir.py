@@ -1,0 +1,146 @@
+"""Run directory layout and provenance.
+
+``runs/<name>-<id>/`` (``id`` = hash of the resolved config) holds:
+
+* ``config.yaml``: the resolved config (every default written out);
+* ``metrics.jsonl``: one JSON object per finished epoch;
+* ``checkpoints/last.pt`` (and ``last.pt.prev``): model, optimizer, epoch, history, RNG states;
+* ``robustness.json``: the final robustness curve on the test split;
+* ``result.json``: headline numbers (clean, robust at eps_g, expected robustness, times, delay);
+* ``env.json``: versions, device, command line, seed.
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustft import __version__
+from robustft.checkpoint import atomic_write_json, atomic_write_text
+from robustft.config import RunConfig, build_config, load_yaml
+from robustft.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def robustness(self) -> Path:
+        return self.root / "robustness.json"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env.json"
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file() or Path(str(self.checkpoint) + ".prev").is_file()
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in history))
+
+    def read_result(self) -> dict[str, Any] | None:
+        if not self.result.is_file():
+            return None
+        try:
+            data = json.loads(self.result.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def default_run_dir(config: RunConfig, base: str | Path = "runs") -> Path:
+    return Path(base) / f"{config.name}-{config.run_id()}"
+
+
+def _clear(run: RunDir) -> None:
+    for path in (run.config, run.metrics, run.robustness, run.result, run.env):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(run.root / "checkpoints", ignore_errors=True)
+
+
+def prepare_run_dir(path: str | Path, config: RunConfig, *, resume: bool, force: bool) -> RunDir:
+    """Create or reopen a run directory for ``config``.
+
+    Rules: a new or empty directory is initialised. A directory holding a *different* config is
+    refused unless ``force`` (which clears it). A directory holding the same config with a
+    checkpoint needs ``resume`` (continue) or ``force`` (start over).
+
+    Raises:
+        UserError: the directory holds another run or a checkpoint and neither flag was given.
+    """
+    run = RunDir(Path(path))
+    if run.root.exists() and not run.root.is_dir():
+        raise UserError(f"run dir {run.root} exists and is not a directory")
+    if run.config.is_file() and not force:
+        try:
+            existing = build_config(load_yaml(run.config))
+        except UserError:
+            existing = None
+        if existing is None or existing.run_id() != config.run_id():
+            raise UserError(
+                f"run dir {run.root} holds a different config; pass --force to overwrite it "
+                "or choose another --run-dir"
+            )
+        if run.has_checkpoint() and not resume:
+            raise UserError(
+                f"run dir {run.root} already holds this run; pass --resume to continue it "
+                "or --force to start over"
+            )
+    elif resume and not run.has_checkpoint() and not force:
+        raise UserError(f"--resume: no checkpoint in {run.root}; run without --resume to start")
+    if force:
+        _clear(run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, config.to_yaml())
+    return run
+
+
+def environment(device: torch.device, argv: list[str] | None = None) -> dict[str, Any]:
+    """Provenance: versions, platform, device and command line."""
+    import timm
+    import torchvision
+
+    return {
+        "robustft": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "argv": argv if argv is not None else sys.argv,
+    }
+
+
+def write_env(run: RunDir, device: torch.device) -> None:
+    atomic_write_json(run.env, environment(device))

@@ -1,0 +1,457 @@
+"""The robust fine-tuning loop: progress -> eps -> objective -> step, with checkpoints.
+
+Each epoch is reproducible on its own: data order, augmentation, dropout and attack random
+starts are seeded from ``(train.seed, epoch)``. With the checkpoint saved at every epoch end
+(model, optimizer, epoch, history, RNG states, resolved config), a run killed at any moment and
+resumed with ``--resume`` continues from the last complete epoch and, on CPU, ends with the same
+numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from robustft import attacks
+from robustft.checkpoint import atomic_write_json, load_checkpoint_with_fallback, save_checkpoint
+from robustft.config import RunConfig
+from robustft.data import DataSplits, build_datasets
+from robustft.diagnostics import task_adaptation_delay
+from robustft.errors import UserError
+from robustft.evaluate import RobustnessCurve, robustness_curve
+from robustft.models import build_model, param_groups
+from robustft.objectives import AdversarialCE
+from robustft.rundir import RunDir, prepare_run_dir, write_env
+from robustft.schedules import EpsSchedule, parse_schedule
+from robustft.units import eps_grid
+
+_logger = logging.getLogger(__name__)
+
+
+class Callbacks(Protocol):
+    """Progress hooks the CLI implements; every method is optional in practice."""
+
+    def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None: ...
+    def on_batch(self, done: int, total: int) -> None: ...
+    def on_epoch_end(self, row: dict[str, Any]) -> None: ...
+    def on_eval_start(self, total: int) -> None: ...
+    def on_eval(self, done: int, total: int) -> None: ...
+
+
+class NullCallbacks:
+    """Callbacks that do nothing (library use)."""
+
+    def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None:
+        pass
+
+    def on_batch(self, done: int, total: int) -> None:
+        pass
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        pass
+
+    def on_eval_start(self, total: int) -> None:
+        pass
+
+    def on_eval(self, done: int, total: int) -> None:
+        pass
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed derived from the parts (stable across runs and platforms)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
+    """Multiplier of the peak lr before optimizer step ``step`` (0-based).
+
+    Linear warm-up from ``1/warmup_steps`` to 1 over ``warmup_steps``, then cosine to 0 at
+    ``total_steps`` (``kind="cosine"``) or constant 1.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainState:
+    """Everything the loop mutates; rebuilt from a checkpoint on resume."""
+
+    config: RunConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: DataSplits
+    eps_schedule: EpsSchedule
+    objective: AdversarialCE
+    device: torch.device
+    epoch: int = 0  # last completed epoch
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, bs = len(self.data.train), self.config.train.batch_size  # type: ignore[arg-type]
+        return n // bs if n % bs == 1 else math.ceil(n / bs)
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        cfg = self.config.train
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "order", epoch))
+        n = len(self.data.train)  # type: ignore[arg-type]
+        return DataLoader(
+            self.data.train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=gen,
+            num_workers=cfg.num_workers,
+            drop_last=n % cfg.batch_size == 1,  # a batch of 1 breaks BatchNorm in train mode
+        )
+
+
+def build_data(config: RunConfig) -> DataSplits:
+    """The train/val/test splits the config describes (deterministic given train.seed)."""
+    d = config.data
+    return build_datasets(
+        d.name,
+        image_size=d.image_size,
+        seed=config.train.seed,
+        root=d.root,
+        download=d.download,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        augment=d.augment,
+        max_train_per_class=d.max_train_per_class,
+    )
+
+
+def check_config(config: RunConfig) -> None:
+    """Fail fast on names and values that only the library can check (schedule, attacks),
+    before anything is written."""
+    EpsSchedule(
+        parse_schedule(config.attack.schedule),
+        eps=config.attack.eps,
+        epochs=config.train.epochs,
+        granularity=config.attack.granularity,
+        seed=config.train.seed,
+    )
+    build_train_attack(config)
+    attacks.create(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
+
+
+def build_state(config: RunConfig, device: torch.device) -> TrainState:
+    """Build model, data, optimizer, schedule and objective from the config."""
+    torch.manual_seed(derive_seed(config.train.seed, "init"))
+    data = build_data(config)
+    model = build_model(
+        config.model.name,
+        num_classes=data.num_classes,
+        pretrained=config.model.pretrained,
+        weights=config.model.weights,
+        mode=config.model.mode,
+    ).to(device)
+    optimizer = build_optimizer(config, model)
+    schedule = EpsSchedule(
+        parse_schedule(config.attack.schedule),
+        eps=config.attack.eps,
+        epochs=config.train.epochs,
+        granularity=config.attack.granularity,
+        seed=config.train.seed,
+    )
+    objective = AdversarialCE(build_train_attack(config), autocast_bf16=config.train.bf16)
+    return TrainState(config, model, optimizer, data, schedule, objective, device)
+
+
+def build_train_attack(config: RunConfig) -> attacks.Attack:
+    a = config.attack
+    hyper: dict[str, Any] = {"eval_mode": a.eval_mode}
+    if a.name not in ("fgsm", "fgsm-rs"):
+        hyper["steps"] = a.steps
+    if a.rel_step is not None:
+        hyper["rel_step"] = a.rel_step
+    return attacks.create(a.name, norm=a.norm, **hyper)
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    cfg = config.train
+    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr)
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def _set_lr(state: TrainState) -> float:
+    cfg = state.config.train
+    spe = state.steps_per_epoch
+    factor = lr_factor(
+        state.step, cfg.epochs * spe, round(cfg.warmup_epochs * spe), cfg.lr_schedule
+    )
+    for group in state.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    return float(state.optimizer.param_groups[0]["lr"])
+
+
+def _train_step(
+    state: TrainState, x: torch.Tensor, y: torch.Tensor, eps: float, gen: torch.Generator
+) -> tuple[float, int]:
+    """One optimizer step; returns (summed loss, correct count) on the trained inputs."""
+    lr_now = _set_lr(state)
+    out = state.objective(state.model, x, y, eps, generator=gen)
+    if not torch.isfinite(out.loss):
+        raise UserError(
+            f"non-finite training loss ({out.loss.item()}) at epoch {state.epoch + 1}, "
+            f"lr {lr_now:.3g}; lower train.lr or set train.grad_clip "
+            "(the last good checkpoint is kept)"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    clip = state.config.train.grad_clip
+    if clip is not None:
+        nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    state.optimizer.step()
+    state.step += 1
+    correct = int((out.logits.argmax(1) == y).sum())
+    return float(out.loss.detach()) * len(y), correct
+
+
+def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str, Any]:
+    """Run epoch ``epoch`` (1-based) and return its metrics row (validation included)."""
+    cfg = state.config
+    torch.manual_seed(derive_seed(cfg.train.seed, "epoch", epoch))
+    attack_gen = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "attack", epoch))
+    loader = state.train_loader(epoch)
+    spe = len(loader)
+    callbacks.on_epoch_start(
+        epoch, cfg.train.epochs, state.eps_schedule.eps_at(epoch, spe - 1, spe), spe
+    )
+    start = time.perf_counter()
+    state.model.train()
+    loss_sum, correct, seen, eps_sum = 0.0, 0, 0, 0.0
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(state.device).float(), y.to(state.device)
+        eps = state.eps_schedule.eps_at(epoch, i, spe)
+        batch_loss, batch_correct = _train_step(state, x, y, eps, attack_gen)
+        loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
+        eps_sum += eps * len(y)
+        callbacks.on_batch(i + 1, spe)
+    seconds = time.perf_counter() - start
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "eps": eps_sum / max(seen, 1),
+        "lr": float(state.optimizer.param_groups[0]["lr"]),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "seconds": round(seconds, 3),
+        "examples_per_second": round(seen / seconds, 2) if seconds > 0 else None,
+    }
+    row.update(validate(state, epoch))
+    row["val_seconds"] = round(time.perf_counter() - start - seconds, 3)
+    return row
+
+
+@torch.no_grad()
+def clean_accuracy(
+    model: nn.Module, data: Dataset, device: torch.device, limit: int | None
+) -> float:
+    """Clean accuracy (fraction) of ``model`` in eval mode on the first ``limit`` examples."""
+    was_training = model.training
+    model.eval()
+    n = len(data) if limit is None else min(limit, len(data))  # type: ignore[arg-type]
+    loader = DataLoader(torch.utils.data.Subset(data, range(n)), batch_size=256)
+    correct = 0
+    for x, y in loader:
+        correct += int((model(x.to(device).float()).argmax(1) == y.to(device)).sum())
+    model.train(was_training)
+    return correct / max(n, 1)
+
+
+def validate(state: TrainState, epoch: int) -> dict[str, Any]:
+    """Clean validation accuracy, plus robust (PGD-10 at eps_g) on a subset when scheduled."""
+    vcfg = state.config.val
+    out: dict[str, Any] = {
+        "val_acc": clean_accuracy(state.model, state.data.val, state.device, vcfg.max_examples)
+    }
+    eps_g = state.config.attack.eps
+    if vcfg.robust_every > 0 and epoch % vcfg.robust_every == 0 and eps_g > 0:
+        attack = attacks.create("pgd", norm=state.config.attack.norm, steps=10)
+        curve = robustness_curve(
+            state.model,
+            state.data.val,
+            attack,
+            [0.0, eps_g],
+            max_examples=vcfg.robust_examples,
+            seed=derive_seed(state.config.train.seed, "val"),
+        )
+        out["val_robust_acc"] = curve.robust_accuracy
+    return out
+
+
+def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "config": state.config.to_dict(),
+        "run_id": state.config.run_id(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "train_seconds": state.train_seconds,
+        "history": state.history,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "num_classes": state.data.num_classes,
+        "class_names": list(state.data.class_names),
+        "rng_cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        payload["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return payload
+
+
+def restore(state: TrainState, payload: dict[str, Any]) -> None:
+    """Load a checkpoint payload into ``state`` (same config required)."""
+    if payload.get("run_id") != state.config.run_id():
+        raise UserError("checkpoint belongs to a different config; use --force to start over")
+    state.model.load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.epoch = int(payload["epoch"])
+    state.step = int(payload["step"])
+    state.train_seconds = float(payload["train_seconds"])
+    state.history = list(payload["history"])
+    torch.set_rng_state(payload["rng_cpu"])
+
+
+def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve:
+    """Robustness curve on the test split (config ``eval`` section)."""
+    ecfg = state.config.eval
+    eps_max = ecfg.eps_max if ecfg.eps_max is not None else state.config.attack.eps
+    if eps_max == 0:
+        eps_max = 8 / 255 if state.config.attack.norm == "linf" else 0.5
+    grid = eps_grid(eps_max, ecfg.eps_step)
+    attack = attacks.create(ecfg.attack, norm=state.config.attack.norm, steps=ecfg.steps)
+    n = (
+        len(state.data.test)
+        if ecfg.max_examples is None
+        else min(ecfg.max_examples, len(state.data.test))
+    )  # type: ignore[arg-type]
+    callbacks.on_eval_start(n)
+    return robustness_curve(
+        state.model,
+        state.data.test,
+        attack,
+        grid,
+        mode=ecfg.mode,
+        seed=ecfg.seed,
+        batch_size=ecfg.batch_size,
+        max_examples=ecfg.max_examples,
+        progress=callbacks.on_eval,
+    )
+
+
+def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
+    delay = task_adaptation_delay(state.history, state.data.num_classes)
+    return {
+        "name": state.config.name,
+        "run_id": state.config.run_id(),
+        "clean_accuracy": curve.clean_accuracy,
+        "robust_accuracy": curve.robust_accuracy,
+        "expected_robustness": curve.expected_robustness,
+        "eps_g": state.config.attack.eps,
+        "eval_eps_max": curve.eps_max,
+        "eval_attack": curve.attack,
+        "eval_examples": curve.n_examples,
+        "final_val_acc": state.history[-1]["val_acc"] if state.history else None,
+        "adaptation_delay": delay,
+        "train_seconds": round(state.train_seconds, 3),
+        "eval_seconds": curve.seconds,
+        "epochs": state.config.train.epochs,
+        "warnings": list(curve.warnings),
+    }
+
+
+def fit(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    callbacks: Callbacks | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train per ``config`` in ``run_dir``, evaluate on the test split, write ``result.json``.
+
+    Returns:
+        The result dict (also written to ``result.json``).
+    """
+    cb: Callbacks = callbacks or NullCallbacks()
+    check_config(config)
+    run = prepare_run_dir(run_dir, config, resume=resume, force=force)
+    existing = run.read_result() if resume else None
+    if existing is not None:
+        return existing
+    state = build_state(config, pick_device(device))
+    write_env(run, state.device)
+    if resume:
+        restore(state, load_checkpoint_with_fallback(run.checkpoint, _logger.warning))
+        _logger.info("resumed %s at epoch %d", run.root, state.epoch)
+    run.write_metrics(state.history)
+    while state.epoch < config.train.epochs:
+        row = train_epoch(state, state.epoch + 1, cb)
+        state.epoch += 1
+        state.train_seconds += row["seconds"]
+        state.history.append(row)
+        save_checkpoint(run.checkpoint, _checkpoint_payload(state))
+        run.write_metrics(state.history)
+        cb.on_epoch_end(row)
+    curve = final_evaluation(state, cb)
+    atomic_write_json(run.robustness, curve.to_dict())
+    result = _result(state, curve)
+    atomic_write_json(run.result, result)
+    return result
+
+
+def load_trained_model(
+    path: str | Path, device: str = "auto"
+) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+    """Rebuild a trained model from a run directory or a checkpoint file.
+
+    Returns:
+        (model in eval mode, its config, the checkpoint payload).
+    """
+    from robustft.config import build_config
+
+    p = Path(path)
+    ckpt = RunDir(p).checkpoint if p.is_dir() else p
+    payload = load_checkpoint_with_fallback(ckpt, _logger.warning)
+    config = build_config(payload["config"])
+    model = build_model(
+        config.model.name,
+        num_classes=int(payload["num_classes"]),
+        pretrained=False,
+        mode=config.model.mode,
+    )
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise UserError(
+            f"checkpoint {ckpt}: weights do not fit the model ({str(err)[:120]})"
+        ) from None
+    model.to(pick_device(device)).eval()
+    return model, config, payload

@@ -1,0 +1,74 @@
+"""Perturbation sizes: parsing and formatting in pixel units.
+
+Images live in ``[0, 1]``, so ``eps`` is a fraction of the pixel range: ``8/255`` is the
+classic l-inf budget. Text forms accepted everywhere (config, CLI): ``"8/255"``, ``"0.0314"``,
+``"0"``. A bare number greater than 1 (``"8"``) is refused, because it almost always means
+``8/255`` written in 0-255 units.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+from robustft.errors import UserError
+
+
+def parse_eps(value: object, *, name: str = "eps", upper: float = 1.0) -> float:
+    """Parse a perturbation size given as a number or text such as ``"8/255"``.
+
+    Args:
+        value: a float/int, or a string ``"a/b"`` or ``"0.03"``.
+        name: what the value is called, for error messages.
+        upper: the largest accepted value (``1.0`` for l-inf pixel units).
+
+    Returns:
+        eps as a float in pixel units, in ``[0, upper]``.
+
+    Raises:
+        UserError: the text does not parse, or the value is negative, non-finite or too large.
+    """
+    if isinstance(value, bool):
+        raise UserError(f"{name}: expected a number such as 8/255, got {value!r}")
+    if isinstance(value, (int, float)):
+        eps = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            eps = float(Fraction(text)) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise UserError(
+                f"{name}: cannot parse {value!r}; write a pixel fraction such as 8/255 or 0.03"
+            ) from None
+    else:
+        raise UserError(f"{name}: expected a number such as 8/255, got {value!r}")
+    if not math.isfinite(eps) or eps < 0:
+        raise UserError(f"{name}: must be a finite number >= 0, got {value!r}")
+    if eps > upper:
+        hint = f" (did you mean {value}/255?)" if eps <= 255 and upper <= 1.0 else ""
+        raise UserError(f"{name}: {value!r} exceeds {upper:g} in [0,1] pixel units{hint}")
+    return eps
+
+
+def format_eps(eps: float) -> str:
+    """Format eps for humans: ``8/255`` when it is a multiple of 1/255 (to 1e-6), else ``%.4g``."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:.4g}"
+
+
+def eps_grid(eps_max: float, eps_step: float = 1 / 255) -> list[float]:
+    """The evaluation grid ``0, step, 2*step, ..., eps_max`` (eps_max included).
+
+    Raises:
+        UserError: eps_max is not a (near) multiple of eps_step, or step <= 0.
+    """
+    if eps_step <= 0:
+        raise UserError(f"eps step must be > 0, got {eps_step}")
+    n = eps_max / eps_step
+    if abs(n - round(n)) > 1e-6:
+        raise UserError(
+            f"eps max {format_eps(eps_max)} is not a multiple of step {format_eps(eps_step)}"
+        )
+    return [i * eps_step for i in range(round(n) + 1)]
