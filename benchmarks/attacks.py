@@ -190,7 +190,67 @@ def section_attacks(context: Context, args: argparse.Namespace) -> None:
             )
 
 
-SECTIONS: list[Callable[[Context, argparse.Namespace], None]] = [section_attacks]
+def _torchattacks_curve(context: Context, grid: Sequence[float]) -> list[float]:
+    """What users glue by hand: torchattacks APGD-CE run independently at every eps."""
+    accs = [accuracy(context.model, context.x, context.y)]
+    for k, eps in enumerate(grid[1:], start=1):
+        torch.manual_seed(k)
+        attack = torchattacks.APGD(context.model, norm="Linf", eps=eps, steps=10, loss="ce")
+        accs.append(accuracy(context.model, attack(context.x, context.y), context.y))
+    return accs
+
+
+def section_evaluation(context: Context, args: argparse.Namespace) -> None:
+    """A 9-point robustness curve: cascade vs independent (ours) vs torchattacks per eps."""
+    from robustft.evaluate import robustness_curve
+
+    eps_max = parse_eps(args.linf_eps, name="linf eps")
+    grid = [i * eps_max / 8 for i in range(9)]
+    attack = create("apgd-ce", steps=10)
+    data = (context.x, context.y)
+    runs: dict[str, list[float]] = {"cascade": [], "independent": [], "torchattacks": []}
+    curves: dict[str, list[float]] = {}
+    attacked: dict[str, int] = {}
+    for repeat in range(max(1, args.repeats // 2)):
+        order = list(runs) if repeat % 2 == 0 else list(runs)[::-1]
+        for who in order:
+            start = time.perf_counter()
+            if who == "torchattacks":
+                curves[who] = _torchattacks_curve(context, grid)
+                attacked[who] = len(context.x) * (len(grid) - 1)
+            else:
+                curve = robustness_curve(context.model, data, attack, grid, mode=who, seed=repeat)
+                curves[who] = list(curve.accuracy)
+                attacked[who] = sum(curve.attacked)
+            runs[who].append(time.perf_counter() - start)
+    base = statistics.median(runs["independent"])
+    print(f"\n## Robustness curve, APGD-CE 10 steps, 9 points on [0, {args.linf_eps}] l-inf")
+    print(
+        f"median of {len(runs['cascade'])} runs; batch {len(context.x)}; ratio = time / independent"
+    )
+    print(f"| {'evaluation':<22} | {'time s':>6} | {'ratio':>5} | {'attacked':>8} | {'E.rob':>6} |")
+    print(f"|{'-' * 24}|{'-' * 8}|{'-' * 7}|{'-' * 10}|{'-' * 8}|")
+    for who, times in runs.items():
+        label = {"cascade": "robustft cascade", "independent": "robustft independent"}.get(
+            who, "torchattacks APGD per eps"
+        )
+        e_rob = sum((a + b) / 2 for a, b in zip(curves[who], curves[who][1:])) / 8
+        t = statistics.median(times)
+        print(
+            f"| {label:<22} | {t:>6.2f} | {t / base:>5.2f} | {attacked[who]:>8} | {e_rob:>6.3f} |"
+        )
+    print("accuracy per eps (ours cascade / ours independent / torchattacks):")
+    for k, eps in enumerate(grid):
+        print(
+            f"  {eps * 255:4.1f}/255  {curves['cascade'][k]:.3f} / {curves['independent'][k]:.3f}"
+            f" / {curves['torchattacks'][k]:.3f}"
+        )
+
+
+SECTIONS: list[Callable[[Context, argparse.Namespace], None]] = [
+    section_attacks,
+    section_evaluation,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -143,6 +143,16 @@ def build_data(config: RunConfig) -> DataSplits:
     )
 
 
+def eval_grid(config: RunConfig) -> list[float]:
+    """The final evaluation's eps grid: 0, eps_step, ..., eps_max (default eps_g; 8/255 for l-inf
+    or 0.5 for l2 when eps_g is 0, as for standard fine-tuning)."""
+    ecfg = config.eval
+    eps_max = ecfg.eps_max if ecfg.eps_max is not None else config.attack.eps
+    if eps_max == 0:
+        eps_max = 8 / 255 if config.attack.norm == "linf" else 0.5
+    return eps_grid(eps_max, ecfg.eps_step)
+
+
 def check_config(config: RunConfig) -> None:
     """Fail fast on names and values that only the library can check (schedule, attacks),
     before anything is written."""
@@ -154,6 +164,7 @@ def check_config(config: RunConfig) -> None:
         seed=config.train.seed,
     )
     build_train_attack(config)
+    eval_grid(config)
     attacks.create(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
 
 
@@ -341,10 +352,7 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
 def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve:
     """Robustness curve on the test split (config ``eval`` section)."""
     ecfg = state.config.eval
-    eps_max = ecfg.eps_max if ecfg.eps_max is not None else state.config.attack.eps
-    if eps_max == 0:
-        eps_max = 8 / 255 if state.config.attack.norm == "linf" else 0.5
-    grid = eps_grid(eps_max, ecfg.eps_step)
+    grid = eval_grid(state.config)
     attack = attacks.create(ecfg.attack, norm=state.config.attack.norm, steps=ecfg.steps)
     n = (
         len(state.data.test)
@@ -382,6 +390,7 @@ def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "train_seconds": round(state.train_seconds, 3),
         "eval_seconds": curve.seconds,
         "epochs": state.config.train.epochs,
+        "num_classes": state.data.num_classes,
         "warnings": list(curve.warnings),
     }
 

@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs per run (default {DEMO_EPOCHS})"
     )
-    p.add_argument("--eps", default="8/255", help="eps_g, l-inf pixel units (default 8/255)")
+    p.add_argument("--eps", default="16/255", help="eps_g, l-inf pixel units (default 16/255)")
     p.add_argument("--out", default="runs/demo", help="where the run directories go")
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=run)
@@ -50,6 +50,7 @@ def _row(label: str, result: dict[str, Any]) -> list[object]:
 
 def run(args: argparse.Namespace) -> int:
     from robustft.demo import METHOD_LABELS, demo_configs
+    from robustft.diagnostics import adaptation_threshold
     from robustft.rundir import default_run_dir
     from robustft.train import fit
 
@@ -64,11 +65,12 @@ def run(args: argparse.Namespace) -> int:
         f"demo: {first.model.name} (ImageNet weights) on digits {first.data.image_size}x"
         f"{first.data.image_size}, {first.data.max_train_per_class} train images/class, "
         f"{args.epochs} epochs, batch {first.train.batch_size}, eps_g {format_eps(eps)} l-inf, "
-        f"train attack {first.attack.name} {first.attack.steps} steps, eval {first.eval.attack} "
-        f"{first.eval.steps} steps on {first.eval.max_examples} test images"
+        f"{first.train.optimizer} lr {first.train.lr:g}, train attack {first.attack.name} "
+        f"{first.attack.steps} steps, eval {first.eval.attack} {first.eval.steps} steps on the "
+        "1/255 grid over the test split"
     )
     start = time.perf_counter()
-    rows, dirs = [], []
+    rows, dirs, results = [], [], []
     for config in configs:
         method = config.name.removeprefix("demo-")
         run_dir = default_run_dir(config, Path(args.out))
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             config, run_dir, resume=resume, callbacks=Progress(label=method), device=args.device
         )
         rows.append(_row(METHOD_LABELS[method], result))
+        results.append(result)
         dirs.append(f"  {method}: {run_dir}")
     headers = [
         "method",
@@ -87,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
         "time (s)",
     ]
     print(table(headers, rows))
+    threshold = adaptation_threshold(int(results[0]["num_classes"]))
     print(
         "expected robustness: accuracy averaged over eps uniform on "
-        f"[0, {format_eps(eps)}] (APGD-CE, 1/255 grid); delay: first epoch with val accuracy > 20% "
-        "(max(5%, 2 x chance))"
+        f"[0, {format_eps(eps)}] (APGD-CE, 1/255 grid); delay: first epoch with validation "
+        f"accuracy > {100 * threshold:.0f}% (max(5%, 2 x chance))"
     )
     print("run directories:\n" + "\n".join(dirs))
     print(f"wall time: {time.perf_counter() - start:.0f}s")

@@ -1,0 +1,42 @@
+"""The shipped example and paper configs load, validate and say what they expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from robustft.config import load_config
+from robustft.demo import demo_configs
+from robustft.train import check_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ALL = sorted(CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL, ids=[str(p.relative_to(CONFIGS)) for p in ALL])
+def test_config_is_valid_and_documented(path: Path) -> None:
+    config = load_config(path)
+    check_config(config)  # schedule binds to the epoch count, attacks exist
+    head = path.read_text().splitlines()[0]
+    assert head.startswith("#"), "every config starts with a comment saying what it is"
+    if "paper" in path.parts:
+        text = path.read_text()
+        assert "Expected" in text and "Hardware" in text
+        assert config.train.epochs == 50 and config.attack.schedule == "hinge(t1=12,t2=37)"
+        assert config.attack.steps == 7 and config.eval.steps == 10
+        assert config.model.name.startswith("timm:")
+
+
+def test_paper_grid_is_complete() -> None:
+    names = {p.stem for p in (CONFIGS / "paper").glob("*.yaml")}
+    backbones = ["vit", "swin", "convnext", "resnet50", "clipvit", "clipconvnext"]
+    datasets = ["aircraft", "caltech256", "cars", "cub", "dogs"]
+    assert names == {f"{b}-{d}" for b in backbones for d in datasets}
+
+
+def test_digits_configs_match_the_demo() -> None:
+    for config in demo_configs():
+        method = config.name.removeprefix("demo-")
+        shipped = load_config(CONFIGS / f"digits_{method}.yaml")
+        assert shipped.run_id() == config.run_id(), method
