@@ -11,13 +11,23 @@ import argparse
 import importlib
 import logging
 import os
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from robustft import __version__
 from robustft.errors import UserError
 
-COMMANDS = ("schedule", "train", "eval", "demo")
+FIRST_COMMANDS = ("schedule", "train", "eval", "demo")
+
+
+def command_names() -> list[str]:
+    """Subcommand modules in ``robustft.commands`` (``_private`` ones skipped), core ones first."""
+    import robustft.commands
+
+    found = {m.name for m in pkgutil.iter_modules(robustft.commands.__path__)}
+    found = {name for name in found if not name.startswith("_")}
+    return [n for n in FIRST_COMMANDS if n in found] + sorted(found - set(FIRST_COMMANDS))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMANDS:
+    for name in command_names():
         module = importlib.import_module(f"robustft.commands.{name}")
         module.add_parser(sub)
     return parser

@@ -246,6 +246,14 @@ def _validate_grid(eps_grid: Sequence[float], mode: str) -> tuple[float, ...]:
     return grid
 
 
+def default_masking_eps(norm: str, image_shape: Sequence[int]) -> float:
+    """A budget no honest model survives: 0.5 in l-inf (half the pixel range); in l2 the radius
+    ``0.5 * sqrt(C*H*W)`` of the ball that contains that l-inf ball."""
+    if norm == "linf":
+        return 0.5
+    return 0.5 * math.sqrt(math.prod(int(d) for d in image_shape))
+
+
 def robustness_curve(
     model: nn.Module,
     data: Dataset | tuple[Tensor, Tensor],
@@ -274,8 +282,9 @@ def robustness_curve(
         seed: seed of random starts (recorded in the result).
         batch_size: examples per forward/backward.
         max_examples: evaluate on the first N examples only.
-        masking_check_eps: if set, also attack up to ``masking_check_examples`` examples at this
-            very large eps; accuracy well above 0 there suggests gradient masking.
+        masking_check_eps: also attack up to ``masking_check_examples`` examples (0 = skip the
+            check) at this very large eps (default: :func:`default_masking_eps`); accuracy well
+            above 0 there suggests gradient masking.
         progress: called as ``progress(done_examples, total_examples)`` after each batch.
 
     Returns:
@@ -320,13 +329,10 @@ def robustness_curve(
             done += len(x)
             if progress is not None:
                 progress(done, total)
-        masking = (
-            None
-            if masking_check_eps is None
-            else masking_check(
-                model, attack, loader, masking_check_eps, masking_check_examples, seed
-            )
-        )
+        masking = None
+        if masking_check_examples > 0:
+            huge = masking_check_eps or default_masking_eps(attack.norm, dataset[0][0].shape)
+            masking = masking_check(model, attack, loader, huge, masking_check_examples, seed)
     finally:
         model.train(was_training)
     correct = [torch.cat(r) for r in rows]

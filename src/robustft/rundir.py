@@ -81,7 +81,14 @@ def default_run_dir(config: RunConfig, base: str | Path = "runs") -> Path:
 
 
 def _clear(run: RunDir) -> None:
-    for path in (run.config, run.metrics, run.robustness, run.result, run.env):
+    for path in (
+        run.config,
+        run.metrics,
+        run.robustness,
+        run.result,
+        run.env,
+        run.root / "probe.json",
+    ):
         path.unlink(missing_ok=True)
     shutil.rmtree(run.root / "checkpoints", ignore_errors=True)
 

@@ -33,6 +33,11 @@ equal schedule)::
     cosine(t1=12,t2=37)           half-cosine ramp between the hinges; same defaults as hinge
     piecewise(0:0,10:0.5,30:1)    epoch:alpha knots, linear in between, flat outside
     uniform / uniform(seed=3)     alpha ~ U[0, 1], drawn once per epoch (or per step)
+    auto                          the paper's automated scheduler: eps 0 until validation
+                                  accuracy converges (patience 5, tolerance 2 points), then
+                                  linear to eps_g at the last epoch; auto(patience=5,tolerance=0.02)
+    hinge(auto)                   T1 from a clean probe run (epoch reaching 90% of its final
+                                  validation accuracy), T2 at 75% of the run
 
 Positions (``t1``, ``t2``, knot epochs): an integer (``12``) is an absolute epoch; a number with
 a decimal point or exponent in ``[0, 1]`` (``0.24``, ``1.0``) is a fraction of the run, resolved
@@ -65,16 +70,20 @@ from robustft.units import parse_eps
 __all__ = [
     "GRANULARITIES",
     "KINDS",
+    "AdaptiveSchedule",
+    "Auto",
     "Constant",
     "Cosine",
     "EpsSchedule",
     "Granularity",
     "Hinge",
+    "HingeAuto",
     "Linear",
     "Piecewise",
     "Position",
     "Schedule",
     "Uniform",
+    "convergence_epoch",
     "parse_schedule",
     "schedule_from_dict",
 ]
@@ -497,8 +506,125 @@ class Uniform(Schedule):
         return [] if self.seed is None else [f"seed={self.seed}"]
 
 
+def convergence_epoch(
+    val_accuracies: Sequence[float], patience: int, tolerance: float
+) -> int | None:
+    """First (1-based) epoch at which validation accuracy has converged, or None.
+
+    Converged: ``patience`` consecutive epochs without an improvement of more than
+    ``tolerance`` (absolute, accuracy as a fraction) over the best accuracy so far. The paper's
+    automatic scheduler uses patience 5 and tolerance 2% (taken here as 2 points).
+    """
+    best, waited = -math.inf, 0
+    for epoch, acc in enumerate(val_accuracies, start=1):
+        if acc > best + tolerance:
+            best, waited = acc, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                return epoch
+    return None
+
+
+def first_epoch_reaching(val_accuracies: Sequence[float], fraction: float) -> int:
+    """First (1-based) epoch whose accuracy reaches ``fraction`` of the final accuracy."""
+    target = fraction * val_accuracies[-1]
+    return next(e for e, acc in enumerate(val_accuracies, start=1) if acc >= target)
+
+
+class AdaptiveSchedule(Schedule):
+    """A schedule whose hinge T1 is chosen during the run from validation accuracy.
+
+    Until resolved, ``alpha`` is 0 (clean fine-tuning). The trainer calls :meth:`resolve` with
+    the run's data and uses the returned (pure) schedule; the choice is recorded in the run's
+    results and recomputed identically on resume.
+    """
+
+
+@dataclass(frozen=True)
+class Auto(AdaptiveSchedule):
+    """The paper's automated scheduler (Section 6.3): eps = 0 until validation accuracy has
+    converged (``patience`` epochs without a gain above ``tolerance``), then linear to eps_g at
+    the last epoch. T1 is a function of the validation history, so it survives a resume."""
+
+    patience: int = 5
+    tolerance: float = 0.02
+    kind: ClassVar[str] = "auto"
+    _converters: ClassVar[Mapping[str, Callable[[object, str], Any]]] = {
+        "patience": lambda v, what: _positive_int(v, what),
+        "tolerance": lambda v, what: _alpha_value(v, what),
+    }
+
+    def alpha(self, t: float, epochs: int) -> float:
+        """0 until resolved (the trainer resolves it after every epoch)."""
+        return 0.0
+
+    def resolve(self, val_accuracies: Sequence[float], epochs: int) -> Schedule:
+        """``hinge(t1=T1, t2=epochs)`` once converged at epoch T1, else ``self``."""
+        t1 = convergence_epoch(val_accuracies, self.patience, self.tolerance)
+        if t1 is None:
+            return self
+        return Hinge(t1=Position(float(t1)), t2=Position(float(epochs)))
+
+
+@dataclass(frozen=True)
+class HingeAuto(AdaptiveSchedule):
+    """``hinge(auto)``: T1 from a short clean probe run, the epoch at which clean fine-tuning
+    reaches ``reach`` (90%) of its final validation accuracy (the paper's own rule for its
+    T1 = 12); T2 at ``t2`` of the run (default 75%). The probe runs ``probe`` of the epochs."""
+
+    t2: Position = field(default_factory=lambda: Position(0.75, fraction=True))
+    probe: float = 0.5
+    reach: float = 0.9
+    kind: ClassVar[str] = "hinge-auto"
+    _converters: ClassVar[Mapping[str, Callable[[object, str], Any]]] = {
+        "t2": Position.of,
+        "probe": lambda v, what: _alpha_value(v, what),
+        "reach": lambda v, what: _alpha_value(v, what),
+    }
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "t2", Position.of(self.t2, "hinge(auto): t2"))
+        if not 0 < self.probe <= 1 or not 0 < self.reach <= 1:
+            raise UserError(
+                f"hinge(auto): probe and reach must be fractions in (0, 1], got "
+                f"probe={self.probe}, reach={self.reach}"
+            )
+
+    def check(self, epochs: int) -> None:
+        """Refuse t2 beyond the run."""
+        if self.t2.resolve(_check_epochs(epochs)) > epochs:
+            raise UserError(f"hinge(auto): t2={self.t2} is beyond the run of {epochs} epochs")
+
+    def alpha(self, t: float, epochs: int) -> float:
+        """0 until resolved (the trainer runs the probe before the first epoch)."""
+        return 0.0
+
+    def probe_epochs(self, epochs: int) -> int:
+        """Length of the clean probe run."""
+        return max(2, round(self.probe * epochs))
+
+    def resolve(self, val_accuracies: Sequence[float], epochs: int) -> Schedule:
+        """``hinge(t1=T1, t2=...)`` from the probe's validation accuracies."""
+        t2 = self.t2.resolve(epochs)
+        t1 = min(float(first_epoch_reaching(val_accuracies, self.reach)), t2)
+        return Hinge(t1=Position(t1), t2=Position(t2))
+
+    def __str__(self) -> str:
+        return f"hinge(t1=auto,{','.join(self._text_args())})"
+
+
+def _positive_int(value: object, what: str) -> int:
+    number = _parse_number(str(value), what) if isinstance(value, str) else value
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 1:
+        raise UserError(f"{what}: expected an integer >= 1, got {value!r}")
+    if not float(number).is_integer():
+        raise UserError(f"{what}: expected an integer >= 1, got {value!r}")
+    return int(number)
+
+
 _REGISTRY: dict[str, type[Schedule]] = {
-    cls.kind: cls for cls in (Constant, Hinge, Linear, Cosine, Piecewise, Uniform)
+    cls.kind: cls for cls in (Constant, Hinge, Linear, Cosine, Piecewise, Uniform, Auto, HingeAuto)
 }
 KINDS: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -571,6 +697,9 @@ def parse_schedule(text: str) -> Schedule:
     if name not in _REGISTRY:
         raise unknown_name("schedule", name, KINDS)
     cls = _REGISTRY[name]
+    if cls is Hinge and any(item.replace(" ", "").lower() in ("auto", "t1=auto") for item in items):
+        rest = [i for i in items if i.replace(" ", "").lower() not in ("auto", "t1=auto")]
+        return HingeAuto.from_args(_keyword_args("hinge(auto)", rest, text))
     if cls is not Piecewise:
         return cls.from_args(_keyword_args(name, items, text))
     if any(":" not in item for item in items):

@@ -10,10 +10,11 @@ numbers as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,14 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 from robustft import attacks
 from robustft.checkpoint import atomic_write_json, load_checkpoint_with_fallback, save_checkpoint
 from robustft.config import RunConfig
-from robustft.data import DataSplits, build_datasets
+from robustft.data import DataSpec, DataSplits, build_datasets_from_spec
 from robustft.diagnostics import task_adaptation_delay
 from robustft.errors import UserError
 from robustft.evaluate import RobustnessCurve, robustness_curve
 from robustft.models import build_model, param_groups
 from robustft.objectives import AdversarialCE
 from robustft.rundir import RunDir, prepare_run_dir, write_env
-from robustft.schedules import EpsSchedule, parse_schedule
+from robustft.schedules import Auto, EpsSchedule, HingeAuto, parse_schedule
 from robustft.units import eps_grid
 
 _logger = logging.getLogger(__name__)
@@ -107,6 +108,20 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    probe_val_acc: list[float] | None = None  # hinge(auto): the clean probe's val accuracies
+
+    def current_schedule(self) -> EpsSchedule:
+        """The eps schedule in force now: the configured one, or for an adaptive schedule
+        (``auto``, ``hinge(auto)``) the hinge it resolved to from validation accuracy so far
+        (a pure function of the history, so a resumed run makes the same choice)."""
+        base = self.eps_schedule.schedule
+        if isinstance(base, Auto):
+            accs = [row["val_acc"] for row in self.history]
+            return replace(self.eps_schedule, schedule=base.resolve(accs, self.config.train.epochs))
+        if isinstance(base, HingeAuto) and self.probe_val_acc is not None:
+            resolved = base.resolve(self.probe_val_acc, self.config.train.epochs)
+            return replace(self.eps_schedule, schedule=resolved)
+        return self.eps_schedule
 
     @property
     def steps_per_epoch(self) -> int:
@@ -129,18 +144,7 @@ class TrainState:
 
 def build_data(config: RunConfig) -> DataSplits:
     """The train/val/test splits the config describes (deterministic given train.seed)."""
-    d = config.data
-    return build_datasets(
-        d.name,
-        image_size=d.image_size,
-        seed=config.train.seed,
-        root=d.root,
-        download=d.download,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        augment=d.augment,
-        max_train_per_class=d.max_train_per_class,
-    )
+    return build_datasets_from_spec(DataSpec(**asdict(config.data), seed=config.train.seed))
 
 
 def eval_grid(config: RunConfig) -> list[float]:
@@ -252,15 +256,14 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
     attack_gen = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "attack", epoch))
     loader = state.train_loader(epoch)
     spe = len(loader)
-    callbacks.on_epoch_start(
-        epoch, cfg.train.epochs, state.eps_schedule.eps_at(epoch, spe - 1, spe), spe
-    )
+    schedule = state.current_schedule()
+    callbacks.on_epoch_start(epoch, cfg.train.epochs, schedule.eps_at(epoch, spe - 1, spe), spe)
     start = time.perf_counter()
     state.model.train()
     loss_sum, correct, seen, eps_sum = 0.0, 0, 0, 0.0
     for i, (x, y) in enumerate(loader):
         x, y = x.to(state.device).float(), y.to(state.device)
-        eps = state.eps_schedule.eps_at(epoch, i, spe)
+        eps = schedule.eps_at(epoch, i, spe)
         batch_loss, batch_correct = _train_step(state, x, y, eps, attack_gen)
         loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
         eps_sum += eps * len(y)
@@ -315,6 +318,38 @@ def validate(state: TrainState, epoch: int) -> dict[str, Any]:
         )
         out["val_robust_acc"] = curve.robust_accuracy
     return out
+
+
+def run_probe(
+    config: RunConfig, epochs: int, device: torch.device, callbacks: Callbacks
+) -> list[float]:
+    """Clean fine-tuning for ``epochs`` epochs (same model, data and optimizer settings, eps 0);
+    returns the validation accuracy after each epoch. Used by ``hinge(auto)`` to choose T1."""
+    clean = replace(
+        config,
+        train=replace(
+            config.train, epochs=epochs, warmup_epochs=min(config.train.warmup_epochs, epochs - 1)
+        ),
+        attack=replace(config.attack, eps=0.0, schedule="constant"),
+    )
+    state = build_state(clean, device)
+    return [train_epoch(state, epoch, callbacks)["val_acc"] for epoch in range(1, epochs + 1)]
+
+
+def _resolve_probe(state: TrainState, run: RunDir, callbacks: Callbacks) -> None:
+    """For ``hinge(auto)``: load the probe's result from the run dir, or run the probe once and
+    save it atomically (a resumed run never repeats it)."""
+    base = state.eps_schedule.schedule
+    if not isinstance(base, HingeAuto):
+        return
+    path = run.root / "probe.json"
+    if path.is_file():
+        state.probe_val_acc = [float(a) for a in json.loads(path.read_text())["val_acc"]]
+        return
+    epochs = base.probe_epochs(state.config.train.epochs)
+    _logger.info("hinge(auto): clean probe run of %d epochs to choose T1", epochs)
+    state.probe_val_acc = run_probe(state.config, epochs, state.device, callbacks)
+    atomic_write_json(path, {"epochs": epochs, "val_acc": state.probe_val_acc})
 
 
 def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
@@ -391,6 +426,8 @@ def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "eval_seconds": curve.seconds,
         "epochs": state.config.train.epochs,
         "num_classes": state.data.num_classes,
+        "schedule": str(state.eps_schedule.schedule),
+        "schedule_resolved": str(state.current_schedule().schedule),
         "warnings": list(curve.warnings),
     }
 
@@ -420,6 +457,7 @@ def fit(
     if resume:
         restore(state, load_checkpoint_with_fallback(run.checkpoint, _logger.warning))
         _logger.info("resumed %s at epoch %d", run.root, state.epoch)
+    _resolve_probe(state, run, cb)
     run.write_metrics(state.history)
     while state.epoch < config.train.epochs:
         row = train_epoch(state, state.epoch + 1, cb)

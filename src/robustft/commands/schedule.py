@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from robustft.errors import UserError
-from robustft.schedules import GRANULARITIES, EpsSchedule, parse_schedule
+from robustft.schedules import GRANULARITIES, AdaptiveSchedule, EpsSchedule, parse_schedule
 from robustft.units import format_eps, parse_eps
 
 BAR_WIDTH = 40
@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows(bound)))
     else:
         print(render_table(bound, args.steps_per_epoch))
+        if isinstance(bound.schedule, AdaptiveSchedule):
+            print(
+                f"note: {bound.schedule} chooses T1 during training from validation accuracy; "
+                "until then eps is 0, as shown"
+            )
     return 0
 
 
