@@ -184,3 +184,19 @@ def test_bad_cli_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     _assert_one_line_error(
         *run_cli(capsys, "train", SMOKE, "--set", "train.epochs")[::2], "key=value"
     )
+
+
+def test_one_step_attacks_ignore_steps(smoke_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(
+        capsys,
+        "eval",
+        str(smoke_run),
+        "--attack",
+        "fgsm-rs",
+        "--eps-max",
+        "1/255",
+        "--max-examples",
+        "8",
+    )
+    assert code == 0, err
+    assert "fgsm-rs" in out

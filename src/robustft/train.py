@@ -169,7 +169,7 @@ def check_config(config: RunConfig) -> None:
     )
     build_train_attack(config)
     eval_grid(config)
-    attacks.create(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
+    build_attack(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
 
 
 def build_state(config: RunConfig, device: torch.device) -> TrainState:
@@ -195,14 +195,22 @@ def build_state(config: RunConfig, device: torch.device) -> TrainState:
     return TrainState(config, model, optimizer, data, schedule, objective, device)
 
 
+ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")
+
+
+def build_attack(name: str, *, norm: str, steps: int, **hyper: Any) -> attacks.Attack:
+    """``attacks.create`` with a step count that one-step attacks (FGSM, FGSM-RS) ignore."""
+    if name not in ONE_STEP_ATTACKS:
+        hyper["steps"] = steps
+    return attacks.create(name, norm=norm, **hyper)
+
+
 def build_train_attack(config: RunConfig) -> attacks.Attack:
     a = config.attack
     hyper: dict[str, Any] = {"eval_mode": a.eval_mode}
-    if a.name not in ("fgsm", "fgsm-rs"):
-        hyper["steps"] = a.steps
     if a.rel_step is not None:
         hyper["rel_step"] = a.rel_step
-    return attacks.create(a.name, norm=a.norm, **hyper)
+    return build_attack(a.name, norm=a.norm, steps=a.steps, **hyper)
 
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -388,7 +396,7 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
     """Robustness curve on the test split (config ``eval`` section)."""
     ecfg = state.config.eval
     grid = eval_grid(state.config)
-    attack = attacks.create(ecfg.attack, norm=state.config.attack.norm, steps=ecfg.steps)
+    attack = build_attack(ecfg.attack, norm=state.config.attack.norm, steps=ecfg.steps)
     n = (
         len(state.data.test)
         if ecfg.max_examples is None

@@ -58,10 +58,9 @@ def curve_table(curve: RobustnessCurve) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustft import attacks
     from robustft.checkpoint import atomic_write_json
     from robustft.evaluate import robustness_curve
-    from robustft.train import build_data, load_trained_model
+    from robustft.train import build_attack, build_data, load_trained_model
     from robustft.units import eps_grid
 
     if args.steps < 1:
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if eps_max == 0:
         raise UserError("--eps-max: the run was trained at eps 0; pass --eps-max, e.g. 8/255")
     grid = eps_grid(eps_max, parse_eps(args.eps_step, name="--eps-step", upper=upper))
-    attack = attacks.create(args.attack, norm=norm, steps=args.steps)
+    attack = build_attack(args.attack, norm=norm, steps=args.steps)
     data = build_data(config)
     progress = Progress(label="eval")
     n = len(data.test) if args.max_examples is None else min(args.max_examples, len(data.test))
