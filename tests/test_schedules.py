@@ -334,7 +334,16 @@ def test_eps_schedule_round_trip_and_construction() -> None:
     assert EpsSchedule.from_dict(json.loads(json.dumps(bound.to_dict()))) == bound
     with pytest.raises(dataclasses.FrozenInstanceError):
         bound.eps = 0.1  # type: ignore[misc]
-    assert set(KINDS) == {"constant", "hinge", "linear", "cosine", "piecewise", "uniform"}
+    assert set(KINDS) == {
+        "constant",
+        "hinge",
+        "linear",
+        "cosine",
+        "piecewise",
+        "uniform",
+        "auto",
+        "hinge-auto",
+    }
 
 
 # --- errors -----------------------------------------------------------------------------------
