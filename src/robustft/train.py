@@ -26,7 +26,7 @@ from robustft import attacks
 from robustft.checkpoint import atomic_write_json, load_checkpoint_with_fallback, save_checkpoint
 from robustft.config import RunConfig
 from robustft.data import DataSpec, DataSplits, build_datasets_from_spec
-from robustft.diagnostics import task_adaptation_delay
+from robustft.diagnostics import Finding, diagnose_run, task_adaptation_delay
 from robustft.errors import UserError
 from robustft.evaluate import RobustnessCurve, robustness_curve
 from robustft.models import build_model, param_groups
@@ -418,7 +418,7 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
 
 def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
     delay = task_adaptation_delay(state.history, state.data.num_classes)
-    return {
+    result: dict[str, Any] = {
         "name": state.config.name,
         "run_id": state.config.run_id(),
         "clean_accuracy": curve.clean_accuracy,
@@ -438,6 +438,27 @@ def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "schedule_resolved": str(state.current_schedule().schedule),
         "warnings": list(curve.warnings),
     }
+    result["findings"] = [asdict(f) for f in diagnose(result, state.history, state.config)]
+    return result
+
+
+def diagnose(
+    result: dict[str, Any],
+    history: list[dict[str, Any]],
+    config: RunConfig,
+    reference_clean: float | None = None,
+) -> list[Finding]:
+    """Failure signatures of a finished run (``reference_clean``: standard FT's clean accuracy
+    on the same backbone and data, for the suboptimal-transfer flag)."""
+    return diagnose_run(
+        history,
+        result,
+        num_classes=int(result["num_classes"]),
+        schedule_text=str(result.get("schedule_resolved") or config.attack.schedule),
+        reference_clean=reference_clean,
+        attack_name=config.attack.name,
+        attack_steps=config.attack.steps,
+    )
 
 
 def fit(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from robustft.commands._render import Progress, pct, table
+from robustft.config import RunConfig
 from robustft.errors import UserError
 from robustft.units import format_eps, parse_eps
 
@@ -48,6 +50,31 @@ def _row(label: str, result: dict[str, Any]) -> list[object]:
     ]
 
 
+def _setting(config: RunConfig, eps: float) -> str:
+    return (
+        f"demo: {config.model.name} (ImageNet weights) on digits {config.data.image_size}x"
+        f"{config.data.image_size}, {config.data.max_train_per_class} train images/class, "
+        f"{config.train.epochs} epochs, batch {config.train.batch_size}, eps_g {format_eps(eps)} "
+        f"l-inf, {config.train.optimizer} lr {config.train.lr:g}, train attack "
+        f"{config.attack.name} {config.attack.steps} steps, eval {config.eval.attack} "
+        f"{config.eval.steps} steps on the 1/255 grid over the test split"
+    )
+
+
+def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
+    """Diagnoses of each run, with standard fine-tuning as the suboptimal-transfer reference."""
+    from robustft.train import diagnose
+
+    reference = runs[0][2]["clean_accuracy"]
+    lines = []
+    for config, run_dir, result in runs[1:]:
+        history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for f in diagnose(result, history, config, reference_clean=reference):
+            method = config.name.removeprefix("demo-")
+            lines.append(f"  {method}: {f.code}: {f.message} -> {f.suggestion}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from robustft.demo import METHOD_LABELS, demo_configs
     from robustft.diagnostics import adaptation_threshold
@@ -60,42 +87,27 @@ def run(args: argparse.Namespace) -> int:
     if eps == 0:
         raise UserError("--eps must be > 0 (the demo compares robust fine-tuning methods)")
     configs = demo_configs(args.epochs, eps)
-    first = configs[-1]
-    print(
-        f"demo: {first.model.name} (ImageNet weights) on digits {first.data.image_size}x"
-        f"{first.data.image_size}, {first.data.max_train_per_class} train images/class, "
-        f"{args.epochs} epochs, batch {first.train.batch_size}, eps_g {format_eps(eps)} l-inf, "
-        f"{first.train.optimizer} lr {first.train.lr:g}, train attack {first.attack.name} "
-        f"{first.attack.steps} steps, eval {first.eval.attack} {first.eval.steps} steps on the "
-        "1/255 grid over the test split"
-    )
+    print(_setting(configs[-1], eps))
     start = time.perf_counter()
-    rows, dirs, results = [], [], []
+    runs = []
     for config in configs:
         method = config.name.removeprefix("demo-")
         run_dir = default_run_dir(config, Path(args.out))
-        resume = run_dir.is_dir() and (run_dir / "checkpoints" / "last.pt").is_file()
-        result = fit(
-            config, run_dir, resume=resume, callbacks=Progress(label=method), device=args.device
-        )
-        rows.append(_row(METHOD_LABELS[method], result))
-        results.append(result)
-        dirs.append(f"  {method}: {run_dir}")
-    headers = [
-        "method",
-        "clean %",
-        f"robust@{format_eps(eps)} %",
-        "expected rob. %",
-        "delay (epoch)",
-        "time (s)",
-    ]
-    print(table(headers, rows))
-    threshold = adaptation_threshold(int(results[0]["num_classes"]))
+        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        progress = Progress(label=method)
+        result = fit(config, run_dir, resume=resume, callbacks=progress, device=args.device)
+        runs.append((config, run_dir, result))
+    rows = [_row(METHOD_LABELS[c.name.removeprefix("demo-")], r) for c, _, r in runs]
+    headers = ["method", "clean %", f"robust@{format_eps(eps)} %", "expected rob. %"]
+    print(table([*headers, "delay (epoch)", "time (s)"], rows))
+    threshold = adaptation_threshold(int(runs[0][2]["num_classes"]))
     print(
         "expected robustness: accuracy averaged over eps uniform on "
         f"[0, {format_eps(eps)}] (APGD-CE, 1/255 grid); delay: first epoch with validation "
         f"accuracy > {100 * threshold:.0f}% (max(5%, 2 x chance))"
     )
-    print("run directories:\n" + "\n".join(dirs))
+    findings = _findings(runs)
+    print("diagnostics:\n" + ("\n".join(findings) if findings else "  none"))
+    print("run directories:\n" + "\n".join(f"  {c.name}: {d}" for c, d, _ in runs))
     print(f"wall time: {time.perf_counter() - start:.0f}s")
     return 0

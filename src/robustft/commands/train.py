@@ -59,6 +59,15 @@ def summary(result: dict[str, Any]) -> str:
     return table(["metric", "value"], rows)
 
 
+def print_findings(result: dict[str, Any], label: str = "") -> None:
+    """Diagnostics and evaluation warnings of a run, one line each."""
+    prefix = f"[{label}] " if label else ""
+    for f in result.get("findings", []):
+        print(f"{prefix}diagnosis {f['code']}: {f['message']} -> {f['suggestion']}")
+    for warning in result.get("warnings", []):
+        print(f"{prefix}warning: {warning}")
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     from robustft.train import fit
@@ -73,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(summary(result))
-    for warning in result.get("warnings", []):
-        print(f"warning: {warning}")
+    print_findings(result)
     print(f"run directory: {run_dir}")
     return 0

@@ -1,0 +1,61 @@
+"""``robustft report PATH``: tables, plots and diagnostics over finished runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = """\
+Collect every finished run below PATH (any directory holding result.json: one run, a folder of
+runs, or a sweep directory) and write a report: paper-style tables (rows backbone x method,
+columns dataset; cells clean / robust at eps_g / expected robustness in %, mean +- std over
+seeds) as markdown, CSV and a self-contained HTML page; plots (PNG and SVG) of validation
+accuracy per epoch with the eps schedule, accuracy-vs-eps curves and expected robustness; and
+per-run diagnostics (never_adapts, collapse_on_ramp, suboptimal_transfer, no_robustness) with
+a suggestion each.
+
+examples:
+  robustft report runs/demo
+  robustft report sweeps/cars-4 --out reports/cars-4
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="tables, plots and diagnostics over finished runs",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", metavar="RUNS_OR_SWEEP_DIR")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: PATH/report)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots (no matplotlib)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustft.report import write_report
+    from robustft.report.collect import collect_runs
+
+    collection = collect_runs(args.path)
+    out = Path(args.out) if args.out else Path(args.path) / "report"
+    report = write_report(collection, out, plots=not args.no_plots)
+    print(report.main_table)
+    findings = [(r, f) for r in collection.runs for f in r.findings]
+    if findings:
+        print("findings:")
+    for run_record, finding in findings:
+        print(f"  {run_record.label} ({run_record.context}) {finding.code}: {finding.message}")
+        print(f"    -> {finding.suggestion}")
+    if not findings:
+        print(f"findings: none in {len(collection.runs)} runs")
+    for run_record in collection.runs:
+        for warning in run_record.warnings:
+            print(f"warning: {run_record.label}: {warning}")
+    for line in collection.skipped:
+        print(f"warning: {line}")
+    print(f"{len(collection.runs)} runs; report written to {out}/ ({len(report.files)} files:")
+    print("  " + ", ".join(p.name for p in report.files) + ")")
+    return 0

@@ -1,0 +1,114 @@
+"""Reports over finished runs: paper-style tables, per-run diagnostics and plots.
+
+``build_report(path, out)`` finds every run directory below ``path`` (any directory holding
+``result.json``; a single run, a folder of runs or a sweep), diagnoses each run
+(:func:`robustft.diagnostics.diagnose_run`) and writes, atomically, into ``out``:
+
+* ``report.md``: results tables (rows backbone x method, columns datasets, cells
+  "clean / robust at eps_g / expected robustness" in %, mean ± std over seeds), the per-run
+  table, findings with suggestions, plots and definitions;
+* ``report.html``: the same, self-contained (inline CSS, plots as base64 PNG);
+* ``report.csv`` (one row per run) and ``report_summary.csv`` (one row per table cell);
+* ``val_accuracy``, ``robustness_curves``, ``expected_robustness`` as ``.png`` and ``.svg``.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+from robustft.report.collect import Collection, RunRecord, collect_runs
+from robustft.report.tables import (
+    ResultsTable,
+    markdown_results,
+    render_html,
+    render_markdown,
+    results_tables,
+    runs_csv,
+    summary_csv,
+)
+
+__all__ = [
+    "Collection",
+    "Report",
+    "ResultsTable",
+    "RunRecord",
+    "build_report",
+    "collect_runs",
+    "write_report",
+]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`write_report` produced.
+
+    Attributes:
+        out_dir: where the files went.
+        files: every file written, in writing order.
+        collection: the diagnosed runs.
+        tables: the results tables (one per evaluation budget).
+    """
+
+    out_dir: Path
+    files: tuple[Path, ...]
+    collection: Collection
+    tables: tuple[ResultsTable, ...]
+
+    @property
+    def main_table(self) -> str:
+        """The results tables as markdown (what the CLI prints)."""
+        return markdown_results(self.tables)
+
+
+def write_report(collection: Collection, out_dir: str | Path, *, plots: bool = True) -> Report:
+    """Write the report files for ``collection`` into ``out_dir`` (created if needed).
+
+    Args:
+        collection: runs from :func:`~robustft.report.collect.collect_runs`.
+        out_dir: output directory.
+        plots: render the plots (needs matplotlib).
+
+    Returns:
+        A :class:`Report` listing the files.
+    """
+    from robustft.checkpoint import atomic_write_bytes, atomic_write_text
+
+    out = Path(out_dir)
+    runs = collection.runs
+    files: list[Path] = []
+    rendered = []
+    if plots:
+        from robustft.report.plots import render_plots
+
+        rendered = render_plots(runs)
+    for plot in rendered:
+        for suffix, data in ((".png", plot.png), (".svg", plot.svg)):
+            atomic_write_bytes(out / f"{plot.stem}{suffix}", data)
+            files.append(out / f"{plot.stem}{suffix}")
+    texts = {
+        "report.md": render_markdown(collection, [(f"{p.stem}.png", p.title) for p in rendered]),
+        "report.html": render_html(
+            collection,
+            {p.stem: base64.b64encode(p.png).decode("ascii") for p in rendered},
+            {p.stem: p.title for p in rendered},
+        ),
+        "report.csv": runs_csv(runs),
+        "report_summary.csv": summary_csv(runs),
+    }
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
+        files.append(out / name)
+    return Report(out, tuple(files), collection, tuple(results_tables(runs)))
+
+
+def build_report(path: str | Path, out_dir: str | Path | None = None) -> Report:
+    """Collect the runs below ``path`` and write the report to ``out_dir`` (default
+    ``path/report``).
+
+    Raises:
+        UserError: ``path`` is missing or holds no finished run.
+    """
+    collection = collect_runs(path)
+    return write_report(collection, Path(out_dir) if out_dir is not None else Path(path) / "report")

@@ -1,0 +1,490 @@
+"""Load finished runs from run directories into frozen records, diagnose and aggregate them.
+
+A run directory is any directory holding ``result.json`` (layout in :mod:`robustft.rundir`).
+:func:`collect_runs` finds every one below a path (a single run, a folder of runs, or a sweep
+with ``runs/<id>/``) without reading any sweep database. Directories that look like runs
+(``config.yaml`` or ``metrics.jsonl``) but have no ``result.json`` are skipped with a warning,
+as are runs whose files cannot be read.
+
+Grouping for the paper-style tables: rows are (backbone = ``model.name``, method = the config
+``name``), columns are datasets (``data.name``), and one table is made per evaluation budget
+(``eval_eps_max``, the eps at which "robust accuracy" was measured; for robust runs it is their
+eps_g, and a standard fine-tuning run evaluated up to 8/255 joins the 8/255 table).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustft.diagnostics import Finding, diagnose_run, task_adaptation_delay
+from robustft.errors import UserError
+
+SKIP_DIRS = frozenset({"checkpoints", "__pycache__"})
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of ``metrics.jsonl`` (accuracies as fractions, eps in pixel units)."""
+
+    epoch: int
+    eps: float
+    val_acc: float | None
+    lr: float | None = None
+    train_loss: float | None = None
+    train_acc: float | None = None
+    seconds: float | None = None
+    val_robust_acc: float | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """The row as a plain dict, as :mod:`robustft.diagnostics` expects."""
+        return {
+            "epoch": self.epoch,
+            "eps": self.eps,
+            "val_acc": self.val_acc,
+            "lr": self.lr,
+            "train_loss": self.train_loss,
+            "train_acc": self.train_acc,
+            "seconds": self.seconds,
+            "val_robust_acc": self.val_robust_acc,
+        }
+
+
+@dataclass(frozen=True)
+class CurveRecord:
+    """A robustness curve: accuracy (fraction) at each eps (pixel units)."""
+
+    epsilons: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    expected_robustness: float
+    attack: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run: identity, headline numbers, history, curve and findings.
+
+    ``name`` is the config ``name``; ``method`` is the label runs are grouped by: the name, plus
+    the settings that differ between runs of that name (``fix (attack.eps=4/255)``), so runs of
+    a grid are never averaged together as if they were seeds. ``settings`` holds the resolved
+    config as dotted key -> text. Accuracies are fractions; eps values are pixel units; times
+    are seconds.
+    """
+
+    path: Path
+    run_id: str
+    method: str
+    backbone: str
+    dataset: str
+    seed: int
+    eps_g: float
+    eval_eps: float
+    schedule: str
+    epochs: int
+    num_classes: int
+    clean: float
+    robust: float
+    expected: float
+    eval_attack: str
+    final_val_acc: float | None
+    delay: int | None
+    train_seconds: float | None
+    eval_seconds: float | None
+    attack_name: str | None = None
+    attack_steps: int | None = None
+    norm: str = "linf"
+    name: str = ""
+    settings: tuple[tuple[str, str], ...] = ()
+    history: tuple[EpochRecord, ...] = ()
+    curve: CurveRecord | None = None
+    warnings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Directory name, the most recognisable handle of a run."""
+        return self.path.name
+
+    @property
+    def context(self) -> str:
+        """``fix, swin_b on cars, seed 0``: what the run is, for finding lines."""
+        return f"{self.method}, {self.backbone} on {self.dataset}, seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Collection:
+    """The runs found below ``root`` and the directories skipped (one message each)."""
+
+    root: Path
+    runs: tuple[RunRecord, ...]
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof = 1; 0 when n = 1) of n values."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        """Summarise ``values`` (at least one)."""
+        if not values:
+            raise ValueError("Stat.of needs at least one value")
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), std, len(values))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (eval eps, backbone, method, dataset) group of runs, aggregated over seeds."""
+
+    eval_eps: float
+    backbone: str
+    method: str
+    dataset: str
+    clean: Stat
+    robust: Stat
+    expected: Stat
+    seeds: tuple[int, ...] = ()
+    run_ids: tuple[str, ...] = ()
+
+
+def find_run_dirs(root: str | Path) -> tuple[list[Path], list[Path]]:
+    """Directories below ``root`` (itself included) with and without ``result.json``.
+
+    Returns:
+        ``(finished, unfinished)``: run dirs with ``result.json``, and dirs that hold
+        ``config.yaml`` or ``metrics.jsonl`` but no ``result.json``; both sorted.
+    """
+    finished, unfinished = [], []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        names = set(files)
+        if "result.json" in names:
+            finished.append(Path(current))
+        elif names & {"config.yaml", "metrics.jsonl"}:
+            unfinished.append(Path(current))
+    return sorted(finished), sorted(unfinished)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot read ({err.__class__.__name__})") from None
+
+
+def _read_history(path: Path) -> tuple[tuple[EpochRecord, ...], list[str]]:
+    """The rows of ``metrics.jsonl`` up to the first unreadable line, and a warning if any."""
+    if not path.is_file():
+        return (), []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append(_epoch_record(row))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return tuple(rows), [f"{path.name}: line {number} unreadable, history cut there"]
+    return tuple(rows), []
+
+
+def _epoch_record(row: Mapping[str, Any]) -> EpochRecord:
+    return EpochRecord(
+        epoch=int(row["epoch"]),
+        eps=float(row.get("eps") or 0.0),
+        val_acc=_opt_float(row.get("val_acc")),
+        lr=_opt_float(row.get("lr")),
+        train_loss=_opt_float(row.get("train_loss")),
+        train_acc=_opt_float(row.get("train_acc")),
+        seconds=_opt_float(row.get("seconds")),
+        val_robust_acc=_opt_float(row.get("val_robust_acc")),
+    )
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _read_curve(path: Path) -> CurveRecord | None:
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    attack = data.get("attack") or {}
+    return CurveRecord(
+        epsilons=tuple(float(e) for e in data["epsilons"]),
+        accuracy=tuple(float(a) for a in data["accuracy"]),
+        expected_robustness=float(data["expected_robustness"]),
+        attack=_attack_text(attack),
+        mode=str(data.get("mode", "")),
+    )
+
+
+def _attack_text(attack: Mapping[str, Any] | str | None) -> str:
+    """``apgd-ce 10 steps`` from an attack description dict."""
+    if not attack:
+        return "unknown attack"
+    if isinstance(attack, str):
+        return attack
+    name = str(attack.get("name", "attack"))
+    steps = attack.get("steps")
+    return f"{name} {steps} steps" if steps is not None else name
+
+
+def _norm(eval_attack: object, attack: Mapping[str, Any]) -> str:
+    if isinstance(eval_attack, Mapping) and eval_attack.get("norm"):
+        return str(eval_attack["norm"])
+    return str(attack.get("norm") or "linf")
+
+
+def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = config.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read one run directory (``result.json``, ``config.yaml``, ``metrics.jsonl``,
+    ``robustness.json``) into a :class:`RunRecord` without findings.
+
+    Raises:
+        UserError: ``result.json`` is missing, unreadable or lacks the headline numbers.
+    """
+    root = Path(path)
+    result = _read_json(root / "result.json")
+    config: Mapping[str, Any] = {}
+    if (root / "config.yaml").is_file():
+        try:
+            loaded = yaml.safe_load((root / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            raise UserError(f"{root / 'config.yaml'}: cannot read") from None
+        config = loaded if isinstance(loaded, Mapping) else {}
+    if not isinstance(result, Mapping):
+        raise UserError(f"{root / 'result.json'}: expected a JSON object")
+    try:
+        return _record(root, result, config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{root}: incomplete result ({err.__class__.__name__}: {err})") from None
+
+
+def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) -> RunRecord:
+    model, data = _section(config, "model"), _section(config, "data")
+    train, attack = _section(config, "train"), _section(config, "attack")
+    history, history_warnings = _read_history(root / "metrics.jsonl")
+    curve = _read_curve(root / "robustness.json")
+    num_classes = int(result.get("num_classes") or 0)
+    delay = result.get("adaptation_delay")
+    if delay is None and history and num_classes:
+        delay = task_adaptation_delay([r.as_row() for r in history], num_classes)
+    eps_g = float(result["eps_g"])
+    steps = attack.get("steps")
+    name = str(result.get("name") or config.get("name") or "run")
+    return RunRecord(
+        path=root,
+        run_id=str(result.get("run_id") or root.name),
+        method=name,
+        name=name,
+        settings=tuple(sorted(_flatten(config).items())),
+        backbone=str(model.get("name", "?")),
+        dataset=str(data.get("name", "?")),
+        seed=int(train.get("seed", 0)),
+        eps_g=eps_g,
+        eval_eps=float(result.get("eval_eps_max") or eps_g),
+        schedule=str(result.get("schedule") or attack.get("schedule") or "?"),
+        epochs=int(result.get("epochs") or len(history)),
+        num_classes=num_classes,
+        clean=float(result["clean_accuracy"]),
+        robust=float(result["robust_accuracy"]),
+        expected=float(result["expected_robustness"]),
+        eval_attack=_attack_text(result.get("eval_attack")),
+        final_val_acc=_opt_float(result.get("final_val_acc")),
+        delay=None if delay is None else int(delay),
+        train_seconds=_opt_float(result.get("train_seconds")),
+        eval_seconds=_opt_float(result.get("eval_seconds")),
+        attack_name=str(attack["name"]) if "name" in attack else None,
+        attack_steps=int(steps) if isinstance(steps, int) else None,
+        norm=_norm(result.get("eval_attack"), attack),
+        history=history,
+        curve=curve,
+        warnings=tuple(str(w) for w in result.get("warnings") or ()) + tuple(history_warnings),
+    )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted key -> text for every leaf of a nested config mapping."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+GROUPING_KEYS = frozenset(
+    {"name", "train.seed", "eval.seed", "model.name", "data.name", "eval.eps_max"}
+    | {"train.num_workers", "eval.batch_size", "data.root", "data.download"}
+)
+"""Config keys that never split a method: seeds (averaged over), the row, column and table
+keys, and settings that change where or how fast a run goes, not its result."""
+
+
+def label_methods(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """Runs with ``method`` = name plus the settings that differ among the runs of that name
+    in one table (same evaluation budget). Settings in :data:`GROUPING_KEYS` are left out.
+    """
+    by_name: dict[tuple[str, float], list[RunRecord]] = {}
+    for run in runs:
+        by_name.setdefault((run.name, round(run.eval_eps, 9)), []).append(run)
+    out = []
+    for (name, _), members in by_name.items():
+        maps = [dict(r.settings) for r in members]
+        keys = sorted(
+            k
+            for k in set().union(*maps)
+            if k not in GROUPING_KEYS and len({m.get(k) for m in maps}) > 1
+        )
+        for run, settings in zip(members, maps):
+            extra = ", ".join(f"{k}={settings.get(k, '?')}" for k in keys)
+            out.append(replace(run, method=f"{name} ({extra})" if extra else name))
+    return out
+
+
+def standard_references(runs: Iterable[RunRecord]) -> dict[tuple[str, str], float]:
+    """Mean clean accuracy of standard fine-tuning (eps_g = 0) per (backbone, dataset)."""
+    values: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if run.eps_g == 0:
+            values.setdefault((run.backbone, run.dataset), []).append(run.clean)
+    return {key: statistics.fmean(v) for key, v in values.items()}
+
+
+def diagnose(runs: Sequence[RunRecord]) -> tuple[RunRecord, ...]:
+    """The runs with their :class:`~robustft.diagnostics.Finding` s filled in.
+
+    The suboptimal-transfer reference of a run is the mean clean accuracy of the eps_g = 0 runs
+    with the same backbone and dataset among ``runs``.
+    """
+    references = standard_references(runs)
+    out = []
+    for run in runs:
+        findings = diagnose_run(
+            [r.as_row() for r in run.history],
+            _result_view(run),
+            num_classes=max(run.num_classes, 1),
+            schedule_text=run.schedule,
+            reference_clean=references.get((run.backbone, run.dataset)),
+            attack_name=run.attack_name,
+            attack_steps=run.attack_steps,
+        )
+        out.append(replace(run, findings=tuple(findings)))
+    return tuple(out)
+
+
+def _result_view(run: RunRecord) -> dict[str, Any]:
+    return {
+        "clean_accuracy": run.clean,
+        "robust_accuracy": run.robust,
+        "eps_g": run.eps_g,
+        "eval_eps_max": run.eval_eps,
+        "schedule": run.schedule,
+    }
+
+
+def collect_runs(root: str | Path) -> Collection:
+    """Load and diagnose every finished run below ``root``.
+
+    Raises:
+        UserError: ``root`` does not exist or holds no finished run.
+    """
+    base = Path(root)
+    if not base.exists():
+        raise UserError(f"{base}: no such file or directory")
+    if not base.is_dir():
+        raise UserError(f"{base}: not a directory; pass a run directory or a folder of runs")
+    finished, unfinished = find_run_dirs(base)
+    skipped = [f"skipped {d}: no result.json (unfinished run?)" for d in unfinished]
+    runs: list[RunRecord] = []
+    seen: dict[str, Path] = {}
+    for path in finished:
+        try:
+            run = load_run(path)
+        except UserError as err:
+            skipped.append(f"skipped {path}: {err}")
+            continue
+        if run.run_id in seen:
+            skipped.append(f"skipped {path}: same run id {run.run_id} as {seen[run.run_id]}")
+            continue
+        seen[run.run_id] = path
+        runs.append(run)
+    if not runs:
+        detail = f" ({len(skipped)} skipped: {skipped[0]})" if skipped else ""
+        raise UserError(f"{base}: no finished runs (no result.json below it){detail}")
+    return Collection(base, diagnose(sort_runs(label_methods(runs))), tuple(skipped))
+
+
+def method_order(runs: Iterable[RunRecord]) -> list[str]:
+    """Methods with standard fine-tuning (eps_g = 0) first, then by name."""
+    standard: dict[str, bool] = {}
+    for run in runs:
+        standard[run.method] = standard.get(run.method, True) and run.eps_g == 0
+    return sorted(standard, key=lambda m: (not standard[m], m))
+
+
+def sort_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
+    """Runs ordered by eval eps, backbone, dataset, method (standard first), seed, id."""
+    items = list(runs)
+    rank = {m: i for i, m in enumerate(method_order(items))}
+    return sorted(
+        items,
+        key=lambda r: (r.eval_eps, r.backbone, r.dataset, rank[r.method], r.seed, r.run_id),
+    )
+
+
+def aggregate(runs: Iterable[RunRecord]) -> list[Cell]:
+    """Group runs by (eval eps, backbone, method, dataset) and summarise each over its seeds.
+
+    Eval eps values equal to 1e-9 are one group (they come from ``k/255`` arithmetic).
+    """
+    groups: dict[tuple[float, str, str, str], list[RunRecord]] = {}
+    for run in sort_runs(runs):
+        key = (round(run.eval_eps, 9), run.backbone, run.method, run.dataset)
+        groups.setdefault(key, []).append(run)
+    cells = []
+    for (eps, backbone, method, dataset), members in groups.items():
+        cells.append(
+            Cell(
+                eval_eps=eps,
+                backbone=backbone,
+                method=method,
+                dataset=dataset,
+                clean=Stat.of([r.clean for r in members]),
+                robust=Stat.of([r.robust for r in members]),
+                expected=Stat.of([r.expected for r in members]),
+                seeds=tuple(r.seed for r in members),
+                run_ids=tuple(r.run_id for r in members),
+            )
+        )
+    return cells
+
+
+def eval_eps_values(runs: Iterable[RunRecord]) -> list[float]:
+    """The distinct evaluation budgets, ascending (to 1e-9)."""
+    return sorted({round(r.eval_eps, 9) for r in runs})
+
+
+def same_eps(a: float, b: float) -> bool:
+    """Whether two eps values are the same budget (to 1e-9)."""
+    return math.isclose(a, b, rel_tol=0, abs_tol=1e-9)

@@ -1,0 +1,311 @@
+"""``robustft report``: collecting run dirs, tables (markdown, CSV, HTML), plots and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from robustft.cli import main
+from robustft.config import build_config
+from robustft.errors import UserError
+from robustft.report import Report, build_report, write_report
+from robustft.report.collect import Stat, aggregate, collect_runs
+from robustft.report.tables import fmt_stat, results_tables
+
+EPS = 8 / 255
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    root: Path,
+    method: str,
+    *,
+    clean: float,
+    robust: float,
+    seed: int = 0,
+    eps_g: float = EPS,
+    eval_eps: float | None = None,
+    backbone: str = "efficientnet_lite0",
+    dataset: str = "digits",
+    schedule: str = "constant",
+    val_acc: list[float] | None = None,
+    finished: bool = True,
+) -> Path:
+    """A run directory in the rundir layout with known numbers.
+
+    The robustness curve is linear from ``clean`` to ``robust`` on the 1/255 grid, so its
+    expected robustness is exactly ``(clean + robust) / 2``.
+    """
+    eval_eps = eps_g if eval_eps is None else eval_eps
+    val_acc = val_acc or [0.3, 0.6, 0.8, clean]
+    config = build_config(
+        {
+            "name": method,
+            "model": {"name": backbone},
+            "data": {"name": dataset},
+            "train": {"seed": seed, "epochs": len(val_acc)},
+            "attack": {"eps": eps_g, "schedule": schedule},
+        }
+    )
+    run = root / f"{method}-{config.run_id()}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(config.to_yaml())
+    rows = [{"epoch": i + 1, "eps": eps_g, "val_acc": a} for i, a in enumerate(val_acc)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if not finished:
+        return run
+    k = round(eval_eps * 255)
+    curve = {
+        "epsilons": [i / 255 for i in range(k + 1)],
+        "accuracy": [clean + (robust - clean) * i / k for i in range(k + 1)],
+        "expected_robustness": (clean + robust) / 2,
+        "attack": {"name": "apgd-ce", "steps": 10, "norm": "linf"},
+        "mode": "cascade",
+    }
+    (run / "robustness.json").write_text(json.dumps(curve))
+    result: dict[str, Any] = {
+        "name": method,
+        "run_id": config.run_id(),
+        "clean_accuracy": clean,
+        "robust_accuracy": robust,
+        "expected_robustness": (clean + robust) / 2,
+        "eps_g": eps_g,
+        "eval_eps_max": eval_eps,
+        "eval_attack": curve["attack"],
+        "final_val_acc": val_acc[-1],
+        "adaptation_delay": None,
+        "train_seconds": 10.0,
+        "eval_seconds": 5.0,
+        "epochs": len(val_acc),
+        "num_classes": 10,
+        "warnings": [],
+    }
+    (run / "result.json").write_text(json.dumps(result))
+    return run
+
+
+def make_sweep(base: Path) -> Path:
+    """A sweep-like tree: 2 seeds of standard/fix/sched on digits, one fix run on a second
+    dataset, and an unfinished run."""
+    runs = base / "sweeps" / "s1" / "runs"
+    for seed, (std, fix, sched) in enumerate([(0.90, 0.60, 0.85), (0.92, 0.70, 0.87)]):
+        make_run(runs, "standard", clean=std, robust=0.0, seed=seed, eps_g=0.0, eval_eps=EPS)
+        make_run(runs, "fix", clean=fix, robust=0.30, seed=seed)
+        make_run(runs, "sched", clean=sched, robust=0.35, seed=seed, schedule="hinge(t1=1,t2=3)")
+    make_run(runs, "fix", clean=0.5, robust=0.2, dataset="cars")
+    make_run(runs, "sched", clean=0.5, robust=0.2, seed=7, finished=False)
+    return base / "sweeps" / "s1"
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    return make_sweep(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Report]:
+    """The full report (with plots) of the sweep, rendered once for the file tests."""
+    base = tmp_path_factory.mktemp("rendered")
+    out = base / "out"
+    return out, build_report(make_sweep(base), out)
+
+
+# ----------------------------------------------------------------------------- collect
+
+
+def test_collect_finds_runs_and_skips_unfinished(sweep: Path) -> None:
+    collection = collect_runs(sweep)
+    assert len(collection.runs) == 7
+    assert len(collection.skipped) == 1 and "no result.json" in collection.skipped[0]
+    methods = [r.method for r in collection.runs if r.dataset == "digits"]
+    assert methods[:2] == ["standard", "standard"]  # eps_g = 0 first, then by name
+    fix = next(r for r in collection.runs if (r.method, r.seed, r.dataset) == ("fix", 0, "digits"))
+    assert fix.history[-1].val_acc == 0.6 and fix.curve is not None
+    assert fix.curve.attack == "apgd-ce 10 steps"
+
+
+def test_collect_skips_broken_results(tmp_path: Path) -> None:
+    good = make_run(tmp_path, "fix", clean=0.8, robust=0.3)
+    bad = make_run(tmp_path, "sched", clean=0.8, robust=0.3)
+    (bad / "result.json").write_text("{not json")
+    collection = collect_runs(tmp_path)
+    assert [r.path for r in collection.runs] == [good]
+    assert "cannot read" in collection.skipped[0]
+
+
+def test_collect_tolerates_a_torn_history(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "fix", clean=0.8, robust=0.3)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"epoch": 5, "va')
+    (record,) = collect_runs(tmp_path).runs
+    assert len(record.history) == 4
+    assert record.warnings == ("metrics.jsonl: line 5 unreadable, history cut there",)
+
+
+def test_collect_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no finished runs"):
+        collect_runs(tmp_path)
+    with pytest.raises(UserError, match="no such"):
+        collect_runs(tmp_path / "missing")
+
+
+def test_aggregate_mean_and_sample_std(sweep: Path) -> None:
+    cells = {(c.method, c.dataset): c for c in aggregate(collect_runs(sweep).runs)}
+    fix = cells[("fix", "digits")]
+    assert fix.clean.n == 2 and fix.seeds == (0, 1)
+    assert fix.clean.mean == pytest.approx(0.65)
+    assert fix.clean.std == pytest.approx(0.0707107, abs=1e-6)  # sample std (ddof = 1)
+    assert fix.expected.mean == pytest.approx((0.65 + 0.30) / 2)
+    assert cells[("fix", "cars")].clean == Stat(0.5, 0.0, 1)
+    assert fmt_stat(fix.clean) == "65.0±7.1"
+    assert fmt_stat(cells[("fix", "cars")].clean) == "50.0"
+
+
+def test_results_table_layout(sweep: Path) -> None:
+    (table,) = results_tables(collect_runs(sweep).runs)
+    assert table.title == "eps_g = 8/255"
+    assert table.headers() == ["backbone", "method", "cars", "digits"]
+    body = {row[1]: row for row in table.body()}
+    assert body["fix"][2] == "50.0 / 20.0 / 35.0 (n=1)"
+    assert body["fix"][3] == "65.0±7.1 / 30.0±0.0 / 47.5±3.5 (n=2)"
+    assert body["standard"][2] == "-"
+    assert "n per cell in parentheses" in table.caption()
+    assert "standard fine-tuning): standard" in table.caption()
+
+
+def test_one_table_per_evaluation_budget(tmp_path: Path) -> None:
+    make_run(tmp_path, "fix", clean=0.8, robust=0.3, eps_g=4 / 255)
+    make_run(tmp_path, "fix", clean=0.7, robust=0.1, eps_g=8 / 255)
+    tables = results_tables(collect_runs(tmp_path).runs)
+    assert [t.title for t in tables] == ["eps_g = 4/255", "eps_g = 8/255"]
+    assert tables[0].body() == [["efficientnet_lite0", "fix", "80.0 / 30.0 / 55.0"]]
+    assert "(n = 1), so no ± std" in tables[0].caption()
+
+
+def test_grid_settings_split_methods(tmp_path: Path) -> None:
+    # a grid over attack.eps, all evaluated at 8/255: never averaged as if they were seeds
+    for seed in (0, 1):
+        make_run(tmp_path, "fix", clean=0.8, robust=0.3, eps_g=4 / 255, eval_eps=EPS, seed=seed)
+        make_run(tmp_path, "fix", clean=0.6, robust=0.4, eps_g=8 / 255, seed=seed)
+    runs = collect_runs(tmp_path).runs
+    assert sorted({r.method for r in runs}) == ["fix (attack.eps=4/255)", "fix (attack.eps=8/255)"]
+    assert {r.name for r in runs} == {"fix"}
+    (table,) = results_tables(runs)
+    assert table.title == "evaluated at eps = 8/255"
+    assert [row[1] for row in table.body()] == ["fix (attack.eps=4/255)", "fix (attack.eps=8/255)"]
+    assert table.body()[0][2] == "80.0±0.0 / 30.0±0.0 / 55.0±0.0"
+
+
+def test_duplicate_run_dirs_are_counted_once(tmp_path: Path) -> None:
+    import shutil
+
+    run = make_run(tmp_path / "a", "fix", clean=0.8, robust=0.3)
+    shutil.copytree(run, tmp_path / "b" / run.name)
+    collection = collect_runs(tmp_path)
+    assert len(collection.runs) == 1
+    assert "same run id" in collection.skipped[0]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_report_files(rendered: tuple[Path, Report]) -> None:
+    out, report = rendered
+    names = {p.name for p in report.files}
+    expected = {"report.md", "report.html", "report.csv", "report_summary.csv"}
+    for stem in ("val_accuracy", "robustness_curves", "expected_robustness"):
+        expected |= {f"{stem}.png", f"{stem}.svg"}
+    assert names == expected
+    assert all((out / name).is_file() for name in names)
+    assert not list(out.glob(".*.tmp"))  # atomic writes left no temporaries
+
+    markdown = (out / "report.md").read_text()
+    assert "| efficientnet_lite0 | fix | 50.0 / 20.0 / 35.0 (n=1) | 65.0±7.1" in markdown
+    assert "![Expected robustness per method](expected_robustness.png)" in markdown
+    assert "suboptimal_transfer" in markdown  # fix 65% vs standard 91%
+    assert "no result.json" in markdown  # the skipped run is listed
+    assert report.main_table in markdown
+
+
+def test_findings_in_the_report(sweep: Path) -> None:
+    runs = collect_runs(sweep).runs
+    fix = [r for r in runs if r.method == "fix" and r.dataset == "digits"]
+    assert all([f.code for f in r.findings] == ["suboptimal_transfer"] for r in fix)
+    assert "91.0%" in fix[0].findings[0].message  # reference = mean of the two standard runs
+    cars = next(r for r in runs if r.dataset == "cars")
+    assert cars.findings == ()  # no standard reference on cars
+    assert all(r.findings == () for r in runs if r.method in ("standard", "sched"))
+
+
+def test_csv_files(sweep: Path, tmp_path: Path) -> None:
+    write_report(collect_runs(sweep), tmp_path, plots=False)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "report.csv").read_text())))
+    assert len(rows) == 7
+    fix0 = next(
+        r for r in rows if r["method"] == "fix" and r["seed"] == "0" and r["dataset"] == "digits"
+    )
+    assert fix0["clean_pct"] == "60.0000" and fix0["expected_robustness_pct"] == "45.0000"
+    assert fix0["eps_g"] == "8/255" and fix0["eps_g_255"] == "8.0000"
+    assert fix0["findings"] == "suboptimal_transfer"
+    summary = list(csv.DictReader(io.StringIO((tmp_path / "report_summary.csv").read_text())))
+    fix = next(r for r in summary if r["method"] == "fix" and r["dataset"] == "digits")
+    assert (fix["n"], fix["seeds"]) == ("2", "0 1")
+    assert fix["clean_pct_mean"] == "65.0000" and fix["clean_pct_std"] == "7.0711"
+    cars = next(r for r in summary if r["dataset"] == "cars")
+    assert cars["clean_pct_std"] == ""  # undefined with one seed
+
+
+def test_html_is_self_contained(rendered: tuple[Path, Report]) -> None:
+    out, _ = rendered
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert "<script" not in page
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "65.0±7.1 / 30.0±0.0 / 47.5±3.5 (n=2)" in page
+
+
+def test_plots_are_valid_png_and_svg(rendered: tuple[Path, Report]) -> None:
+    out, _ = rendered
+    for stem in ("val_accuracy", "robustness_curves", "expected_robustness"):
+        assert (out / f"{stem}.png").read_bytes().startswith(PNG_SIGNATURE)
+        root = ET.parse(out / f"{stem}.svg").getroot()
+        assert root.tag.endswith("svg")
+    svg = (out / "robustness_curves.svg").read_text()
+    assert "(/255, l-inf)" in svg and "E.rob" in svg  # text kept as text (svg.fonttype none)
+
+
+def test_core_library_does_not_import_matplotlib() -> None:
+    code = (
+        "import sys, robustft.report, robustft.diagnostics, robustft.commands.report; "
+        "assert 'matplotlib' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_report(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(sweep), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "### eps_g = 8/255" in out and "| efficientnet_lite0 | sched |" in out
+    assert "suboptimal_transfer: clean 60.0%" in out and "-> eps > 0 from epoch 1" in out
+    assert "warning: skipped" in out
+    assert f"report written to {sweep / 'report'}/" in out
+    assert (sweep / "report" / "report.md").is_file()
+
+
+def test_cli_empty_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no finished runs" in err
+    assert main(["report", str(tmp_path / "nope")]) == 2
