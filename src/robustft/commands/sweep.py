@@ -1,0 +1,285 @@
+"""``robustft sweep SWEEP.yaml``: expand a grid of runs, run or resume them, show their status."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from robustft.commands._render import pct, table
+from robustft.errors import UserError
+from robustft.sweep import (
+    RunOutcome,
+    RunSpec,
+    SweepDir,
+    available_cores,
+    default_sweep_dir,
+    expand,
+    load_sweep,
+    read_metrics,
+    run_sweep,
+    short_keys,
+    show_value,
+)
+from robustft.sweep_store import RunRecord, SweepStore
+from robustft.units import format_eps
+
+HELP = """\
+Expand a sweep file (a base config, named methods and a grid of dotted keys) into runs, then
+train and evaluate every run not finished yet, one at a time in this process or N at a time in
+worker processes (--jobs N). Re-running a sweep skips finished runs, resumes interrupted ones
+from their checkpoints and retries failed ones. Everything is recorded in SWEEP_DIR/sweep.db
+(SQLite: runs and per-epoch metrics); run directories are SWEEP_DIR/runs/<run id>.
+
+sweep file:
+  name: demo                          # default sweep directory: sweeps/<name>
+  base: ../digits_sched.yaml          # run config (relative to the sweep file) or a mapping
+  set: {train.epochs: 15}             # optional: overrides for every run
+  methods:                            # optional: a run's name = its method
+    standard: {attack.eps: 0, attack.schedule: constant}
+    sched: {attack.schedule: "hinge(t1=0.24,t2=0.74)"}
+  grid:                               # Cartesian product of dotted keys
+    train.seed: [0, 1, 2]
+
+examples:
+  robustft sweep configs/sweeps/demo.yaml --dry-run
+  robustft sweep configs/sweeps/demo.yaml --jobs 2
+  robustft sweep configs/sweeps/demo.yaml --status
+  robustft sweep --status sweeps/demo
+
+exit codes: 0 all runs done, 1 a run failed, 2 bad input, 130 interrupted (re-run to resume).
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of runs (resumable, N at a time) and show its status",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", help="sweep YAML file; with --status also a sweep directory")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--out", help="sweep directory (default: sweeps/<name>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    mode.add_argument("--status", action="store_true", help="show done/running/failed runs")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1")
+    p.set_defaults(handler=run)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Printer:
+    """Sweep events as one line each on ``stream`` (stderr by default)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+
+    def _line(self, run: RunSpec, total: int, text: str) -> None:
+        self.stream.write(f"[{run.index + 1}/{total}] {run.label} {text}\n")
+        self.stream.flush()
+
+    def on_run_start(self, run: RunSpec, total: int, resume_after: int) -> None:
+        how = f"resumed after epoch {resume_after}" if resume_after else "started"
+        self._line(run, total, f"({run.run_id}) {how}")
+
+    def on_epoch(self, run: RunSpec, total: int, row: Mapping[str, Any]) -> None:
+        epochs = run.config.train.epochs
+        self._line(
+            run,
+            total,
+            f"epoch {row['epoch']}/{epochs} eps {format_eps(row['eps'])} "
+            f"loss {row['train_loss']:.3f} val {pct(row['val_acc'])}%",
+        )
+
+    def on_run_end(self, run: RunSpec, total: int, outcome: RunOutcome) -> None:
+        if outcome.status == "done" and outcome.result is not None:
+            r = outcome.result
+            text = (
+                f"done in {_duration(outcome.seconds)}: clean {pct(r['clean_accuracy'])}% "
+                f"robust {pct(r['robust_accuracy'])}% "
+                f"expected robustness {pct(r['expected_robustness'])}%"
+            )
+        elif outcome.status == "skipped":
+            text = "skipped (finished earlier)"
+        elif outcome.status == "busy":
+            text = "left alone: another live process is running it"
+        else:
+            text = f"FAILED: {outcome.error}"
+        self._line(run, total, text)
+
+
+def _grid_headers(records: Sequence[RunRecord]) -> list[str]:
+    keys: list[str] = []
+    for rec in records:
+        keys += [k for k in rec.grid if k not in keys]
+    return keys
+
+
+def _time(rec: RunRecord) -> float | None:
+    """Training + evaluation time of a done run (summed over resumed attempts), the elapsed
+    time of a running one, the wall time of a failed attempt."""
+    if rec.status == "done" and rec.train_seconds is not None:
+        return rec.train_seconds + (rec.eval_seconds or 0.0)
+    if rec.shown_status != "running" or rec.started is None:
+        return rec.seconds
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(rec.started)).total_seconds()
+
+
+def status_table(records: Sequence[RunRecord]) -> str:
+    """The ``--status`` table: one row per run, then counts and the errors of failed runs."""
+    keys = _grid_headers(records)
+    names = short_keys(keys)
+    headers = ["#", "run id", "method", *(names[k] for k in keys), "status", "epochs", "time"]
+    headers += ["clean %", "robust %", "exp. rob. %"]
+    rows = []
+    for rec in records:
+        position = "-" if rec.position is None else rec.position + 1
+        epochs = f"{rec.epochs}/{rec.config.get('train', {}).get('epochs', '?')}"
+        rows.append(
+            [
+                position,
+                rec.id,
+                rec.method,
+                *(show_value(rec.grid[k]) if k in rec.grid else "-" for k in keys),
+                rec.shown_status,
+                epochs,
+                _duration(_time(rec)),
+                pct(rec.clean_accuracy),
+                pct(rec.robust_accuracy),
+                pct(rec.expected_robustness),
+            ]
+        )
+    lines = [table(headers, rows), counts_line(records)]
+    lines += [f"failed {rec.id} ({rec.method}): {rec.error}" for rec in records if rec.error]
+    if any(rec.position is None for rec in records):
+        lines.append("runs numbered '-' are no longer in the sweep file (kept in runs/)")
+    return "\n".join(lines)
+
+
+def counts_line(records: Sequence[RunRecord]) -> str:
+    statuses = [rec.shown_status for rec in records]
+    order = ("done", "running", "interrupted", "failed", "pending")
+    parts = [f"{statuses.count(s)} {s}" for s in order if statuses.count(s) or s != "interrupted"]
+    return f"{len(records)} runs: " + ", ".join(parts)
+
+
+def _sweep_dir(args: argparse.Namespace) -> Path:
+    target = Path(args.target)
+    if target.is_dir():
+        if not args.status:
+            raise UserError(f"{target} is a directory; pass a sweep YAML file (or use --status)")
+        return target
+    return Path(args.out) if args.out else default_sweep_dir(load_sweep(target))
+
+
+def show_status(sweep_dir: Path) -> int:
+    with SweepStore.open_existing(SweepDir(sweep_dir).db) as store:
+        records = store.records()
+    print(f"sweep {sweep_dir}")
+    print(status_table(records))
+    return 0
+
+
+def dry_run(runs: Sequence[RunSpec], sweep_dir: Path) -> str:
+    """The planned runs and what re-running would do with each (new, resume, skip)."""
+    layout = SweepDir(sweep_dir)
+    keys = list(runs[0].grid) if runs else []
+    names = short_keys(keys)
+    rows = []
+    for run in runs:
+        run_dir = layout.run_dir(run.run_id)
+        done = len(read_metrics(run_dir / "metrics.jsonl"))
+        if (run_dir / "result.json").is_file():
+            plan = "skip (finished)"
+        elif done:
+            plan = f"resume after epoch {done}"
+        else:
+            plan = "train"
+        grid = [show_value(run.grid[k]) for k in keys]
+        rows.append([run.index + 1, run.run_id, run.method, *grid, plan])
+    headers = ["#", "run id", "method", *(names[k] for k in keys), "plan"]
+    out = [table(headers, rows)]
+    out += [f"{run.label} also stands for: {', '.join(run.aliases)}" for run in runs if run.aliases]
+    return "\n".join(out)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (batch schedulers, `kill`) like Ctrl-C so workers stop cleanly."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    sweep_dir = _sweep_dir(args)
+    if args.status:
+        return show_status(sweep_dir)
+    spec = load_sweep(args.target)
+    runs = expand(spec)
+    planned = len(spec.method_settings()) * _grid_points(spec.grid)
+    collapsed = (
+        f"; {planned - len(runs)} duplicate configs collapsed" if planned > len(runs) else ""
+    )
+    print(
+        f"sweep {spec.name}: {len(runs)} runs ({len(spec.method_settings())} methods x "
+        f"{_grid_points(spec.grid)} grid points{collapsed}) in {sweep_dir}"
+    )
+    if args.dry_run:
+        print(dry_run(runs, sweep_dir))
+        return 0
+    if args.jobs > 1:
+        threads = max(1, available_cores() // min(args.jobs, len(runs)))
+        plural = "s" if threads > 1 else ""
+        print(
+            f"{min(args.jobs, len(runs))} runs at a time, {threads} thread{plural} each", flush=True
+        )
+    start = time.perf_counter()
+    with _sigterm_as_interrupt():
+        summary = run_sweep(
+            spec, sweep_dir, jobs=args.jobs, device=args.device, events=Printer(), runs=runs
+        )
+    show_status(sweep_dir)
+    print(
+        f"this invocation: {summary.done} trained, {summary.skipped} skipped, "
+        f"{summary.failed} failed, {summary.busy} left to other processes "
+        f"in {_duration(time.perf_counter() - start)}"
+    )
+    return 0 if summary.ok else 1
+
+
+def _grid_points(grid: Mapping[str, Sequence[Any]]) -> int:
+    n = 1
+    for values in grid.values():
+        n *= len(values)
+    return n
