@@ -63,3 +63,11 @@ def test_atomic_json_keeps_old_file_on_failure(tmp_path) -> None:
     with pytest.raises(TypeError):
         atomic_write_json(path, {"a": object()})
     assert path.read_text().strip().startswith("{") and '"a": 1' in path.read_text()
+
+
+def test_atomic_files_are_readable_like_ordinary_files(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    atomic_write_json(path, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
