@@ -303,25 +303,34 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty file -> {})."""
+def read_yaml(path: str | Path, kind: str = "config") -> Any:
+    """Parse a YAML file safely; a missing, unreadable or invalid file is a one-line error.
+
+    Args:
+        kind: what the file is ("config", "sweep"), for the messages.
+    """
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+        raise UserError(f"{kind} file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(
-            f"config file {p}: invalid YAML{where}; check indentation and colons"
+            f"{kind} file {p}: invalid YAML{where}; check indentation and colons"
         ) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"config file {p}: cannot read ({err.__class__.__name__})") from None
+        raise UserError(f"{kind} file {p}: cannot read ({err.__class__.__name__})") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (empty file -> {})."""
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {p}: expected a mapping at the top level")
+        raise UserError(f"config file {path}: expected a mapping at the top level")
     return data
 
 

@@ -61,7 +61,7 @@ from typing import IO, Any, Literal, Protocol
 
 import yaml
 
-from robustft.config import RunConfig, build_config, load_yaml
+from robustft.config import RunConfig, build_config, load_yaml, read_yaml
 from robustft.errors import UserError, did_you_mean
 from robustft.sweep_store import SweepStore, now
 
@@ -221,16 +221,7 @@ def parse_sweep(
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep YAML file (a ``base`` path is relative to the file)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sweep file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"sweep file {p}: invalid YAML{at}; check indentation and colons") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"sweep file {p}: cannot read ({err.__class__.__name__})") from None
+    data = read_yaml(p, "sweep")
     if data is None:
         raise UserError(f"sweep file {p}: empty; it needs at least a base config")
     return parse_sweep(data, source=str(p), root=p.parent)
