@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -352,27 +352,4 @@ def robustness_curve(
     warnings = curve_warnings(curve, torch.cat(samples))
     for w in warnings:
         _logger.warning("robustness check: %s", w)
-    return _replace_warnings(curve, warnings)
-
-
-def _replace_warnings(curve: RobustnessCurve, warnings: Sequence[str]) -> RobustnessCurve:
-    from dataclasses import replace
-
     return replace(curve, warnings=tuple(warnings))
-
-
-def summarize(curve: RobustnessCurve) -> dict[str, Any]:
-    """Headline numbers in % (clean, robust at eps_g, expected robustness), for tables."""
-    return {
-        "clean": round(100 * curve.clean_accuracy, 2),
-        "robust": round(100 * curve.robust_accuracy, 2),
-        "expected_robustness": round(100 * curve.expected_robustness, 2),
-        "eps_max": curve.eps_max,
-        "n_examples": curve.n_examples,
-        "attack": curve.attack.get("name"),
-        "mode": curve.mode,
-    }
-
-
-def is_finite_curve(curve: RobustnessCurve) -> bool:
-    return all(math.isfinite(a) for a in curve.accuracy)
