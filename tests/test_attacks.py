@@ -19,7 +19,9 @@ NAMES = sorted(ATTACKS)
 NORMS = ["linf", "l2"]
 EPS = {"linf": 8 / 255, "l2": 0.5}
 TOL = 1e-5
-COMBINATIONS = [(name, norm) for name in NAMES for norm in NORMS]
+COMBINATIONS = [(name, norm) for name in NAMES for norm in NORMS if norm in ATTACKS[name].norms]
+# Square's random search stays random after its start; its own tests are in test_masking.py
+GRADIENT_COMBINATIONS = [(name, norm) for name, norm in COMBINATIONS if name != "square"]
 
 
 class Recorder(nn.Module):
@@ -174,7 +176,7 @@ def test_bf16_autocast(
     assert not torch.equal(x_adv, x)
 
 
-@pytest.mark.parametrize(("name", "norm"), COMBINATIONS)
+@pytest.mark.parametrize(("name", "norm"), GRADIENT_COMBINATIONS)
 def test_x_init_replaces_the_random_start(
     name: str, norm: str, tiny_model: nn.Module, tiny_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
@@ -207,7 +209,7 @@ def test_fgsm_from_x_init_is_one_signed_step(
 
 @pytest.mark.parametrize("name", NAMES)
 def test_describe_round_trips_through_create(name: str) -> None:
-    for norm in NORMS:
+    for norm in ATTACKS[name].norms:
         attack = create(name, norm=norm)
         description = attack.describe()
         assert description["name"] == name and description["norm"] == norm
@@ -463,7 +465,8 @@ def test_attack_strength_ordering(
         name: accuracy(
             trained_model, create(name, norm=norm)(trained_model, x, y, eps, generator=seeded()), y
         )
-        for name in NAMES
+        for name, attack_norm in GRADIENT_COMBINATIONS
+        if attack_norm == norm
     }
     print(
         f"\n{norm} eps={eps:.4f}: clean {clean:.3f} "

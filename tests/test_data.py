@@ -213,13 +213,10 @@ def test_imagefolder_too_small_to_stratify_and_corrupt_image(tmp_path: Path) -> 
     root = make_pool(tmp_path / "bad", n=6)
     bad = root / "cat" / "img0.png"
     bad.write_bytes(b"not a png")
-    data = build_datasets(
-        f"imagefolder:{root}", image_size=8, seed=0, val_fraction=0.5, test_fraction=0.5
-    )
-    with pytest.raises(UserError) as excinfo:
-        for split in (data.train, data.val, data.test):
-            for i in range(len(split)):
-                split[i]
+    with pytest.raises(UserError) as excinfo:  # refused when the dataset is built
+        build_datasets(
+            f"imagefolder:{root}", image_size=8, seed=0, val_fraction=0.5, test_fraction=0.5
+        )
     assert str(bad) in one_line(excinfo)
 
 
@@ -330,3 +327,189 @@ def test_unknown_dataset_suggests_the_closest() -> None:
     with pytest.raises(UserError) as excinfo:
         build_datasets_from_spec(DataSpec("cifar-10"))
     assert "did you mean 'cifar10'" in one_line(excinfo)
+
+
+# ----------------------------------------------------------------------------- unreadable images
+
+
+def truncate(path: Path, keep: float = 0.6) -> Path:
+    """Rewrite ``path`` as a noisy 48x40 image in its own format, cut to ``keep`` of its bytes."""
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def bad_pool(root: Path) -> tuple[Path, list[Path]]:
+    """A 3-class pool of 10 images per class with a truncated PNG (cat), a truncated JPEG (dog)
+    and a zero-byte PNG (eel): the bad files in scan order."""
+    make_pool(root)
+    bad = [truncate(root / "cat" / "img3.png"), truncate(root / "dog" / "img0.jpg")]
+    bad.append(root / "eel" / "img9.png")
+    bad[-1].write_bytes(b"")
+    return root, bad
+
+
+def test_unreadable_images_are_refused_at_build_time_naming_the_first(tmp_path: Path) -> None:
+    root, bad = bad_pool(tmp_path / "pool")
+    (root / "cat" / "notes.txt").write_text("not an image: ignored as before")
+    with pytest.raises(UserError) as excinfo:
+        build_datasets(f"imagefolder:{root}", image_size=8, seed=0)
+    message = one_line(excinfo)
+    assert str(bad[0]) in message and "3 unreadable image files" in message
+    assert "set data.bad_images=skip to leave them out, or remove the files" in message
+    for cut in bad[1:]:  # each kind alone is caught too (truncated JPEG, empty file)
+        others = [b for b in bad if b != cut]
+        for b in others:
+            b.unlink()
+        with pytest.raises(UserError) as excinfo:
+            build_datasets(f"imagefolder:{root}", image_size=8, seed=0)
+        assert str(cut) in one_line(excinfo) and "1 unreadable image file " in one_line(excinfo)
+        root, bad = bad_pool(tmp_path / "pool")
+
+
+def test_unreadable_images_are_skipped_with_a_warning_and_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, bad = bad_pool(tmp_path / "pool")
+    with caplog.at_level("WARNING", logger="robustft.data"):
+        data = build_datasets(f"imagefolder:{root}", image_size=8, seed=0, bad_images="skip")
+    assert data.skipped == tuple(str(b) for b in bad)
+    assert sum(data.sizes().values()) == 27
+    counts = np.sum([s.class_counts(3) for s in (data.train, data.val, data.test)], axis=0)
+    assert counts.tolist() == [9, 9, 9]
+    kept = {str(data.train.source.paths[i]) for i in data.train.indices}  # type: ignore[attr-defined]
+    assert not kept & set(data.skipped)
+    for split in (data.train, data.val, data.test):
+        for i in range(len(split)):
+            assert split[i][0].shape == (3, 8, 8)
+    [record] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "skipping 3 unreadable" in record.getMessage() and str(bad[0]) in record.getMessage()
+    clean = build_datasets(f"imagefolder:{make_pool(tmp_path / 'clean')}", image_size=8, seed=0)
+    assert clean.skipped == ()
+
+
+def test_skipping_every_image_of_a_class_is_refused(tmp_path: Path) -> None:
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        make_pool(tmp_path / split, n=n)
+    for i in range(2):
+        (tmp_path / "val" / "dog" / f"img{i}.jpg").write_bytes(b"")
+    (tmp_path / "test" / "cat" / "img1.png").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(UserError) as excinfo:
+        build_datasets(f"imagefolder:{tmp_path}", image_size=8, seed=0, bad_images="skip")
+    message = one_line(excinfo)
+    assert "class 'dog'" in message and str(tmp_path / "val") in message
+    Image.new("RGB", (5, 6), (9, 9, 9)).save(tmp_path / "val" / "dog" / "extra.jpg")
+    data = build_datasets(f"imagefolder:{tmp_path}", image_size=8, seed=0, bad_images="skip")
+    assert data.sizes() == {"train": 18, "val": 5, "test": 8} and len(data.skipped) == 3
+    assert data.val.targets == [0, 0, 1, 2, 2]
+
+
+def test_a_broken_symlink_is_an_unreadable_image(tmp_path: Path) -> None:
+    root = make_pool(tmp_path / "pool")
+    link = root / "dog" / "gone.jpg"
+    link.symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(UserError) as excinfo:
+        build_datasets(f"imagefolder:{root}", image_size=8, seed=0)
+    assert str(link) in one_line(excinfo)
+
+
+def test_threads_find_the_same_bad_files_in_order(tmp_path: Path) -> None:
+    from robustft.data import find_unreadable_images
+
+    root, bad = bad_pool(tmp_path / "pool")
+    paths = sorted(root.rglob("*.*"))
+    one = find_unreadable_images(paths, threads=1)
+    assert [p for p, _ in one] == sorted(bad)
+    assert find_unreadable_images(paths, threads=3) == one
+    assert all(": " in why for _, why in one)
+
+
+def test_a_file_removed_after_the_build_is_one_line_even_from_a_worker(tmp_path: Path) -> None:
+    root = make_pool(tmp_path / "pool")
+    data = build_datasets(f"imagefolder:{root}", image_size=8, seed=0, augment="none")
+    gone = data.test.source.paths[int(data.test.indices[0])]  # type: ignore[attr-defined]
+    gone.unlink()
+    with pytest.raises(UserError) as excinfo:
+        data.test[0]
+    assert str(gone) in one_line(excinfo) and "FileNotFoundError" in one_line(excinfo)
+    loader = DataLoader(data.test, batch_size=4, num_workers=1)
+    with pytest.raises(UserError) as excinfo:
+        list(loader)
+    message = one_line(excinfo)
+    assert str(gone) in message and "worker" not in message and "Traceback" not in message
+
+
+def test_a_file_without_read_permission_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_pool(tmp_path / "pool")
+    locked = root / "eel" / "img4.png"
+    denied = [True]
+    real_open = Image.open
+
+    def open_without_permission(fp: object, *args: object, **kwargs: object) -> Image.Image:
+        # what a non-root user meets for a chmod 0 file (the tests may run as root)
+        if denied[0] and Path(str(fp)) == locked:
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_open(fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image, "open", open_without_permission)
+    with pytest.raises(UserError) as excinfo:
+        build_datasets(f"imagefolder:{root}", image_size=8, seed=0)
+    assert str(locked) in one_line(excinfo) and "PermissionError" in one_line(excinfo)
+    denied[0] = False
+    data = build_datasets(f"imagefolder:{root}", image_size=8, seed=0)
+    denied[0] = True  # permission lost after the build
+    with pytest.raises(UserError) as excinfo:
+        for split in (data.train, data.val, data.test):
+            for i in range(len(split)):
+                split[i]
+    assert str(locked) in one_line(excinfo) and "PermissionError" in one_line(excinfo)
+
+
+def test_user_error_keeps_plain_messages() -> None:
+    assert str(UserError("a: b\nc")) == "a: b\nc"
+    assert str(UserError("Caught nothing")) == "Caught nothing"
+
+
+def test_bad_images_policy_is_validated() -> None:
+    from robustft.config import build_config
+
+    with pytest.raises(UserError, match="bad_images"):
+        DataSpec(bad_images="ignore")
+    with pytest.raises(UserError) as excinfo:
+        build_config({"data": {"bad_images": "skp"}})
+    assert "did you mean 'skip'" in one_line(excinfo) and "data.bad_images" in one_line(excinfo)
+    assert build_config({"data": {"bad_images": "skip"}}).data.bad_images == "skip"
+
+
+# ----------------------------------------------------------------------------- class sets
+
+
+@pytest.mark.parametrize(
+    ("found", "words"),
+    [
+        (("cat", "dog"), ["has 3 classes", "has 2", "missing from", "'eel'"]),
+        (("cat", "dog", "fox"), ["different classes", "'eel'", "not in", "'fox'"]),
+        (("cat", "eel", "dog"), ["different order", "label 1", "'dog' vs 'eel'", "permute"]),
+        (("cat", "dog", "eel", "fox"), ["has 4", "not in", "'fox'"]),
+    ],
+)
+def test_class_set_mismatch_is_one_line(found: tuple[str, ...], words: list[str]) -> None:
+    from robustft.data import check_class_set
+
+    with pytest.raises(UserError) as excinfo:
+        check_class_set(("cat", "dog", "eel"), found, source="checkpoint c.pt", dataset="data d")
+    message = one_line(excinfo)
+    assert message.startswith("class mismatch: ")
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_matching_class_sets_pass() -> None:
+    from robustft.data import check_class_set
+
+    check_class_set(["cat", "dog"], ("cat", "dog"), source="checkpoint c.pt")
+    check_class_set(list("0123456789"), tuple("0123456789"), source="x")

@@ -202,9 +202,9 @@ def test_unknown_mode_is_a_user_error_with_suggestion() -> None:
     with pytest.raises(UserError) as excinfo:
         small(mode="linaer")
     assert "did you mean 'linear'" in one_line_error(excinfo)
-    with pytest.raises(UserError, match="valid: full, linear"):
-        apply_mode(small(), "lora")
-    assert set(available_modes()) >= {"full", "linear"}
+    with pytest.raises(UserError, match="valid: bitfit, full, linear, lora, partial"):
+        apply_mode(small(), "lorra")
+    assert set(available_modes()) >= {"full", "linear", "lora", "bitfit", "partial"}
 
 
 # ----------------------------------------------------------------------------- wrapper, groups

@@ -18,10 +18,12 @@ from robustft.config import build_config
 from robustft.errors import UserError
 from robustft.report import Report, build_report, write_report
 from robustft.report.collect import Stat, aggregate, collect_runs
-from robustft.report.tables import fmt_stat, results_tables
+from robustft.report.tables import COST_HEADERS, cost_tables, fmt_stat, results_tables
 
 EPS = 8 / 255
+PLOT_STEMS = ("val_accuracy", "robustness_curves", "expected_robustness", "cost_vs_robustness")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STEPS, BATCH, PARAMETERS = 10, 100, 4_000_000  # per synthetic epoch; model size
 
 
 def make_run(
@@ -38,27 +40,47 @@ def make_run(
     schedule: str = "constant",
     val_acc: list[float] | None = None,
     finished: bool = True,
+    cost: bool = True,
+    passes_per_step: int | None = None,
+    trainable: int = PARAMETERS,
+    monitor: list[tuple[float, float]] | None = None,
+    stopped: dict[str, Any] | None = None,
+    attack: dict[str, Any] | None = None,
 ) -> Path:
     """A run directory in the rundir layout with known numbers.
 
     The robustness curve is linear from ``clean`` to ``robust`` on the 1/255 grid, so its
-    expected robustness is exactly ``(clean + robust) / 2``.
+    expected robustness is exactly ``(clean + robust) / 2``. With ``cost``, every epoch is
+    :data:`STEPS` steps of :data:`BATCH` examples and ``passes_per_step`` forward and backward
+    passes (default 1 for standard fine-tuning, 2 as for FGSM) taking 1.5 s per pass per step;
+    without it the run looks like one made before cost accounting. ``monitor`` gives the
+    overfitting monitor's (PGD, FGSM) accuracy per epoch; ``attack`` overrides config keys.
     """
     eval_eps = eps_g if eval_eps is None else eval_eps
     val_acc = val_acc or [0.3, 0.6, 0.8, clean]
+    pps = passes_per_step or (1 if eps_g == 0 else 2)
     config = build_config(
         {
             "name": method,
             "model": {"name": backbone},
             "data": {"name": dataset},
             "train": {"seed": seed, "epochs": len(val_acc)},
-            "attack": {"eps": eps_g, "schedule": schedule},
+            "attack": {"eps": eps_g, "schedule": schedule, **(attack or {})},
         }
     )
     run = root / f"{method}-{config.run_id()}"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(config.to_yaml())
-    rows = [{"epoch": i + 1, "eps": eps_g, "val_acc": a} for i, a in enumerate(val_acc)]
+    rows: list[dict[str, Any]] = [
+        {"epoch": i + 1, "eps": eps_g, "val_acc": a} for i, a in enumerate(val_acc)
+    ]
+    if cost:
+        for row in rows:
+            row.update(epoch_cost(pps))
+    for row, (pgd, fgsm) in zip(rows, monitor or []):
+        flagged = fgsm - pgd >= 0.2 and pgd <= 0.5 * fgsm
+        row.update(co_pgd_acc=pgd, co_fgsm_acc=fgsm, co_eps=eps_g, co_flagged=flagged)
+        row["monitor_seconds"] = 0.5
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if not finished:
         return run
@@ -87,9 +109,47 @@ def make_run(
         "epochs": len(val_acc),
         "num_classes": 10,
         "warnings": [],
+        "stopped": stopped,
     }
+    if cost:
+        result["cost"] = run_cost(pps, len(val_acc), trainable)
     (run / "result.json").write_text(json.dumps(result))
     return run
+
+
+def epoch_cost(pps: int) -> dict[str, Any]:
+    """The cost keys of one ``metrics.jsonl`` row (see :func:`make_run`)."""
+    passes = STEPS * pps
+    return {
+        "forward_passes": passes,
+        "backward_passes": passes,
+        "example_forward_passes": passes * BATCH,
+        "example_backward_passes": passes * BATCH,
+        "steps": STEPS,
+        "examples": STEPS * BATCH,
+        "seconds": 1.5 * pps,
+        "examples_per_second": STEPS * BATCH / (1.5 * pps),
+    }
+
+
+def run_cost(pps: int, epochs: int, trainable: int) -> dict[str, Any]:
+    """The ``cost`` dict of ``result.json`` as the trainer writes it."""
+    passes = STEPS * pps * epochs
+    return {
+        "train_forward_passes": passes,
+        "train_backward_passes": passes,
+        "train_example_forward_passes": passes * BATCH,
+        "train_example_backward_passes": passes * BATCH,
+        "train_steps": STEPS * epochs,
+        "passes_per_step": float(pps),
+        "train_seconds": 1.5 * pps * epochs,
+        "seconds_per_epoch": 1.5 * pps,
+        "examples_per_second": round(STEPS * BATCH / (1.5 * pps), 2),
+        "monitor_seconds": 0.0,
+        "eval_seconds": 5.0,
+        "trainable_parameters": trainable,
+        "total_parameters": PARAMETERS,
+    }
 
 
 def make_sweep(base: Path) -> Path:
@@ -221,7 +281,7 @@ def test_report_files(rendered: tuple[Path, Report]) -> None:
     out, report = rendered
     names = {p.name for p in report.files}
     expected = {"report.md", "report.html", "report.csv", "report_summary.csv"}
-    for stem in ("val_accuracy", "robustness_curves", "expected_robustness"):
+    for stem in PLOT_STEMS:
         expected |= {f"{stem}.png", f"{stem}.svg"}
     assert names == expected
     assert all((out / name).is_file() for name in names)
@@ -269,18 +329,21 @@ def test_html_is_self_contained(rendered: tuple[Path, Report]) -> None:
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert "http://" not in page and "https://" not in page and "<link" not in page
     assert "<script" not in page
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == len(PLOT_STEMS)
+    assert "<h2>Cost</h2>" in page and "E.rob gain (points per 10^6 extra" in page
     assert "65.0±7.1 / 30.0±0.0 / 47.5±3.5 (n=2)" in page
 
 
 def test_plots_are_valid_png_and_svg(rendered: tuple[Path, Report]) -> None:
     out, _ = rendered
-    for stem in ("val_accuracy", "robustness_curves", "expected_robustness"):
+    for stem in PLOT_STEMS:
         assert (out / f"{stem}.png").read_bytes().startswith(PNG_SIGNATURE)
         root = ET.parse(out / f"{stem}.svg").getroot()
         assert root.tag.endswith("svg")
     svg = (out / "robustness_curves.svg").read_text()
     assert "(/255, l-inf)" in svg and "E.rob" in svg  # text kept as text (svg.fonttype none)
+    svg = (out / "cost_vs_robustness.svg").read_text()
+    assert "training example-passes" in svg and "fix: 0.016M passes, E.rob 47.5% ± 3.5" in svg
 
 
 def test_core_library_does_not_import_matplotlib() -> None:
@@ -289,6 +352,166 @@ def test_core_library_does_not_import_matplotlib() -> None:
         "assert 'matplotlib' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+FGSM, PGD7 = {"name": "fgsm", "steps": 1}, {"name": "pgd", "steps": 7}
+
+
+def make_cost_runs(root: Path) -> Path:
+    """Two seeds each of standard FT (1 pass per step), FGSM (2) and PGD-7 (8)."""
+    for seed in (0, 1):
+        make_run(root, "standard", clean=0.9, robust=0.0, seed=seed, eps_g=0.0, eval_eps=EPS)
+        make_run(root, "fgsm", clean=0.8 - 0.02 * seed, robust=0.3, seed=seed, attack=FGSM)
+        make_run(root, "pgd7", clean=0.7, robust=0.4, seed=seed, passes_per_step=8, attack=PGD7)
+    return root
+
+
+def test_collect_reads_cost_and_early_stop(tmp_path: Path) -> None:
+    stop = {"reason": "catastrophic_overfitting", "onset": 3, "action": "rollback"}
+    fgsm_stopped = {**stop, "rolled_back_to": 2}
+    make_run(tmp_path, "fgsm", clean=0.8, robust=0.3, attack=FGSM, stopped=fgsm_stopped)
+    make_run(tmp_path, "old", clean=0.8, robust=0.3, cost=False)
+    fgsm, old = collect_runs(tmp_path).runs
+    assert fgsm.cost is not None and old.cost is None and old.stopped is None
+    assert fgsm.cost.passes_per_step == 2.0 and fgsm.cost.steps == 40
+    assert fgsm.cost.example_passes == 2 * 40 * 2 * BATCH  # forward + backward
+    assert fgsm.cost.trainable_fraction == 1.0 and fgsm.cost.seconds_per_epoch == 3.0
+    assert fgsm.stopped is not None and fgsm.stopped.rolled_back_to == 2
+    assert fgsm.stopped.text() == (
+        "stopped at epoch 3 (catastrophic overfitting), rolled back to epoch 2"
+    )
+
+
+def test_cost_table(tmp_path: Path) -> None:
+    runs = collect_runs(make_cost_runs(tmp_path)).runs
+    (table,) = cost_tables(runs)
+    assert table.missing == 0 and table.title == "E.rob on [0, 8/255]"
+    body = {row[2]: dict(zip(COST_HEADERS, row)) for row in table.body()}
+    assert [row[2] for row in table.body()] == ["standard", "fgsm", "pgd7"]
+    standard, fgsm, pgd = body["standard"], body["fgsm"], body["pgd7"]
+    assert (standard["passes/step"], fgsm["passes/step"], pgd["passes/step"]) == ("1", "2", "8")
+    # 4 epochs x 10 steps x pps x 100 examples x (forward + backward)
+    assert standard["train example-passes (10^6)"] == "0.00800"
+    assert fgsm["train example-passes (10^6)"] == "0.0160"
+    assert pgd["train example-passes (10^6)"] == "0.0640"
+    assert (standard["x standard FT"], fgsm["x standard FT"], pgd["x standard FT"]) == (
+        "1x",
+        "2x",
+        "8x",
+    )
+    assert fgsm["n"] == "2" and fgsm["trainable params (% of all)"] == "4.00M (100%)"
+    assert fgsm["s/epoch"] == "3.00" and pgd["examples/s"] == "83.3"
+    assert standard["E.rob %"] == "45.0±0.0" and fgsm["E.rob %"] == "54.5±0.7"
+    # (54.5 - 45.0) points / (0.008 extra 10^6 example-passes); standard: no extra passes
+    gain = "E.rob gain (points per 10^6 extra example-passes)"
+    assert fgsm[gain] == "1188" and pgd[gain] == "179" and standard[gain] == "-"
+
+
+def test_cost_in_report_and_csv(tmp_path: Path) -> None:
+    root = make_cost_runs(tmp_path / "runs")
+    make_run(root, "pgd7", clean=0.7, robust=0.4, seed=2, attack=PGD7, cost=False)
+    out = tmp_path / "out"
+    report = write_report(collect_runs(root), out, plots=False)
+    markdown = (out / "report.md").read_text()
+    assert "## Cost" in markdown and "| efficientnet_lite0 | digits | fgsm | 2 |" in markdown
+    assert "1 run has no cost data" in markdown
+    assert "hardware-independent" in markdown and "wall-clock" in markdown  # definitions
+    assert out / "report.html" in report.files
+
+    rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
+    fgsm0 = next(r for r in rows if r["method"] == "fgsm" and r["seed"] == "0")
+    assert fgsm0["passes_per_step"] == "2.0" and fgsm0["train_example_passes"] == "16000"
+    assert fgsm0["trainable_parameters"] == str(PARAMETERS) and fgsm0["stopped_reason"] == ""
+    old = next(r for r in rows if r["method"] == "pgd7" and r["seed"] == "2")
+    assert old["train_example_passes"] == "" and old["passes_per_step"] == ""
+
+    summary = list(csv.DictReader(io.StringIO((out / "report_summary.csv").read_text())))
+    cells = {r["method"]: r for r in summary}
+    assert cells["pgd7"]["n"] == "3" and cells["pgd7"]["cost_n"] == "2"
+    assert cells["pgd7"]["passes_per_step"] == "8.0000"
+    assert cells["pgd7"]["cost_vs_standard"] == "8.0000"
+    assert cells["fgsm"]["train_example_passes_mean"] == "16000.0000"
+    assert cells["fgsm"]["train_example_passes_std"] == "0.0000"
+    assert cells["fgsm"]["erob_gain_points_per_1e6_extra_passes"] == "1187.5000"
+    assert cells["standard"]["erob_gain_points_per_1e6_extra_passes"] == ""
+
+
+def test_reference_needs_the_same_fine_tuning_mode(tmp_path: Path) -> None:
+    make_run(tmp_path, "standard", clean=0.9, robust=0.0, eps_g=0.0, eval_eps=EPS)
+    run = make_run(tmp_path, "lora", clean=0.8, robust=0.3, trainable=40_000)
+    config = (run / "config.yaml").read_text().replace("mode: full", "mode: lora")
+    (run / "config.yaml").write_text(config)
+    (table,) = cost_tables(collect_runs(tmp_path).runs)
+    lora = dict(zip(COST_HEADERS, table.body()[1]))
+    assert lora["trainable params (% of all)"] == "40.0k (1%)"
+    assert lora["x standard FT"] == "-"  # no standard LoRA run to compare with
+
+
+def test_runs_without_cost_still_report(tmp_path: Path) -> None:
+    make_run(tmp_path, "standard", clean=0.9, robust=0.0, eps_g=0.0, eval_eps=EPS, cost=False)
+    make_run(tmp_path, "fix", clean=0.8, robust=0.3, cost=False)
+    report = build_report(tmp_path, tmp_path / "out")
+    names = {p.name for p in report.files}
+    assert "cost_vs_robustness.png" not in names and "expected_robustness.png" in names
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "No run recorded its compute cost" in markdown
+    assert "Training example-passes" not in markdown  # no cost definitions without cost
+    assert cost_tables(report.collection.runs) == []
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "report.csv").read_text())))
+    assert all(r["train_example_passes"] == "" and r["stopped_reason"] == "" for r in rows)
+
+
+def test_unreadable_cost_keeps_the_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "fix", clean=0.8, robust=0.3)
+    result = json.loads((run / "result.json").read_text())
+    result["cost"]["train_example_forward_passes"] = "many"
+    result["stopped"] = {"reason": "catastrophic_overfitting", "onset": "?"}
+    (run / "result.json").write_text(json.dumps(result))
+    (record,) = collect_runs(tmp_path).runs
+    assert record.cost is None and record.stopped is not None
+    assert record.stopped.text() == "stopped (catastrophic overfitting)"
+
+
+def test_overfitting_monitor_and_early_stop_in_the_report(tmp_path: Path) -> None:
+    stop = {"reason": "catastrophic_overfitting", "onset": 3, "action": "rollback"}
+    make_run(
+        tmp_path,
+        "fgsm",
+        clean=0.8,
+        robust=0.02,
+        monitor=[(0.30, 0.35), (0.32, 0.36), (0.02, 0.70)],
+        stopped={**stop, "rolled_back_to": 2},
+    )
+    (run,) = collect_runs(tmp_path).runs
+    assert run.history[2].co_pgd_acc == 0.02
+    assert "catastrophic_overfitting" in [f.code for f in run.findings]
+    write_report(collect_runs(tmp_path), tmp_path / "out", plots=False)
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "catastrophic_overfitting, stopped at epoch 3 (catastrophic overfitting), rolled back "
+        "to epoch 2 |" in markdown
+    )
+    assert "**early_stop**" in markdown and "numbers are for the model of epoch 2" in markdown
+    (row,) = csv.DictReader(io.StringIO((tmp_path / "out" / "report.csv").read_text()))
+    assert (row["stopped_reason"], row["stopped_onset"], row["rolled_back_to"]) == (
+        "catastrophic_overfitting",
+        "3",
+        "2",
+    )
+
+
+def test_cost_plot(tmp_path: Path) -> None:
+    from robustft.report.plots import cost_figure, render_plots
+
+    runs = collect_runs(make_cost_runs(tmp_path)).runs
+    assert cost_figure([r for r in runs if r.cost is None]) is None
+    (plot,) = [p for p in render_plots(runs) if p.stem == "cost_vs_robustness"]
+    assert plot.png.startswith(PNG_SIGNATURE)
+    svg = plot.svg.decode()
+    assert "pgd7: 0.064M passes, E.rob 55.0% ± 0.0 (n=2)" in svg and "log scale" in svg
 
 
 # ----------------------------------------------------------------------------- CLI

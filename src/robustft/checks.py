@@ -6,8 +6,9 @@ Each check returns human-readable warnings; none raises. They are attached to ev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 MASKING_ACCURACY = 0.10  # accuracy above this at a very large eps suggests gradient masking
 PROBABILITY_TOLERANCE = 1e-3
+# The gradient-free check warns when Square breaks, among the examples the gradient attack left
+# correct, at least this fraction of the checked examples and at least this many examples:
+GRADIENT_FREE_GAP = 0.05
+GRADIENT_FREE_MIN_EXAMPLES = 3
 
 
 def looks_like_probabilities(logits: Tensor) -> bool:
@@ -31,7 +36,8 @@ def looks_like_probabilities(logits: Tensor) -> bool:
 
 
 def curve_warnings(curve: RobustnessCurve, logits_sample: Tensor) -> list[str]:
-    """All warnings for a curve: above-clean, rising, masking check, probabilities."""
+    """All warnings for a curve: above-clean, rising, masking check, gradient-free check
+    (Square beats the gradient attack), probabilities."""
     warnings: list[str] = []
     clean = curve.clean_accuracy
     for eps, acc in zip(curve.epsilons[1:], curve.accuracy[1:]):
@@ -52,8 +58,11 @@ def curve_warnings(curve: RobustnessCurve, logits_sample: Tensor) -> list[str]:
         warnings.append(
             f"accuracy {100 * curve.masking_check['accuracy']:.1f}% at the very large eps "
             f"{format_eps(curve.masking_check['eps'])} is not near zero: possible gradient "
-            "masking; try more steps/restarts or a gradient-free attack"
+            "masking; try more steps/restarts or a gradient-free attack (attacks.create('square'))"
         )
+    gradient_free = gradient_free_warning(curve.gradient_free_check, curve.attack.get("name"))
+    if gradient_free is not None:
+        warnings.append(gradient_free)
     if looks_like_probabilities(logits_sample):
         warnings.append(
             "model outputs look like probabilities (rows >= 0 summing to 1), not logits; "
@@ -76,16 +85,8 @@ def masking_check(
         ``{"eps": eps, "accuracy": fraction still correct, "n": examples attacked}``.
     """
     device = next(model.parameters()).device
-    xs, ys = [], []
-    count = 0
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
-        if count >= n_examples:
-            break
-    x = torch.cat(xs)[:n_examples].to(device).float()
-    y = torch.cat(ys)[:n_examples].to(device)
+    x, y = first_examples(batches, n_examples)
+    x, y = x.to(device).float(), y.to(device)
     with torch.no_grad():
         keep = model(x).argmax(1) == y
     x, y = x[keep], y[keep]
@@ -96,3 +97,109 @@ def masking_check(
     with torch.no_grad():
         acc = float((model(x_adv).argmax(1) == y).float().mean())
     return {"eps": eps, "accuracy": acc, "n": float(len(x))}
+
+
+def first_examples(batches: Iterable[tuple[Tensor, Tensor]], n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` examples of ``batches`` (fewer if it runs out): (n, C, H, W) and (n,)."""
+    xs, ys = [], []
+    count = 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
+        if count >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def gradient_free_check(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    gradient_correct: Tensor,
+    eps: float,
+    *,
+    queries: int = 300,
+    p_init: float = 0.8,
+    seed: int = 0,
+    standalone: bool = False,
+) -> dict[str, Any]:
+    """Attack examples the gradient attack left correct with the gradient-free Square attack.
+
+    A gradient attack that leaves many examples correct which a random search, never looking
+    at a gradient, breaks easily is being fooled by the gradient (masking/obfuscation). Only
+    the gradient attack's survivors are attacked, so the check is cheap on honest models.
+
+    Args:
+        model: maps (N, C, H, W) images in [0, 1] to (N, K) logits (eval mode while crafting).
+        x: (N, C, H, W) images in [0, 1]; y: (N,) labels.
+        gradient_correct: (N,) bool, each example still correct under the gradient attack at
+            ``eps`` (False for clean-misclassified examples).
+        eps: l-inf budget in pixel units (the curve's largest eps).
+        queries, p_init: Square attack budget and initial square size.
+        seed: seed of the attack's random search.
+        standalone: attack every clean-correct example instead, and also report Square's own
+            accuracy (costlier; for comparing the attacks).
+
+    Returns:
+        ``{"attack": "square", "eps", "queries", "n", "attacked", "gradient_accuracy",
+        "combined_accuracy", "missed_by_gradient"}`` (+ ``"gradient_free_accuracy"`` when
+        ``standalone``): accuracies are fractions of the ``n`` examples, ``combined`` counts an
+        example correct only if both attacks failed, ``missed_by_gradient`` counts examples
+        Square broke and the gradient attack did not, ``attacked`` those Square attacked.
+    """
+    from robustft.attacks import Square
+
+    gradient_correct = gradient_correct.bool().cpu()
+    with torch.no_grad():
+        square_correct = (model(x).argmax(1) == y).cpu()
+    if not standalone:
+        square_correct &= gradient_correct
+    todo = square_correct.nonzero().flatten()
+    if len(todo) and eps > 0:
+        attack = Square(queries=queries, p_init=p_init)
+        gen = torch.Generator().manual_seed(seed)
+        index = todo.to(x.device)
+        x_adv = attack(model, x[index], y[index], eps, generator=gen)
+        with torch.no_grad():
+            square_correct[todo] = (model(x_adv).argmax(1) == y[index]).cpu()
+    combined = gradient_correct & square_correct
+    result: dict[str, Any] = {
+        "attack": "square",
+        "eps": float(eps),
+        "queries": queries,
+        "n": len(x),
+        "attacked": len(todo),
+        "gradient_accuracy": float(gradient_correct.float().mean()),
+        "combined_accuracy": float(combined.float().mean()),
+        "missed_by_gradient": int((gradient_correct & ~square_correct).sum()),
+    }
+    if standalone:
+        result["gradient_free_accuracy"] = float(square_correct.float().mean())
+    return result
+
+
+def gradient_free_warning(result: dict[str, Any] | None, attack_name: str | None) -> str | None:
+    """The warning for a :func:`gradient_free_check` result, or None if there is nothing to say.
+
+    Rule: warn when Square breaks at least ``max(GRADIENT_FREE_MIN_EXAMPLES,
+    ceil(GRADIENT_FREE_GAP * n))`` examples that the gradient attack left correct, i.e. when
+    adding Square lowers the accuracy on the ``n`` examples by at least 5 points *and* by at
+    least 3 examples (4 of 64 by default).
+    """
+    if not result or "missed_by_gradient" not in result:
+        return None
+    n, missed = int(result["n"]), int(result["missed_by_gradient"])
+    if missed < max(GRADIENT_FREE_MIN_EXAMPLES, math.ceil(GRADIENT_FREE_GAP * n - 1e-9)):
+        return None
+    grad, both = float(result["gradient_accuracy"]), float(result["combined_accuracy"])
+    return (
+        f"the gradient-free Square attack ({result['queries']} queries) broke {missed} of the "
+        f"{round(grad * n)} examples that {attack_name or 'the gradient attack'} left correct "
+        f"at eps {format_eps(result['eps'])} (first {n} examples: accuracy {100 * grad:.1f}% "
+        f"-> {100 * both:.1f}%): likely gradient masking/obfuscation (non-differentiable or "
+        "randomised preprocessing such as input quantisation, a saturated softmax, zero or NaN "
+        "input gradients), so the curve overstates robustness. Evaluate with gradient-free or "
+        "transfer attacks (attacks.create('square')) and remove non-differentiable "
+        "preprocessing or attack through it (BPDA)"
+    )

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from robustft import __version__
-from robustft.errors import UserError
+from robustft.errors import NumericalFault, UserError
 
 FIRST_COMMANDS = ("schedule", "train", "eval", "demo")
 
@@ -53,8 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters (from user input such as a
+    key or a path) escaped, so that an error stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the CLI; returns the process exit code.
+
+    0 ok, 1 the run failed (a numerical fault), 2 bad input, 130 interrupted.
+    """
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -63,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(levelname)s %(name)s: %(message)s",
         )
         return int(args.handler(args))
+    except NumericalFault as err:
+        print(f"robustft: run failed: {err}", file=sys.stderr)
+        return 1
     except UserError as err:
-        print(f"robustft: error: {err}", file=sys.stderr)
+        print(f"robustft: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustft: interrupted", file=sys.stderr)
@@ -74,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as err:
+        if err.filename is None:
+            raise
+        # a path the user gave cannot be used: name too long, permission denied, disk full...
+        print(f"robustft: error: {_one_line(f'{err.filename}: {err.strerror}')}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ Every value is checked against the field's type and range at construction; a bad
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -38,19 +41,42 @@ def _check(cond: bool, key: str, value: object, expected: str) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Backbone. ``name``: ``efficientnet_lite0`` (offline default), ``timm:<name>`` or
-    ``torchvision:<name>``; ``weights``: optional local .safetensors/.pth file; ``mode``: ``full``
-    or ``linear`` (linear probe)."""
+    """Backbone and fine-tuning mode.
+
+    ``name``: ``efficientnet_lite0`` (offline default), ``timm:<name>`` or ``torchvision:<name>``;
+    ``weights``: optional local .safetensors/.pth file. ``mode``: ``full``, ``linear`` (linear
+    probe), ``lora`` (low-rank adapters through peft; ``lora_rank``, ``lora_alpha``,
+    ``lora_dropout``, and ``lora_targets``: comma-separated module-name patterns, null = the
+    architecture family's default), ``bitfit`` (biases and normalisation parameters) or
+    ``partial`` (the last ``blocks`` blocks). The new head always trains."""
 
     name: str = "efficientnet_lite0"
     pretrained: bool = True
     weights: str | None = None
     mode: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None
+    blocks: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an integer >= 1")
+        _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "a number > 0")
+        dropout = self.lora_dropout
+        _check(0 <= dropout < 1, "model.lora_dropout", dropout, "a number in [0, 1)")
+        _check(self.blocks >= 1, "model.blocks", self.blocks, "an integer >= 1")
+        if self.lora_targets is not None:
+            parts = [t.strip() for t in self.lora_targets.split(",")]
+            expected = "comma-separated module names such as 'qkv,proj' or null"
+            _check(all(parts), "model.lora_targets", self.lora_targets, expected)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset: ``digits`` (offline default), ``imagefolder:<path>`` or a torchvision set name."""
+    """Dataset: ``digits`` (offline default), ``imagefolder:<path>`` or a torchvision set name.
+    ``bad_images``: unreadable image files in an image folder: ``refuse`` (error naming the first)
+    or ``skip`` (leave them out with a warning)."""
 
     name: str = "digits"
     image_size: int = 32
@@ -60,6 +86,7 @@ class DataConfig:
     test_fraction: float = 0.2
     augment: str = "basic"
     max_train_per_class: int | None = None
+    bad_images: str = "refuse"
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
@@ -73,6 +100,7 @@ class DataConfig:
                 self.max_train_per_class,
                 "an integer >= 1 or null",
             )
+        _choice("data.bad_images", self.bad_images, ("refuse", "skip"))
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -82,7 +110,9 @@ LR_SCHEDULES = ("cosine", "constant")
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. ``lr`` is the peak learning rate after ``warmup_epochs`` of linear warm-up;
-    ``lr_schedule`` then decays it (cosine to 0 by the last step, or constant)."""
+    ``lr_schedule`` then decays it (cosine to 0 by the last step, or constant). A non-finite loss
+    or a gradient norm that is non-finite or above ``grad_norm_limit`` (before clipping to
+    ``grad_clip``; null = no limit) stops the run as a numerical fault."""
 
     epochs: int = 50
     batch_size: int = 64
@@ -94,6 +124,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     lr_schedule: str = "cosine"
     grad_clip: float | None = None
+    grad_norm_limit: float | None = 1e5
     bf16: bool = False
     seed: int = 0
     num_workers: int = 0
@@ -102,6 +133,8 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _check(self.lr > 0, "train.lr", self.lr, "a number > 0")
+        if self.head_lr is not None:
+            _check(self.head_lr > 0, "train.head_lr", self.head_lr, "a number > 0 or null")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
         _check(
             0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
@@ -113,6 +146,13 @@ class TrainConfig:
         _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.grad_clip is not None:
             _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "a number > 0 or null")
+        if self.grad_norm_limit is not None:
+            _check(
+                self.grad_norm_limit > 0,
+                "train.grad_norm_limit",
+                self.grad_norm_limit,
+                "a number > 0 or null",
+            )
         _check(self.num_workers >= 0, "train.num_workers", self.num_workers, "an integer >= 0")
 
 
@@ -147,6 +187,41 @@ class ValConfig:
     max_examples: int | None = None
     robust_every: int = 0
     robust_examples: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_examples is not None:
+            _check(self.max_examples >= 1, "val.max_examples", self.max_examples, ">= 1 or null")
+        _check(self.robust_every >= 0, "val.robust_every", self.robust_every, "an integer >= 0")
+        _check(self.robust_examples >= 1, "val.robust_examples", self.robust_examples, ">= 1")
+
+
+MONITOR_CHOICES = ("auto", "on", "off")
+MONITOR_ACTIONS = ("flag", "stop", "rollback")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Catastrophic-overfitting monitor (see :mod:`robustft.monitor`): every epoch trained with
+    eps > 0, PGD-``pgd_steps`` and FGSM accuracy at the epoch's eps on the first ``examples``
+    validation images; flagged when FGSM beats PGD by ``gap`` or more and PGD keeps at most
+    ``ratio`` of FGSM's accuracy. ``co``: ``auto`` (on for fgsm/fgsm-rs training), ``on``,
+    ``off``. ``action``: ``flag``, ``stop`` (end training at the onset) or ``rollback`` (end
+    training and restore the last epoch before it)."""
+
+    co: str = "auto"
+    action: str = "flag"
+    examples: int = 128
+    pgd_steps: int = 10
+    gap: float = 0.20
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        _choice("monitor.co", self.co, MONITOR_CHOICES)
+        _choice("monitor.action", self.action, MONITOR_ACTIONS)
+        _check(self.examples >= 1, "monitor.examples", self.examples, "an integer >= 1")
+        _check(self.pgd_steps >= 1, "monitor.pgd_steps", self.pgd_steps, "an integer >= 1")
+        _check(0 < self.gap <= 1, "monitor.gap", self.gap, "a fraction in (0, 1]")
+        _check(0 < self.ratio < 1, "monitor.ratio", self.ratio, "a fraction in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -185,15 +260,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     val: ValConfig = field(default_factory=ValConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; eps values that are multiples of 1/255 are written as ``"k/255"``."""
         out = dataclasses.asdict(self)
-        out["attack"]["eps"] = format_eps(self.attack.eps)
-        out["eval"]["eps_step"] = format_eps(self.eval.eps_step)
+        out["attack"]["eps"] = _eps_text(self.attack.eps)
+        out["eval"]["eps_step"] = _eps_text(self.eval.eps_step)
         if self.eval.eps_max is not None:
-            out["eval"]["eps_max"] = format_eps(self.eval.eps_max)
+            out["eval"]["eps_max"] = _eps_text(self.eval.eps_max)
         return out
 
     def to_yaml(self) -> str:
@@ -205,6 +281,13 @@ class RunConfig:
         data.pop("name")
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _eps_text(eps: float) -> str:
+    """``format_eps(eps)`` (``"8/255"``) if it parses back to ``eps`` exactly, else ``repr``:
+    to_dict must be lossless, or distinct configs would share a run id."""
+    text = format_eps(eps)
+    return text if parse_eps(text, upper=float("inf")) == eps else repr(eps)
 
 
 def _eps_upper(norm: str) -> float:
@@ -239,12 +322,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value  # parsed and checked by the dataclass (accepts "8/255")
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
-                pass
+                _check(False, key, value, "a number")
         _check(
             isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number"
         )
+        _check(abs(value) <= sys.float_info.max, key, value, "a finite number")  # nan, inf, 1e400
         return float(value)
     if hint is str:
         _check(isinstance(value, str), key, value, "a string")
@@ -281,8 +365,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"override {text!r}: empty key part; write e.g. train.epochs=10")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. 2020-13-45, 5000 digits, [[[...
         value = raw
+    _check_yaml_size(value, f"override {key.strip()!r}")
     if isinstance(value, str) and "/" not in raw:
         value = raw.strip()
     return path, value
@@ -290,7 +375,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted overrides applied."""
-    out = json.loads(json.dumps(data))
+    out = copy.deepcopy(data)  # not a JSON round trip: dates and &anchors/*aliases stay intact
     for text in overrides:
         path, value = parse_override(text)
         node = out
@@ -310,10 +395,10 @@ def read_yaml(path: str | Path, kind: str = "config") -> Any:
         kind: what the file is ("config", "sweep"), for the messages.
     """
     p = Path(path)
-    if not p.is_file():
+    if not os.path.isfile(p):  # not Path.is_file(): that raises for a name too long
         raise UserError(f"{kind} file not found: {p}")
     try:
-        return yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -322,6 +407,36 @@ def read_yaml(path: str | Path, kind: str = "config") -> Any:
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{kind} file {p}: cannot read ({err.__class__.__name__})") from None
+    except RecursionError:
+        raise UserError(f"{kind} file {p}: YAML nested too deeply; flatten it") from None
+    except ValueError as err:  # a date such as 2020-13-45, an integer of 5000 digits
+        raise UserError(
+            f"{kind} file {p}: YAML value cannot be converted ({str(err)[:80]}); quote it"
+        ) from None
+    return _check_yaml_size(data, f"{kind} file {p}")
+
+
+_YAML_MAX_VALUES = 100_000
+_YAML_MAX_DEPTH = 64
+
+
+def _check_yaml_size(data: Any, where: str) -> Any:
+    """Return ``data``, refusing alias bombs ("billion laughs"), recursive aliases and deep
+    nesting: YAML aliases can make a few bytes expand to billions of values."""
+    stack, count = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > _YAML_MAX_VALUES or depth > _YAML_MAX_DEPTH:
+            raise UserError(
+                f"{where}: YAML too large or nested too deeply (over {_YAML_MAX_VALUES} values "
+                f"or {_YAML_MAX_DEPTH} levels, e.g. recursive &anchors/*aliases); simplify it"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend((v, depth + 1) for v in node)
+    return data
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -336,6 +451,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Build and validate a :class:`RunConfig` from a dict and dotted overrides."""
+    if data is not None and not isinstance(data, Mapping):
+        raise UserError(f"config: expected a mapping of sections, got {type(data).__name__}")
     merged = apply_overrides(dict(data or {}), overrides)
     config: RunConfig = _build(RunConfig, merged, "")
     return config

@@ -16,6 +16,11 @@ Dataset names:
   ``train/`` (``test_fraction``), then a missing ``val/`` likewise (``val_fraction``). Class
   folders may nest images in subfolders; extensions: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff
   .webp.
+  Every image file is decoded once when the dataset is built (in parallel threads, JPEGs at
+  reduced scale), so a corrupt or truncated file never stops training mid-epoch. With
+  ``bad_images="refuse"`` (default) the first unreadable file is reported with its path; with
+  ``"skip"`` unreadable files are left out (a warning names them, and
+  :attr:`DataSplits.skipped` lists them all). Files with other extensions are ignored.
 - torchvision sets: ``cifar10``, ``cifar100``, ``caltech256``, ``fgvc_aircraft``,
   ``stanford_cars``, ``flowers102``, ``oxford_pets``, ``dtd`` (partition 1), ``food101``.
   They are read from ``root`` (default: ``$ROBUSTFT_DATA`` or ``~/.cache/robustft/data``) in
@@ -54,9 +59,12 @@ mirrored 2, 3, 4, 5, 7 or 9 is not that digit). All other sets are treated as fl
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,7 +83,17 @@ DEFAULT_DATASET = "digits"
 AUGMENTS = ("basic", "paper", "none")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATA_ENV = "ROBUSTFT_DATA"
+BAD_IMAGES = ("refuse", "skip")
 _VAL_DIRS = ("val", "valid", "validation")
+# what PIL raises for missing, unreadable, truncated or otherwise undecodable files
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 RawImage = Image.Image | Tensor
 Transform = Callable[[RawImage], Tensor]
@@ -101,6 +119,9 @@ class DataSpec:
         test_fraction: share of a single pool held out for test, in (0, 1).
         augment: training augmentation preset, one of :data:`AUGMENTS`.
         max_train_per_class: keep at most this many training images per class (few-shot).
+        bad_images: unreadable image files in an image folder: ``refuse`` (error naming the
+            first one) or ``skip`` (leave them out, warn, list them in
+            :attr:`DataSplits.skipped`); one of :data:`BAD_IMAGES`.
     """
 
     name: str = DEFAULT_DATASET
@@ -112,6 +133,7 @@ class DataSpec:
     test_fraction: float = 0.2
     augment: str = "basic"
     max_train_per_class: int | None = None
+    bad_images: str = "refuse"
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
@@ -127,6 +149,8 @@ class DataSpec:
         k = self.max_train_per_class
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise UserError(f"data.max_train_per_class: must be an integer >= 1, got {k!r}")
+        if self.bad_images not in BAD_IMAGES:
+            raise unknown_name("data.bad_images policy", self.bad_images, BAD_IMAGES)
 
 
 class _Source(Protocol):
@@ -178,6 +202,8 @@ class DataSplits:
         class_names: the class names, indexed by label.
         spec: the request that built them.
         flip_invariant: whether horizontal flips preserve the labels.
+        skipped: paths of the unreadable image files left out (``bad_images="skip"``), in scan
+            order; empty when none were.
     """
 
     train: ImageSplit
@@ -187,6 +213,7 @@ class DataSplits:
     class_names: tuple[str, ...]
     spec: DataSpec = field(default_factory=DataSpec)
     flip_invariant: bool = True
+    skipped: tuple[str, ...] = ()
 
     def sizes(self) -> dict[str, int]:
         """Number of images per split."""
@@ -264,10 +291,11 @@ class _FileSource:
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
+            # it decoded when the dataset was built: changed, deleted or made unreadable since
             raise UserError(
-                f"cannot read image {path} ({type(exc).__name__}: {_first_line(exc)}); "
-                "remove or replace the file"
+                f"cannot read image {path} ({type(exc).__name__}: {_first_line(exc)}); it was "
+                "readable when the dataset was built: restore the file, or remove it and restart"
             ) from None
 
 
@@ -290,6 +318,7 @@ class _Raw:
     parts: dict[str, _Source]
     class_names: tuple[str, ...]
     flip_invariant: bool = True
+    skipped: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -306,6 +335,7 @@ def build_datasets(
     test_fraction: float = 0.2,
     augment: str = "basic",
     max_train_per_class: int | None = None,
+    bad_images: str = "refuse",
 ) -> DataSplits:
     """Build train/val/test splits of a dataset (see the module docstring for names and rules).
 
@@ -319,12 +349,14 @@ def build_datasets(
         test_fraction: share of a single pool held out for test.
         augment: training augmentation preset: ``basic``, ``paper`` or ``none``.
         max_train_per_class: keep at most this many training images per class.
+        bad_images: unreadable files in an image folder: ``refuse`` or ``skip``.
 
     Returns:
         :class:`DataSplits`.
 
     Raises:
-        UserError: unknown name, missing or malformed data, or too few images to split.
+        UserError: unknown name, missing or malformed data, unreadable image files (with
+            ``bad_images="refuse"``), or too few images to split.
     """
     spec = DataSpec(
         name,
@@ -336,6 +368,7 @@ def build_datasets(
         test_fraction,
         augment,
         max_train_per_class,
+        bad_images,
     )
     return build_datasets_from_spec(spec)
 
@@ -364,6 +397,7 @@ def build_datasets_from_spec(spec: DataSpec) -> DataSplits:
         raw.class_names,
         spec,
         flip,
+        raw.skipped,
     )
     logger.info("data %s: %s, %d classes", spec.name, out.sizes(), out.num_classes)
     return out
@@ -375,7 +409,7 @@ def _load_raw(spec: DataSpec) -> _Raw:
     if name == "digits":
         return _load_digits()
     if name.startswith("imagefolder:"):
-        return _load_imagefolder(name.removeprefix("imagefolder:"))
+        return _load_imagefolder(name.removeprefix("imagefolder:"), spec.bad_images)
     if name in TORCHVISION_SETS:
         root = Path(spec.root).expanduser() if spec.root else default_root()
         return _load_torchvision(name, root, spec.download)
@@ -384,6 +418,60 @@ def _load_raw(spec: DataSpec) -> _Raw:
 
 def _train_part(raw: _Raw) -> str:
     return "pool" if "pool" in raw.parts else "train"
+
+
+def check_class_set(
+    expected: Sequence[str],
+    found: Sequence[str],
+    *,
+    source: str,
+    dataset: str = "the dataset",
+    fix: str = "use data with exactly these class folders, or fine-tune a new run on this data",
+) -> None:
+    """Refuse a dataset whose classes (names, count or order) differ from a checkpoint's.
+
+    Labels are class indices, so a different order would silently permute them.
+
+    Args:
+        expected: the class names the checkpoint was trained with, indexed by label.
+        found: the dataset's class names, indexed by label.
+        source: what ``expected`` comes from, e.g. ``"checkpoint runs/x/checkpoints/last.pt"``.
+        dataset: what ``found`` comes from, e.g. ``"dataset imagefolder:/data/birds"``.
+        fix: the advice ending the message.
+
+    Raises:
+        UserError: one line naming the count, the first missing and extra names, or the first
+            label whose name differs.
+    """
+    want, got = [str(c) for c in expected], [str(c) for c in found]
+    if want == got:
+        return
+    want_set, got_set = set(want), set(got)
+    missing = [c for c in want if c not in got_set]
+    extra = [c for c in got if c not in want_set]
+
+    def names(items: list[str]) -> str:
+        shown = ", ".join(repr(c) for c in items[:3])
+        return shown + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    if sorted(want) == sorted(got):
+        label = next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
+        what = (
+            f"{source} and {dataset} have the same {len(want)} classes in a different order "
+            f"(label {label} is {want[label]!r} vs {got[label]!r}), which would permute the labels"
+        )
+    else:
+        details = [f"missing from {dataset}: {names(missing)}"] if missing else []
+        details += [f"not in {source}: {names(extra)}"] if extra else []
+        if not details:  # the same names, repeated differently
+            details = [f"{names(want)} vs {names(got)}"]
+        counts = (
+            f"{source} has {len(want)} classes but {dataset} has {len(got)}"
+            if len(want) != len(got)
+            else f"{source} and {dataset} have different classes"
+        )
+        what = f"{counts} ({'; '.join(details)})"
+    raise UserError(f"class mismatch: {what}; {fix}")
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -473,32 +561,132 @@ def _load_digits() -> _Raw:
 # ----------------------------------------------------------------------------- image folders
 
 
-def _load_imagefolder(path_text: str) -> _Raw:
-    """Read ``<path>/{train,val,test}/<class>/`` or a pool ``<path>/<class>/``."""
+def _load_imagefolder(path_text: str, bad_images: str = "refuse") -> _Raw:
+    """Read ``<path>/{train,val,test}/<class>/`` or a pool ``<path>/<class>/``, then decode every
+    image once and refuse or skip the unreadable ones (``bad_images``)."""
     if not path_text.strip():
         raise UserError("imagefolder: no path given; write imagefolder:<directory>")
     root = Path(path_text).expanduser()
     if not root.is_dir():
         raise UserError(f"imagefolder: {root} is not a directory; check the path in data.name")
+    scanned: dict[str, tuple[Path, list[Path], list[int]]] = {}
     if not (root / "train").is_dir():
         names, paths, labels = _scan_classes(root)
-        return _Raw({"pool": _FileSource(paths, labels)}, names)
-    names, paths, labels = _scan_classes(root / "train")
-    parts: dict[str, _Source] = {"train": _FileSource(paths, labels)}
-    for split, candidates in (("val", _VAL_DIRS), ("test", ("test",))):
-        folder = next((root / c for c in candidates if (root / c).is_dir()), None)
-        if folder is None:
-            continue
-        other, paths, labels = _scan_classes(folder)
-        if other != names:
-            extra, lacking = sorted(set(other) - set(names)), sorted(set(names) - set(other))
-            raise UserError(
-                f"imagefolder: class folders of {folder} differ from {root / 'train'} "
-                f"(only in {split}: {extra[:5]}, missing from {split}: {lacking[:5]}); "
-                "use the same class folders in every split"
-            )
-        parts[split] = _FileSource(paths, labels)
-    return _Raw(parts, names)
+        scanned["pool"] = (root, paths, labels)
+    else:
+        names, paths, labels = _scan_classes(root / "train")
+        scanned["train"] = (root / "train", paths, labels)
+        for split, candidates in (("val", _VAL_DIRS), ("test", ("test",))):
+            folder = next((root / c for c in candidates if (root / c).is_dir()), None)
+            if folder is None:
+                continue
+            other, paths, labels = _scan_classes(folder)
+            if other != names:
+                extra, lacking = sorted(set(other) - set(names)), sorted(set(names) - set(other))
+                raise UserError(
+                    f"imagefolder: class folders of {folder} differ from {root / 'train'} "
+                    f"(only in {split}: {extra[:5]}, missing from {split}: {lacking[:5]}); "
+                    "use the same class folders in every split"
+                )
+            scanned[split] = (folder, paths, labels)
+    parts, skipped = _drop_unreadable(root, names, scanned, bad_images)
+    return _Raw(parts, names, skipped=skipped)
+
+
+def _drop_unreadable(
+    root: Path,
+    names: tuple[str, ...],
+    scanned: dict[str, tuple[Path, list[Path], list[int]]],
+    bad_images: str,
+) -> tuple[dict[str, _Source], tuple[str, ...]]:
+    """Decode every scanned image; refuse, or leave out the unreadable ones.
+
+    Returns:
+        (a file source per split, the skipped paths in scan order).
+
+    Raises:
+        UserError: an unreadable file with ``bad_images="refuse"``, or a class left without
+            images in some split after skipping.
+    """
+    every = [p for _, paths, _ in scanned.values() for p in paths]
+    bad = dict(find_unreadable_images(every))
+    if bad and bad_images != "skip":
+        first, why = next(iter(bad.items()))
+        n = len(bad)
+        files = "file" if n == 1 else "files"
+        raise UserError(
+            f"imagefolder: cannot read image {first} ({why}); {n} unreadable image {files} "
+            f"under {root}; set data.bad_images=skip to leave them out, or remove the {files}"
+        )
+    if bad:
+        shown = ", ".join(str(p) for p in list(bad)[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        logger.warning(
+            "imagefolder %s: skipping %d unreadable image file(s) (data.bad_images=skip): %s%s",
+            root,
+            len(bad),
+            shown,
+            more,
+        )
+    parts: dict[str, _Source] = {}
+    for split, (folder, paths, labels) in scanned.items():
+        keep = [i for i, p in enumerate(paths) if p not in bad]
+        present = {labels[i] for i in keep}
+        for label, cls in enumerate(names):
+            if label not in present:
+                lost = [p for p, y in zip(paths, labels) if y == label]
+                raise UserError(
+                    f"imagefolder: all {len(lost)} image files of class '{cls}' in {folder} are "
+                    f"unreadable (e.g. {lost[0]}); replace them, or remove the class folder "
+                    "from every split"
+                )
+        parts[split] = _FileSource([paths[i] for i in keep], [labels[i] for i in keep])
+    return parts, tuple(str(p) for p in bad)
+
+
+def find_unreadable_images(
+    paths: Sequence[Path], *, threads: int | None = None
+) -> list[tuple[Path, str]]:
+    """The files among ``paths`` that PIL cannot fully decode, with the reason.
+
+    Each file is opened and decoded (JPEGs at 1/8 scale, which still reads the whole entropy-coded
+    stream), so missing, empty, truncated and undecodable files are all found; ``verify()`` alone
+    misses truncated JPEG, BMP, TIFF and PPM files. Runs in ``threads`` threads (default: one per
+    64 files, at most one per CPU and 8), since PIL decodes without holding the GIL.
+
+    Returns:
+        ``(path, "ExceptionType: message")`` pairs in the order of ``paths``.
+    """
+    files = list(paths)
+    if threads is None:
+        threads = min(8, _cpu_count(), len(files) // 64)
+    if threads <= 1 or len(files) < 2:
+        problems = [_decode_problem(p) for p in files]
+    else:
+        bounds = np.linspace(0, len(files), threads + 1).astype(int)
+        chunks = [files[a:b] for a, b in itertools.pairwise(bounds)]
+        with ThreadPoolExecutor(threads, thread_name_prefix="robustft-check") as pool:
+            done = pool.map(lambda chunk: [_decode_problem(p) for p in chunk], chunks)
+            problems = [why for part in done for why in part]
+    return [(p, why) for p, why in zip(files, problems) if why is not None]
+
+
+def _decode_problem(path: Path) -> str | None:
+    """``None`` if ``path`` decodes to an RGB image, else ``"ExceptionType: message"``."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (1, 1))  # JPEG only: smallest DCT scale, a few times faster
+            img.convert("RGB")
+    except _DECODE_ERRORS as exc:
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    return None
+
+
+def _cpu_count() -> int:
+    """CPUs this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _scan_classes(folder: Path) -> tuple[tuple[str, ...], list[Path], list[int]]:
@@ -525,7 +713,9 @@ def _scan_classes(folder: Path) -> tuple[tuple[str, ...], list[Path], list[int]]
         files = sorted(
             p
             for p in (folder / cls).rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and p.name[0] != "."
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and p.name[0] != "."
+            and (p.is_file() or (p.is_symlink() and not p.exists()))  # broken links: reported
         )
         if not files:
             raise UserError(

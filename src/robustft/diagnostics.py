@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, overfit_onset
 from robustft.units import format_eps
 
 PAPER_THRESHOLD = 0.05
@@ -92,8 +93,8 @@ class Finding:
     """One diagnosis of a run.
 
     Attributes:
-        code: stable identifier (``never_adapts``, ``collapse_on_ramp``, ``no_robustness``,
-            ``suboptimal_transfer``).
+        code: stable identifier (``never_adapts``, ``catastrophic_overfitting``,
+            ``collapse_on_ramp``, ``no_robustness``, ``suboptimal_transfer``).
         message: what was observed, with the numbers.
         suggestion: one concrete thing to try (config keys and schedule text).
     """
@@ -349,6 +350,23 @@ def _suboptimal_transfer(
     return Finding("suboptimal_transfer", message, suggestion)
 
 
+def _catastrophic_overfitting(
+    history: Sequence[Mapping[str, Any]], rule: OverfitRule
+) -> Finding | None:
+    onset = overfit_onset(history, rule)
+    if onset is None:
+        return None
+    row = next(r for r in history if int(r["epoch"]) == onset)
+    pgd, fgsm = float(row[PGD_KEY]), float(row[FGSM_KEY])
+    return Finding(
+        "catastrophic_overfitting",
+        f"at epoch {onset} (eps {_eps(float(row.get('eps', 0.0)))}) PGD accuracy fell to "
+        f"{_pct(pgd)} while FGSM accuracy stayed at {_pct(fgsm)}",
+        "train with attack.name=fgsm-rs (random start, step 1.25 eps) or pgd, a smaller or "
+        "later-ramping eps, or set monitor.action=rollback to keep the last good epoch",
+    )
+
+
 def diagnose_run(
     history: Sequence[Mapping[str, Any]],
     result: Mapping[str, Any],
@@ -358,12 +376,15 @@ def diagnose_run(
     reference_clean: float | None = None,
     attack_name: str | None = None,
     attack_steps: int | None = None,
+    overfit_rule: OverfitRule | None = None,
 ) -> list[Finding]:
     """Diagnose one finished run from its history (``metrics.jsonl`` rows) and ``result.json``.
 
     Signatures, in this order (see the module docstring for the thresholds):
 
     * ``never_adapts``: validation accuracy never above :func:`adaptation_threshold`;
+    * ``catastrophic_overfitting``: the monitor's PGD accuracy collapsed while FGSM's stayed
+      high (:mod:`robustft.monitor`, ``overfit_rule``; default thresholds when None);
     * ``collapse_on_ramp``: :func:`find_collapse` found a drop of more than
       :data:`COLLAPSE_DROP` while eps grew;
     * ``suboptimal_transfer``: test clean accuracy more than :data:`SUBOPTIMAL_TRANSFER_GAP`
@@ -390,6 +411,7 @@ def diagnose_run(
     never = _never_adapts(history, num_classes, profile, schedule)
     findings = [
         never,
+        _catastrophic_overfitting(history, overfit_rule or OverfitRule()),
         _collapse_on_ramp(history, num_classes, profile, schedule),
         None if never else _suboptimal_transfer(result, reference_clean, profile, schedule),
         _no_robustness(result, profile, attack_name, attack_steps),

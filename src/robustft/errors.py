@@ -12,7 +12,30 @@ from collections.abc import Iterable
 
 
 class UserError(ValueError):
-    """A problem with user input (config, CLI argument, data, checkpoint), fixable by the user."""
+    """A problem with user input (config, CLI argument, data, checkpoint), fixable by the user.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as
+    ``UserError("Caught UserError in DataLoader worker process 0.\\nOriginal Traceback ...")``;
+    the constructor recovers the original one-line message from that text.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_unwrap_worker_message(args[0]),)
+        super().__init__(*args)
+
+
+def _unwrap_worker_message(message: str) -> str:
+    """The original message of an exception re-raised by torch from a worker, else ``message``.
+
+    torch formats it as ``"Caught <Type> <where>.\\nOriginal Traceback (most recent call last):
+    ...\\n<module>.<Type>: <original message>\\n"``.
+    """
+    if not message.startswith("Caught ") or "\nOriginal Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    _, sep, original = last.partition(": ")
+    return original if sep and original else message
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -32,3 +55,17 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UserError:
     return UserError(
         f"unknown {kind} '{name}'{did_you_mean(name, options)}; valid: {', '.join(options)}"
     )
+
+
+class NumericalFault(UserError):
+    """Training stopped on a non-finite loss or an exploding gradient (the CLI exits with 1).
+
+    Attributes:
+        kind: ``nan_loss``, ``inf_loss``, ``nonfinite_grad`` or ``exploding_grad``.
+        epoch, step: where it happened (1-based epoch, 0-based optimizer step).
+        value: the offending loss or gradient norm.
+    """
+
+    def __init__(self, message: str, *, kind: str, epoch: int, step: int, value: float) -> None:
+        super().__init__(message)
+        self.kind, self.epoch, self.step, self.value = kind, epoch, step, value

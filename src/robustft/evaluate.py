@@ -40,6 +40,8 @@ from robustft.errors import UserError
 _logger = logging.getLogger(__name__)
 
 MODES = ("cascade", "independent")
+GRADIENT_FREE_EXAMPLES = 64  # default subset of the gradient-free (Square) check
+GRADIENT_FREE_QUERIES = 300  # default Square budget of that check (forward passes per example)
 ProgressFn = Callable[[int, int], None]
 
 
@@ -86,8 +88,13 @@ class RobustnessCurve:
         seed: seed of the attacks' random starts.
         attacked: number of examples attacked at each eps (cost; 0 at eps = 0).
         seconds: wall time of the evaluation.
-        warnings: sanity-check findings (robust above clean, rising curve, masking, probabilities).
+        warnings: sanity-check findings (robust above clean, rising curve, masking, gradient-free
+            check, probabilities).
         masking_check: accuracy at a very large eps on a subset, or None if not run.
+        gradient_free_check: on the first ``n`` examples at ``eps_max``, the gradient attack's
+            accuracy and the accuracy once the gradient-free Square attack also attacks its
+            survivors (see :func:`robustft.checks.gradient_free_check`); ``{"skipped":
+            reason}`` where it cannot run (l2), None if not run (or written before it existed).
     """
 
     epsilons: tuple[float, ...]
@@ -101,6 +108,7 @@ class RobustnessCurve:
     seconds: float
     warnings: tuple[str, ...] = ()
     masking_check: dict[str, float] | None = None
+    gradient_free_check: dict[str, Any] | None = None
     version: int = field(default=1)
 
     @property
@@ -254,6 +262,46 @@ def default_masking_eps(norm: str, image_shape: Sequence[int]) -> float:
     return 0.5 * math.sqrt(math.prod(int(d) for d in image_shape))
 
 
+def _gradient_free(
+    model: nn.Module,
+    attack: Attack,
+    loader: DataLoader,
+    eps: float,
+    final_correct: Tensor,
+    n_examples: int,
+    queries: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Run :func:`robustft.checks.gradient_free_check` on the first ``n_examples`` at ``eps``.
+
+    ``final_correct`` is the (N,) per-example correctness under ``attack`` at ``eps``. Returns
+    None when disabled (``n_examples == 0``) or when ``attack`` is Square itself, and
+    ``{"skipped": reason}`` for l2 (Square is l-inf only).
+    """
+    from robustft.checks import first_examples, gradient_free_check
+
+    if n_examples <= 0 or attack.name == "square":
+        return None
+    if attack.norm != "linf":
+        reason = "no gradient-free check: the square attack is l-inf only (l2 not implemented)"
+        _logger.info("robustness check: %s", reason)
+        return {"attack": "square", "eps": eps, "skipped": reason}
+    x, y = first_examples(loader, n_examples)
+    device = _model_device(model)
+    start = time.perf_counter()
+    result = gradient_free_check(
+        model,
+        x.to(device).float(),
+        y.to(device),
+        final_correct[: len(x)],
+        eps,
+        queries=queries,
+        seed=seed,
+    )
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
 def robustness_curve(
     model: nn.Module,
     data: Dataset | tuple[Tensor, Tensor],
@@ -267,13 +315,15 @@ def robustness_curve(
     max_examples: int | None = None,
     masking_check_eps: float | None = None,
     masking_check_examples: int = 64,
+    gradient_free_examples: int = GRADIENT_FREE_EXAMPLES,
+    gradient_free_queries: int = GRADIENT_FREE_QUERIES,
     progress: ProgressFn | None = None,
 ) -> RobustnessCurve:
     """Evaluate accuracy under ``attack`` at every eps of ``eps_grid``.
 
     Args:
-        model: maps [0, 1] images (B, C, H, W) to logits (B, K); evaluated in eval mode (its
-            mode is restored afterwards).
+        model: maps [0, 1] images (B, C, H, W) to logits (B, K); evaluated in eval mode (every
+            submodule's mode is restored afterwards).
         data: a map-style dataset of (image, label) or a tuple of tensors (x, y).
         attack: any :class:`~robustft.attacks.Attack`; eps in its norm, pixel units.
         eps_grid: ascending grid starting at 0, e.g. ``robustft.units.eps_grid(8/255)``.
@@ -285,6 +335,10 @@ def robustness_curve(
         masking_check_eps: also attack up to ``masking_check_examples`` examples (0 = skip the
             check) at this very large eps (default: :func:`default_masking_eps`); accuracy well
             above 0 there suggests gradient masking.
+        gradient_free_examples: among the first N examples, attack those ``attack`` left
+            correct at the grid's largest eps with the gradient-free Square attack
+            (``gradient_free_queries`` queries) and warn if it breaks clearly more (0 = skip;
+            l-inf only, recorded as skipped for l2). Costs little unless ``attack`` is weak.
         progress: called as ``progress(done_examples, total_examples)`` after each batch.
 
     Returns:
@@ -305,7 +359,9 @@ def robustness_curve(
     attacked = [0] * len(grid)
     samples: list[Tensor] = []
     start_time = time.perf_counter()
-    was_training = model.training
+    # restore every submodule's own mode afterwards: a wrapper in train mode around a model in
+    # eval mode must not leave the inner model in train mode
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         done = 0
@@ -329,13 +385,24 @@ def robustness_curve(
             done += len(x)
             if progress is not None:
                 progress(done, total)
+        correct = [torch.cat(r) for r in rows]
         masking = None
         if masking_check_examples > 0:
             huge = masking_check_eps or default_masking_eps(attack.norm, dataset[0][0].shape)
             masking = masking_check(model, attack, loader, huge, masking_check_examples, seed)
+        gradient_free = _gradient_free(
+            model,
+            attack,
+            loader,
+            grid[-1],
+            correct[-1],
+            gradient_free_examples,
+            gradient_free_queries,
+            seed,
+        )
     finally:
-        model.train(was_training)
-    correct = [torch.cat(r) for r in rows]
+        for module, training in modes:
+            module.training = training
     accuracy = tuple(float(c.float().mean()) for c in correct)
     curve = RobustnessCurve(
         epsilons=grid,
@@ -348,6 +415,7 @@ def robustness_curve(
         attacked=tuple(attacked),
         seconds=round(time.perf_counter() - start_time, 3),
         masking_check=masking,
+        gradient_free_check=gradient_free,
     )
     warnings = curve_warnings(curve, torch.cat(samples))
     for w in warnings:

@@ -7,7 +7,9 @@
 * ``checkpoints/last.pt`` (and ``last.pt.prev``): model, optimizer, epoch, history, RNG states;
 * ``robustness.json``: the final robustness curve on the test split;
 * ``result.json``: headline numbers (clean, robust at eps_g, expected robustness, times, delay);
-* ``env.json``: versions, device, command line, seed.
+* ``env.json``: versions, device, command line, seed;
+* ``failure.json``: only when a numerical fault stopped the run;
+* ``checkpoints/good.pt``: only with ``monitor.action=rollback``.
 
 Every file is written atomically.
 """
@@ -57,6 +59,16 @@ class RunDir:
         return self.root / "result.json"
 
     @property
+    def failure(self) -> Path:
+        """``failure.json``: a numerical fault that stopped the run (kind, epoch, step, value)."""
+        return self.root / "failure.json"
+
+    @property
+    def good(self) -> Path:
+        """``checkpoints/good.pt``: the last epoch before catastrophic overfitting (rollback)."""
+        return self.root / "checkpoints" / "good.pt"
+
+    @property
     def env(self) -> Path:
         return self.root / "env.json"
 
@@ -93,12 +105,30 @@ def _clear(run: RunDir) -> None:
     shutil.rmtree(run.root / "checkpoints", ignore_errors=True)
 
 
+def remove_stale_temp_files(run: RunDir) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that a kill during an atomic write
+    leaves behind in the run dir and its ``checkpoints/``; returns them. Only call this while
+    no other process writes to the run dir."""
+    stale = [
+        p
+        for folder in (run.root, run.root / "checkpoints")
+        if folder.is_dir()
+        for p in folder.glob(".*.tmp")
+        if p.is_file()
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def prepare_run_dir(path: str | Path, config: RunConfig, *, resume: bool, force: bool) -> RunDir:
     """Create or reopen a run directory for ``config``.
 
     Rules: a new or empty directory is initialised. A directory holding a *different* config is
     refused unless ``force`` (which clears it). A directory holding the same config with a
-    checkpoint needs ``resume`` (continue) or ``force`` (start over).
+    checkpoint needs ``resume`` (continue) or ``force`` (start over). ``resume`` without a
+    checkpoint (a run killed before its first epoch ended) starts from the beginning, so a retry
+    loop can always pass ``--resume``. Temporary files of interrupted atomic writes are removed.
 
     Raises:
         UserError: the directory holds another run or a checkpoint and neither flag was given.
@@ -121,11 +151,10 @@ def prepare_run_dir(path: str | Path, config: RunConfig, *, resume: bool, force:
                 f"run dir {run.root} already holds this run; pass --resume to continue it "
                 "or --force to start over"
             )
-    elif resume and not run.has_checkpoint() and not force:
-        raise UserError(f"--resume: no checkpoint in {run.root}; run without --resume to start")
     if force:
         _clear(run)
     run.root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(run)
     atomic_write_text(run.config, config.to_yaml())
     return run
 

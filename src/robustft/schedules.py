@@ -92,6 +92,7 @@ Granularity = Literal["epoch", "step"]
 GRANULARITIES: tuple[str, ...] = ("epoch", "step")
 
 _EXAMPLE = "e.g. hinge(t1=12,t2=37)"
+MAX_EPOCHS = 1_000_000  # far above any run; larger counts overflow float epoch positions
 _INT_RE = re.compile(r"\d+")
 _NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _NAME_RE = re.compile(r"([A-Za-z_]\w*)\s*(.*)", re.DOTALL)
@@ -189,11 +190,11 @@ def _seed(value: object, what: str) -> int | None:
     """Parse a seed (non-negative integer, text or int) or ``None``."""
     if value is None:
         return None
-    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        return int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()) and len(value.strip()) <= 20:
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
         return value
-    raise UserError(f"{what} must be an integer >= 0, got {value!r}")
+    raise UserError(f"{what} must be an integer >= 0 and < 2**64, got {value!r}")
 
 
 def _alpha_value(value: object, what: str) -> float:
@@ -211,8 +212,8 @@ def _alpha_value(value: object, what: str) -> float:
 
 def _check_epochs(epochs: object) -> int:
     """Validate an epoch count (a positive int)."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise UserError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS:
+        raise UserError(f"epochs must be an integer in 1..{MAX_EPOCHS}, got {epochs!r}")
     return epochs
 
 
@@ -756,7 +757,8 @@ class EpsSchedule:
         if self.granularity not in GRANULARITIES:
             raise unknown_name("granularity", str(self.granularity), GRANULARITIES)
         seed = _seed(self.seed, "seed")
-        assert seed is not None
+        if seed is None:
+            raise UserError("seed must be an integer >= 0 (the run's seed), got None")
         _check_epochs(self.epochs)
         schedule.check(self.epochs)
         object.__setattr__(self, "schedule", schedule.with_seed(seed))

@@ -198,7 +198,7 @@ def parse_sweep(
     base = data.get("base")
     if isinstance(base, str):
         path = Path(root) / base
-        if not path.is_file():
+        if not os.path.isfile(path):  # not Path.is_file(): that raises for a name too long
             raise UserError(f"{where}: base config file not found: {path}")
         base = load_yaml(path)
     elif base is None:
@@ -605,8 +605,9 @@ def worker_error(log_path: Path, returncode: int) -> str:
     except OSError:
         lines = []
     for line in reversed(lines):
-        if line.startswith("robustft: error: "):
-            return line.removeprefix("robustft: error: ").strip()
+        for prefix in ("robustft: error: ", "robustft: run failed: "):
+            if line.startswith(prefix):
+                return line.removeprefix(prefix).strip()
     if returncode == 130:
         return "worker interrupted; rerun to resume"
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")

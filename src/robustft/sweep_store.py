@@ -183,7 +183,16 @@ class SweepStore:
         self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        try:  # the first statement that reads the file
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            if isinstance(err, sqlite3.OperationalError):  # locked, read-only: not the file's fault
+                raise
+            raise UserError(
+                f"sweep database {path}: {err}; move it away and rerun the sweep to rebuild it "
+                "from the run directories"
+            ) from None
         if str(mode).lower() != "wal":
             _logger.warning("sweep database %s: WAL unavailable (journal mode %s)", path, mode)
         self._conn.execute("PRAGMA foreign_keys = ON")

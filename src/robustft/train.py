@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,13 +23,29 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustft import attacks
-from robustft.checkpoint import atomic_write_json, load_checkpoint_with_fallback, save_checkpoint
+from robustft.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint_with_fallback,
+    save_checkpoint,
+)
 from robustft.config import RunConfig
-from robustft.data import DataSpec, DataSplits, build_datasets_from_spec
+from robustft.cost import PassCount, count_passes
+from robustft.data import DataSpec, DataSplits, build_datasets_from_spec, check_class_set
 from robustft.diagnostics import Finding, diagnose_run, task_adaptation_delay
-from robustft.errors import UserError
+from robustft.errors import NumericalFault, UserError
 from robustft.evaluate import RobustnessCurve, robustness_curve
-from robustft.models import build_model, param_groups
+from robustft.models import (
+    ClassifierModel,
+    base_fingerprint,
+    build_model,
+    load_trainable_state_dict,
+    mode_options_from_config,
+    param_groups,
+    trainable_parameter_count,
+    trainable_state_dict,
+)
+from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, measure
 from robustft.objectives import AdversarialCE
 from robustft.rundir import RunDir, prepare_run_dir, write_env
 from robustft.schedules import Auto, EpsSchedule, HingeAuto, parse_schedule
@@ -98,7 +114,7 @@ class TrainState:
     """Everything the loop mutates; rebuilt from a checkpoint on resume."""
 
     config: RunConfig
-    model: nn.Module
+    model: ClassifierModel
     optimizer: torch.optim.Optimizer
     data: DataSplits
     eps_schedule: EpsSchedule
@@ -109,6 +125,9 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     probe_val_acc: list[float] | None = None  # hinge(auto): the clean probe's val accuracies
+    passes: PassCount = field(default_factory=PassCount)  # training passes so far
+    base_fingerprint: str = ""  # hash of the frozen base weights (models.base_fingerprint)
+    stopped: dict[str, Any] | None = None  # set when the overfitting monitor ended training
 
     def current_schedule(self) -> EpsSchedule:
         """The eps schedule in force now: the configured one, or for an adaptive schedule
@@ -182,6 +201,7 @@ def build_state(config: RunConfig, device: torch.device) -> TrainState:
         pretrained=config.model.pretrained,
         weights=config.model.weights,
         mode=config.model.mode,
+        mode_options=mode_options_from_config(config.model),
     ).to(device)
     optimizer = build_optimizer(config, model)
     schedule = EpsSchedule(
@@ -192,15 +212,20 @@ def build_state(config: RunConfig, device: torch.device) -> TrainState:
         seed=config.train.seed,
     )
     objective = AdversarialCE(build_train_attack(config), autocast_bf16=config.train.bf16)
-    return TrainState(config, model, optimizer, data, schedule, objective, device)
+    state = TrainState(config, model, optimizer, data, schedule, objective, device)
+    state.base_fingerprint = base_fingerprint(model)
+    return state
 
 
 ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")
 
 
 def build_attack(name: str, *, norm: str, steps: int, **hyper: Any) -> attacks.Attack:
-    """``attacks.create`` with a step count that one-step attacks (FGSM, FGSM-RS) ignore."""
-    if name not in ONE_STEP_ATTACKS:
+    """``attacks.create`` with a step count that attacks without steps ignore (FGSM, FGSM-RS
+    take one step; Square counts queries)."""
+    spec = attacks.ATTACKS.get(name)
+    takes_steps = spec is not None and any(f.name == "steps" for f in fields(spec.cls))
+    if name not in ONE_STEP_ATTACKS and takes_steps:
         hyper["steps"] = steps
     return attacks.create(name, norm=norm, **hyper)
 
@@ -234,23 +259,64 @@ def _set_lr(state: TrainState) -> float:
     return float(state.optimizer.param_groups[0]["lr"])
 
 
+def _fault(state: TrainState, kind: str, value: float, what: str) -> NumericalFault:
+    lr_now = float(state.optimizer.param_groups[0]["lr"])
+    epoch = state.epoch + 1
+    return NumericalFault(
+        f"numerical fault at epoch {epoch}, step {state.step}: {what} (lr {lr_now:.3g}); "
+        "lower train.lr or set train.grad_clip; the last good checkpoint is kept",
+        kind=kind,
+        epoch=epoch,
+        step=state.step,
+        value=value,
+    )
+
+
+def _check_loss(state: TrainState, loss: torch.Tensor) -> None:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        kind = "nan_loss" if math.isnan(value) else "inf_loss"
+        raise _fault(state, kind, value, f"training loss is {value}")
+
+
+def _clip_and_check_gradients(state: TrainState) -> None:
+    """Gradient norm over the trainable parameters: a fault if non-finite or above
+    ``train.grad_norm_limit``; clipped to ``train.grad_clip`` when set."""
+    grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norm = nn.utils.get_total_norm(grads)
+    value, cfg = float(norm), state.config.train
+    if not math.isfinite(value):
+        raise _fault(state, "nonfinite_grad", value, f"gradient norm is {value}")
+    if cfg.grad_norm_limit is not None and value > cfg.grad_norm_limit:
+        raise _fault(
+            state,
+            "exploding_grad",
+            value,
+            f"gradient norm {value:.3g} exceeds train.grad_norm_limit={cfg.grad_norm_limit:g}",
+        )
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grads_with_norm_(
+            [p for p in state.model.parameters() if p.grad is not None], cfg.grad_clip, norm
+        )
+
+
 def _train_step(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, eps: float, gen: torch.Generator
 ) -> tuple[float, int]:
-    """One optimizer step; returns (summed loss, correct count) on the trained inputs."""
-    lr_now = _set_lr(state)
+    """One optimizer step; returns (summed loss, correct count) on the trained inputs.
+
+    Raises:
+        NumericalFault: non-finite loss or gradient norm, or one above the limit (before any
+            parameter is updated).
+    """
+    _set_lr(state)
     out = state.objective(state.model, x, y, eps, generator=gen)
-    if not torch.isfinite(out.loss):
-        raise UserError(
-            f"non-finite training loss ({out.loss.item()}) at epoch {state.epoch + 1}, "
-            f"lr {lr_now:.3g}; lower train.lr or set train.grad_clip "
-            "(the last good checkpoint is kept)"
-        )
+    _check_loss(state, out.loss)
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    clip = state.config.train.grad_clip
-    if clip is not None:
-        nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    _clip_and_check_gradients(state)
     state.optimizer.step()
     state.step += 1
     correct = int((out.logits.argmax(1) == y).sum())
@@ -269,14 +335,16 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
     start = time.perf_counter()
     state.model.train()
     loss_sum, correct, seen, eps_sum = 0.0, 0, 0, 0.0
-    for i, (x, y) in enumerate(loader):
-        x, y = x.to(state.device).float(), y.to(state.device)
-        eps = schedule.eps_at(epoch, i, spe)
-        batch_loss, batch_correct = _train_step(state, x, y, eps, attack_gen)
-        loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
-        eps_sum += eps * len(y)
-        callbacks.on_batch(i + 1, spe)
+    with count_passes(state.model) as passes:
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(state.device).float(), y.to(state.device)
+            eps = schedule.eps_at(epoch, i, spe)
+            batch_loss, batch_correct = _train_step(state, x, y, eps, attack_gen)
+            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
+            eps_sum += eps * len(y)
+            callbacks.on_batch(i + 1, spe)
     seconds = time.perf_counter() - start
+    state.passes.add(passes)
     row: dict[str, Any] = {
         "epoch": epoch,
         "eps": eps_sum / max(seen, 1),
@@ -285,9 +353,13 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
         "train_acc": correct / max(seen, 1),
         "seconds": round(seconds, 3),
         "examples_per_second": round(seen / seconds, 2) if seconds > 0 else None,
+        "steps": spe,
+        "examples": seen,
+        **passes.as_dict(),
     }
     row.update(validate(state, epoch))
     row["val_seconds"] = round(time.perf_counter() - start - seconds, 3)
+    row.update(monitor_epoch(state, epoch, schedule.eps_at(epoch, spe - 1, spe)))
     return row
 
 
@@ -323,9 +395,44 @@ def validate(state: TrainState, epoch: int) -> dict[str, Any]:
             [0.0, eps_g],
             max_examples=vcfg.robust_examples,
             seed=derive_seed(state.config.train.seed, "val"),
+            masking_check_examples=0,  # sanity checks belong to the final evaluation
+            gradient_free_examples=0,
         )
         out["val_robust_acc"] = curve.robust_accuracy
     return out
+
+
+def monitor_enabled(config: RunConfig) -> bool:
+    """Whether the catastrophic-overfitting monitor runs (``monitor.co``: ``auto`` = on for
+    one-step training attacks)."""
+    co = config.monitor.co
+    return co == "on" or (co == "auto" and config.attack.name in ONE_STEP_ATTACKS)
+
+
+def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
+    """The monitor's row entries for an epoch ending at training eps ``eps`` (none when the
+    monitor is off or eps is 0); see :mod:`robustft.monitor`."""
+    if not monitor_enabled(state.config) or eps <= 0:
+        return {}
+    mcfg = state.config.monitor
+    start = time.perf_counter()
+    out: dict[str, Any] = measure(
+        state.model,
+        state.data.val,
+        eps,
+        norm=state.config.attack.norm,
+        examples=mcfg.examples,
+        pgd_steps=mcfg.pgd_steps,
+        seed=derive_seed(state.config.train.seed, "monitor"),
+    )
+    out["co_eps"] = eps
+    out["co_flagged"] = overfit_rule(state.config).flags(out[PGD_KEY], out[FGSM_KEY])
+    out["monitor_seconds"] = round(time.perf_counter() - start, 3)
+    return out
+
+
+def overfit_rule(config: RunConfig) -> OverfitRule:
+    return OverfitRule(gap=config.monitor.gap, ratio=config.monitor.ratio)
 
 
 def run_probe(
@@ -368,8 +475,12 @@ def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
         "step": state.step,
         "train_seconds": state.train_seconds,
         "history": state.history,
-        "model": state.model.state_dict(),
+        "model": trainable_state_dict(state.model),
+        "model_info": state.model.info.to_dict(),
+        "base_fingerprint": state.base_fingerprint,
         "optimizer": state.optimizer.state_dict(),
+        "passes": state.passes.as_dict(),
+        "stopped": state.stopped,
         "num_classes": state.data.num_classes,
         "class_names": list(state.data.class_names),
         "rng_cpu": torch.get_rng_state(),
@@ -383,13 +494,40 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
     """Load a checkpoint payload into ``state`` (same config required)."""
     if payload.get("run_id") != state.config.run_id():
         raise UserError("checkpoint belongs to a different config; use --force to start over")
-    state.model.load_state_dict(payload["model"])
+    _check_base(payload, state.base_fingerprint, "the resumed run")
+    check_class_set(
+        payload.get("class_names") or [],
+        state.data.class_names,
+        source="the checkpoint",
+        dataset=f"dataset {state.config.data.name}",
+        fix="resume with the data the run was started on",
+    )
+    load_trainable_state_dict(state.model, payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
+    state.passes = PassCount(**_pass_fields(payload.get("passes", {})))
+    state.stopped = payload.get("stopped")
     state.epoch = int(payload["epoch"])
     state.step = int(payload["step"])
     state.train_seconds = float(payload["train_seconds"])
     state.history = list(payload["history"])
     torch.set_rng_state(payload["rng_cpu"])
+
+
+def _pass_fields(saved: dict[str, Any]) -> dict[str, int]:
+    """``PassCount`` fields from its ``as_dict()`` form."""
+    return {k.removesuffix("_passes"): int(v) for k, v in saved.items()}
+
+
+def _check_base(payload: dict[str, Any], fingerprint: str, what: str) -> None:
+    """Refuse a trainable-only checkpoint on base weights other than those it was trained on."""
+    saved = payload.get("base_fingerprint")
+    if saved is not None and saved != fingerprint:
+        info = payload.get("model_info") or {}
+        raise UserError(
+            f"checkpoint was trained on different base weights than {what} has "
+            f"({info.get('name')}, {info.get('source')}); load it with the same model.weights "
+            "and package versions it was trained with"
+        )
 
 
 def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve:
@@ -437,9 +575,35 @@ def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "schedule": str(state.eps_schedule.schedule),
         "schedule_resolved": str(state.current_schedule().schedule),
         "warnings": list(curve.warnings),
+        "stopped": state.stopped,
+        "skipped_images": len(state.data.skipped),
+        "cost": _cost(state, curve),
     }
     result["findings"] = [asdict(f) for f in diagnose(result, state.history, state.config)]
     return result
+
+
+def _cost(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
+    """Compute spent: measured training passes, time per epoch, throughput, trainable size.
+
+    ``train_example_*_passes`` weigh passes by batch size; ``passes_per_step`` is the forward
+    passes of one optimizer step (attack + update: 2 for FGSM, 8 for PGD-7)."""
+    rows = state.history
+    seconds = sum(float(r["seconds"]) for r in rows)
+    steps = sum(int(r.get("steps", 0)) for r in rows)
+    examples = sum(int(r.get("examples", 0)) for r in rows)
+    return {
+        **state.passes.as_dict("train_"),
+        "train_steps": steps,
+        "passes_per_step": round(state.passes.forward / steps, 3) if steps else None,
+        "train_seconds": round(state.train_seconds, 3),
+        "seconds_per_epoch": round(seconds / len(rows), 3) if rows else None,
+        "examples_per_second": round(examples / seconds, 2) if seconds > 0 else None,
+        "monitor_seconds": round(sum(float(r.get("monitor_seconds", 0)) for r in rows), 3),
+        "eval_seconds": curve.seconds,
+        "trainable_parameters": trainable_parameter_count(state.model),
+        "total_parameters": sum(p.numel() for p in state.model.parameters()),
+    }
 
 
 def diagnose(
@@ -458,6 +622,7 @@ def diagnose(
         reference_clean=reference_clean,
         attack_name=config.attack.name,
         attack_steps=config.attack.steps,
+        overfit_rule=overfit_rule(config),
     )
 
 
@@ -483,16 +648,26 @@ def fit(
         return existing
     state = build_state(config, pick_device(device))
     write_env(run, state.device)
-    if resume:
+    if state.data.skipped:  # data.bad_images=skip left these out
+        atomic_write_text(run.root / "skipped_images.txt", "\n".join(state.data.skipped) + "\n")
+    if resume and run.has_checkpoint():
         restore(state, load_checkpoint_with_fallback(run.checkpoint, _logger.warning))
         _logger.info("resumed %s at epoch %d", run.root, state.epoch)
+    elif resume:
+        _logger.info("no checkpoint in %s yet: starting from the first epoch", run.root)
     _resolve_probe(state, run, cb)
     run.write_metrics(state.history)
-    while state.epoch < config.train.epochs:
-        row = train_epoch(state, state.epoch + 1, cb)
+    run.failure.unlink(missing_ok=True)
+    while state.epoch < config.train.epochs and state.stopped is None:
+        try:
+            row = train_epoch(state, state.epoch + 1, cb)
+        except NumericalFault as fault:
+            _record_failure(run, state, fault)
+            raise
         state.epoch += 1
         state.train_seconds += row["seconds"]
         state.history.append(row)
+        _apply_monitor(state, run)
         save_checkpoint(run.checkpoint, _checkpoint_payload(state))
         run.write_metrics(state.history)
         cb.on_epoch_end(row)
@@ -503,9 +678,51 @@ def fit(
     return result
 
 
+def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault) -> None:
+    """Write ``failure.json`` (what, where, the last good epoch kept in the checkpoint)."""
+    atomic_write_json(
+        run.failure,
+        {
+            "run_id": state.config.run_id(),
+            "kind": fault.kind,
+            "epoch": fault.epoch,
+            "step": fault.step,
+            "value": fault.value if math.isfinite(fault.value) else str(fault.value),
+            "message": str(fault),
+            "last_good_epoch": state.epoch,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+
+
+def _apply_monitor(state: TrainState, run: RunDir) -> None:
+    """Act on the overfitting monitor's verdict for the epoch just finished.
+
+    ``rollback`` keeps the trainable weights of every unflagged epoch in ``good.pt``; at the
+    onset it restores them. ``stop`` and ``rollback`` end training (``state.stopped``)."""
+    row, action = state.history[-1], state.config.monitor.action
+    if not row.get("co_flagged"):
+        if action == "rollback" and monitor_enabled(state.config):
+            snapshot = {"epoch": state.epoch, "model": trainable_state_dict(state.model)}
+            save_checkpoint(run.good, snapshot)
+        return
+    if action == "flag":
+        return
+    stopped: dict[str, Any] = {"reason": "catastrophic_overfitting", "onset": state.epoch}
+    stopped["action"] = action
+    if action == "rollback":
+        stopped["rolled_back_to"] = None
+        if run.good.is_file():
+            good = load_checkpoint_with_fallback(run.good, _logger.warning)
+            load_trainable_state_dict(state.model, good["model"])
+            stopped["rolled_back_to"] = int(good["epoch"])
+    _logger.warning("catastrophic overfitting at epoch %d: %s", state.epoch, stopped)
+    state.stopped = stopped
+
+
 def load_trained_model(
     path: str | Path, device: str = "auto"
-) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+) -> tuple[ClassifierModel, RunConfig, dict[str, Any]]:
     """Rebuild a trained model from a run directory or a checkpoint file.
 
     Returns:
@@ -517,17 +734,17 @@ def load_trained_model(
     ckpt = RunDir(p).checkpoint if p.is_dir() else p
     payload = load_checkpoint_with_fallback(ckpt, _logger.warning)
     config = build_config(payload["config"])
+    full = config.model.mode == "full"  # every weight is in the checkpoint: no base needed
     model = build_model(
         config.model.name,
         num_classes=int(payload["num_classes"]),
-        pretrained=False,
+        pretrained=config.model.pretrained and not full,
+        weights=None if full else config.model.weights,
         mode=config.model.mode,
+        mode_options=mode_options_from_config(config.model),
     )
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise UserError(
-            f"checkpoint {ckpt}: weights do not fit the model ({str(err)[:120]})"
-        ) from None
+    if not full:
+        _check_base(payload, base_fingerprint(model), f"the base model built here for {ckpt}")
+    load_trainable_state_dict(model, payload["model"])
     model.to(pick_device(device)).eval()
     return model, config, payload

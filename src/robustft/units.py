@@ -31,7 +31,7 @@ def parse_eps(value: object, *, name: str = "eps", upper: float = 1.0) -> float:
     if isinstance(value, bool):
         raise UserError(f"{name}: expected a number such as 8/255, got {value!r}")
     if isinstance(value, (int, float)):
-        eps = float(value)
+        eps = float(value) if abs(value) < 1e308 else math.inf  # huge ints: no OverflowError
     elif isinstance(value, str):
         text = value.strip()
         try:
@@ -40,12 +40,14 @@ def parse_eps(value: object, *, name: str = "eps", upper: float = 1.0) -> float:
             raise UserError(
                 f"{name}: cannot parse {value!r}; write a pixel fraction such as 8/255 or 0.03"
             ) from None
+        except OverflowError:  # "1000...0/1": too large for a float, refused below
+            eps = math.inf
     else:
         raise UserError(f"{name}: expected a number such as 8/255, got {value!r}")
     if not math.isfinite(eps) or eps < 0:
         raise UserError(f"{name}: must be a finite number >= 0, got {value!r}")
     if eps > upper:
-        hint = f" (did you mean {value}/255?)" if eps <= 255 and upper <= 1.0 else ""
+        hint = f" (did you mean {str(value).strip()}/255?)" if eps <= 255 and upper <= 1.0 else ""
         raise UserError(f"{name}: {value!r} exceeds {upper:g} in [0,1] pixel units{hint}")
     return eps
 
@@ -58,6 +60,9 @@ def format_eps(eps: float) -> str:
     return f"{eps:.4g}"
 
 
+MAX_GRID_POINTS = 10_000  # every point is an attack over the test set
+
+
 def eps_grid(eps_max: float, eps_step: float = 1 / 255) -> list[float]:
     """The evaluation grid ``0, step, 2*step, ..., eps_max`` (eps_max included).
 
@@ -67,6 +72,11 @@ def eps_grid(eps_max: float, eps_step: float = 1 / 255) -> list[float]:
     if eps_step <= 0:
         raise UserError(f"eps step must be > 0, got {eps_step}")
     n = eps_max / eps_step
+    if not n <= MAX_GRID_POINTS:  # also inf and nan
+        raise UserError(
+            f"eps grid 0..{format_eps(eps_max)} in steps of {eps_step:.3g} needs {n:.3g} steps "
+            f"(at most {MAX_GRID_POINTS}); use a larger eps step such as 1/255"
+        )
     if abs(n - round(n)) > 1e-6:
         raise UserError(
             f"eps max {format_eps(eps_max)} is not a multiple of step {format_eps(eps_step)}"

@@ -1,4 +1,5 @@
-"""Adversarial attacks in pixel space: FGSM, FGSM-RS, PGD, APGD-CE, APGD-DLR (l-inf and l2).
+"""Adversarial attacks in pixel space: FGSM, FGSM-RS, PGD, APGD-CE, APGD-DLR (l-inf and l2), and
+the gradient-free Square attack (l-inf) for checking evaluations.
 
 Every attack is called as ``attack(model, x, y, eps, *, x_init=None, generator=None)`` on images
 in ``[0, 1]`` and returns examples inside the eps-ball and ``[0, 1]``; see
@@ -18,8 +19,9 @@ from types import MappingProxyType
 
 from robustft.attacks.apgd import APGD
 from robustft.attacks.base import Attack, crafting_mode
-from robustft.attacks.geometry import Geometry, get_geometry
+from robustft.attacks.geometry import GEOMETRIES, Geometry, get_geometry
 from robustft.attacks.pgd import PGD
+from robustft.attacks.square import Square
 from robustft.errors import UserError, did_you_mean, unknown_name
 
 
@@ -33,12 +35,14 @@ class AttackSpec:
             repeat them with the same value but not change them.
         defaults: defaults that differ from the class's own (the user may override them).
         summary: one line for help texts.
+        norms: the threat models it supports.
     """
 
     cls: type[Attack]
     summary: str
     fixed: Mapping[str, object] = field(default_factory=dict)
     defaults: Mapping[str, object] = field(default_factory=dict)
+    norms: tuple[str, ...] = ("linf", "l2")
 
 
 ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(
@@ -66,6 +70,11 @@ ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(
             "Auto-PGD on the DLR loss, 10 steps, >= 3 classes (Croce & Hein 2020)",
             fixed={"loss": "dlr"},
         ),
+        "square": AttackSpec(
+            Square,
+            "gradient-free random search, 300 queries, l-inf only (Andriushchenko et al. 2020)",
+            norms=("linf",),
+        ),
     }
 )
 
@@ -74,7 +83,8 @@ def create(name: str, norm: str = "linf", **hyperparameters: object) -> Attack:
     """Build an attack by registry name.
 
     Args:
-        name: one of :data:`ATTACKS` (``fgsm``, ``fgsm-rs``, ``pgd``, ``apgd-ce``, ``apgd-dlr``).
+        name: one of :data:`ATTACKS` (``fgsm``, ``fgsm-rs``, ``pgd``, ``apgd-ce``, ``apgd-dlr``,
+            ``square``).
         norm: ``"linf"`` or ``"l2"``; eps is measured in this norm, in [0, 1] pixel units.
         **hyperparameters: fields of the attack class (e.g. ``steps``, ``rel_step``,
             ``restarts``, ``eval_mode``), overriding the name's defaults.
@@ -83,12 +93,18 @@ def create(name: str, norm: str = "linf", **hyperparameters: object) -> Attack:
         The attack, an immutable object; ``create(**attack.describe())`` rebuilds an equal one.
 
     Raises:
-        UserError: unknown name, unknown hyperparameter, a change to a hyperparameter the name
-            fixes, or an invalid value.
+        UserError: unknown name, a norm the attack does not support, unknown hyperparameter, a
+            change to a hyperparameter the name fixes, or an invalid value.
     """
     if name not in ATTACKS:
         raise unknown_name("attack", name, ATTACKS)
     spec = ATTACKS[name]
+    if norm not in spec.norms and norm in GEOMETRIES:
+        others = sorted(n for n, s in ATTACKS.items() if norm in s.norms)
+        raise UserError(
+            f"attack '{name}' supports only norm {', '.join(spec.norms)}, got '{norm}'; "
+            f"attacks for {norm}: {', '.join(others)}"
+        )
     settable = {f.name for f in fields(spec.cls)} - {"norm"}
     for key, value in hyperparameters.items():
         if key in spec.fixed and value != spec.fixed[key]:
@@ -112,6 +128,7 @@ __all__ = [
     "Attack",
     "AttackSpec",
     "Geometry",
+    "Square",
     "crafting_mode",
     "create",
     "get_geometry",

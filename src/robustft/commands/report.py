@@ -9,10 +9,12 @@ HELP = """\
 Collect every finished run below PATH (any directory holding result.json: one run, a folder of
 runs, or a sweep directory) and write a report: paper-style tables (rows backbone x method,
 columns dataset; cells clean / robust at eps_g / expected robustness in %, mean +- std over
-seeds) as markdown, CSV and a self-contained HTML page; plots (PNG and SVG) of validation
-accuracy per epoch with the eps schedule, accuracy-vs-eps curves and expected robustness; and
-per-run diagnostics (never_adapts, collapse_on_ramp, suboptimal_transfer, no_robustness) with
-a suggestion each.
+seeds) as markdown, CSV and a self-contained HTML page; a cost table (measured training
+example-passes, time per epoch, trainable parameters next to expected robustness); plots (PNG
+and SVG) of validation accuracy per epoch with the eps schedule, accuracy-vs-eps curves,
+expected robustness and expected robustness vs training compute; and per-run diagnostics
+(never_adapts, catastrophic_overfitting, collapse_on_ramp, suboptimal_transfer,
+no_robustness) with a suggestion each, and runs the overfitting monitor stopped early.
 
 examples:
   robustft report runs/demo

@@ -5,11 +5,13 @@
 (:func:`robustft.diagnostics.diagnose_run`) and writes, atomically, into ``out``:
 
 * ``report.md``: results tables (rows backbone x method, columns datasets, cells
-  "clean / robust at eps_g / expected robustness" in %, mean ± std over seeds), the per-run
-  table, findings with suggestions, plots and definitions;
+  "clean / robust at eps_g / expected robustness" in %, mean ± std over seeds), the cost
+  tables (measured training passes, time, trainable parameters next to expected robustness),
+  the per-run table, findings with suggestions, plots and definitions;
 * ``report.html``: the same, self-contained (inline CSS, plots as base64 PNG);
 * ``report.csv`` (one row per run) and ``report_summary.csv`` (one row per table cell);
-* ``val_accuracy``, ``robustness_curves``, ``expected_robustness`` as ``.png`` and ``.svg``.
+* ``val_accuracy``, ``robustness_curves``, ``expected_robustness`` and (when runs recorded
+  their cost) ``cost_vs_robustness`` as ``.png`` and ``.svg``.
 """
 
 from __future__ import annotations

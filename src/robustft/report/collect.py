@@ -10,6 +10,11 @@ Grouping for the paper-style tables: rows are (backbone = ``model.name``, method
 ``name``), columns are datasets (``data.name``), and one table is made per evaluation budget
 (``eval_eps_max``, the eps at which "robust accuracy" was measured; for robust runs it is their
 eps_g, and a standard fine-tuning run evaluated up to 8/255 joins the 8/255 table).
+
+Training cost (``result.json`` ``cost``, measured passes and times; absent in runs made before
+cost accounting) is kept per run (:class:`CostRecord`) and summarised per cell
+(:class:`CostSummary`) against standard fine-tuning of the same backbone, dataset, fine-tuning
+mode and eval budget.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import yaml
 
 from robustft.diagnostics import Finding, diagnose_run, task_adaptation_delay
 from robustft.errors import UserError
+from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule
 
 SKIP_DIRS = frozenset({"checkpoints", "__pycache__"})
 
@@ -43,6 +49,8 @@ class EpochRecord:
     train_acc: float | None = None
     seconds: float | None = None
     val_robust_acc: float | None = None
+    co_pgd_acc: float | None = None
+    co_fgsm_acc: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The row as a plain dict, as :mod:`robustft.diagnostics` expects."""
@@ -55,6 +63,8 @@ class EpochRecord:
             "train_acc": self.train_acc,
             "seconds": self.seconds,
             "val_robust_acc": self.val_robust_acc,
+            PGD_KEY: self.co_pgd_acc,
+            FGSM_KEY: self.co_fgsm_acc,
         }
 
 
@@ -67,6 +77,63 @@ class CurveRecord:
     expected_robustness: float
     attack: str
     mode: str
+
+
+@dataclass(frozen=True)
+class CostRecord:
+    """Compute a run spent in training (``result.json`` ``cost``; see :mod:`robustft.cost`).
+
+    Pass counts are measured by hooks on the model (attack crafting and updates; the
+    overfitting monitor and evaluation are not included): ``forward_passes`` counts batched
+    calls, ``example_*`` weigh them by batch size. ``passes_per_step`` is forward passes per
+    optimizer step (1 for standard fine-tuning, 2 for FGSM, 8 for PGD-7). Times in seconds.
+    """
+
+    example_forward_passes: int
+    example_backward_passes: int
+    forward_passes: int | None = None
+    backward_passes: int | None = None
+    steps: int | None = None
+    passes_per_step: float | None = None
+    train_seconds: float | None = None
+    seconds_per_epoch: float | None = None
+    examples_per_second: float | None = None
+    monitor_seconds: float | None = None
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+
+    @property
+    def example_passes(self) -> int:
+        """Training example-passes, forward plus backward."""
+        return self.example_forward_passes + self.example_backward_passes
+
+    @property
+    def trainable_fraction(self) -> float | None:
+        """Trainable / total parameters (None when either is unknown or the total is 0)."""
+        if self.trainable_parameters is None or not self.total_parameters:
+            return None
+        return self.trainable_parameters / self.total_parameters
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """Why training ended early (``result.json`` ``stopped``), e.g. the catastrophic-overfitting
+    monitor at epoch ``onset`` with action ``stop`` or ``rollback`` (to ``rolled_back_to``)."""
+
+    reason: str
+    onset: int | None = None
+    action: str = "stop"
+    rolled_back_to: int | None = None
+
+    def text(self) -> str:
+        """``stopped at epoch 3 (catastrophic overfitting), rolled back to epoch 2``."""
+        where = "" if self.onset is None else f" at epoch {self.onset}"
+        text = f"stopped{where} ({self.reason.replace('_', ' ')})"
+        if self.rolled_back_to is not None:
+            text += f", rolled back to epoch {self.rolled_back_to}"
+        elif self.action == "rollback":
+            text += ", no earlier epoch to roll back to"
+        return text
 
 
 @dataclass(frozen=True)
@@ -108,6 +175,13 @@ class RunRecord:
     curve: CurveRecord | None = None
     warnings: tuple[str, ...] = ()
     findings: tuple[Finding, ...] = ()
+    cost: CostRecord | None = None
+    stopped: StopRecord | None = None
+
+    @property
+    def mode(self) -> str:
+        """Fine-tuning mode (config ``model.mode``: ``full``, ``linear``, ``lora``, ...)."""
+        return dict(self.settings).get("model.mode", "full")
 
     @property
     def label(self) -> str:
@@ -159,6 +233,47 @@ class Cell:
     expected: Stat
     seeds: tuple[int, ...] = ()
     run_ids: tuple[str, ...] = ()
+    cost: CostSummary | None = None
+
+
+@dataclass(frozen=True)
+class CostSummary:
+    """Training cost of the runs of a :class:`Cell` that recorded it, over their seeds.
+
+    ``n`` runs have cost data; ``expected`` is their expected robustness (so cost and E.rob
+    describe the same runs). Optional statistics are None when no run has the value.
+    ``reference`` is ``(example passes, expected robustness)``, the means over the standard
+    fine-tuning runs (eps_g = 0) with the same backbone, dataset, fine-tuning mode and eval
+    budget, when there are any.
+    """
+
+    n: int
+    example_passes: Stat
+    expected: Stat
+    passes_per_step: Stat | None = None
+    seconds_per_epoch: Stat | None = None
+    examples_per_second: Stat | None = None
+    trainable_parameters: Stat | None = None
+    trainable_fraction: Stat | None = None
+    reference: tuple[float, float] | None = None
+
+    @property
+    def relative_cost(self) -> float | None:
+        """Example passes as a multiple of the standard fine-tuning reference."""
+        if self.reference is None or self.reference[0] <= 0:
+            return None
+        return self.example_passes.mean / self.reference[0]
+
+    @property
+    def gain_per_million(self) -> float | None:
+        """E.rob gained over the reference, in points (%), per 10^6 extra example-passes;
+        None without a reference or when the runs used no more passes than it."""
+        if self.reference is None:
+            return None
+        extra = self.example_passes.mean - self.reference[0]
+        if extra <= 0:
+            return None
+        return 100 * (self.expected.mean - self.reference[1]) / (extra / 1e6)
 
 
 def find_run_dirs(root: str | Path) -> tuple[list[Path], list[Path]]:
@@ -212,11 +327,65 @@ def _epoch_record(row: Mapping[str, Any]) -> EpochRecord:
         train_acc=_opt_float(row.get("train_acc")),
         seconds=_opt_float(row.get("seconds")),
         val_robust_acc=_opt_float(row.get("val_robust_acc")),
+        co_pgd_acc=_opt_float(row.get(PGD_KEY)),
+        co_fgsm_acc=_opt_float(row.get(FGSM_KEY)),
     )
 
 
 def _opt_float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _read_cost(cost: object) -> CostRecord | None:
+    """The ``cost`` dict of ``result.json``; None when absent (runs from before cost
+    accounting), without the example pass counts or unreadable (the run itself still counts)."""
+    if not isinstance(cost, Mapping):
+        return None
+    try:
+        return _cost_record(cost)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _cost_record(cost: Mapping[str, Any]) -> CostRecord | None:
+    forward = cost.get("train_example_forward_passes")
+    backward = cost.get("train_example_backward_passes")
+    if forward is None or backward is None:
+        return None
+    return CostRecord(
+        example_forward_passes=int(forward),
+        example_backward_passes=int(backward),
+        forward_passes=_opt_int(cost.get("train_forward_passes")),
+        backward_passes=_opt_int(cost.get("train_backward_passes")),
+        steps=_opt_int(cost.get("train_steps")),
+        passes_per_step=_opt_float(cost.get("passes_per_step")),
+        train_seconds=_opt_float(cost.get("train_seconds")),
+        seconds_per_epoch=_opt_float(cost.get("seconds_per_epoch")),
+        examples_per_second=_opt_float(cost.get("examples_per_second")),
+        monitor_seconds=_opt_float(cost.get("monitor_seconds")),
+        trainable_parameters=_opt_int(cost.get("trainable_parameters")),
+        total_parameters=_opt_int(cost.get("total_parameters")),
+    )
+
+
+def _read_stopped(stopped: object) -> StopRecord | None:
+    """The ``stopped`` dict of ``result.json`` (None: ran all its epochs)."""
+    if not isinstance(stopped, Mapping):
+        return None
+    try:
+        onset, back = _opt_int(stopped.get("onset")), _opt_int(stopped.get("rolled_back_to"))
+    except (TypeError, ValueError, OverflowError):
+        onset, back = None, None
+    return StopRecord(
+        reason=str(stopped.get("reason") or "unknown reason"),
+        onset=onset,
+        action=str(stopped.get("action") or "stop"),
+        rolled_back_to=back,
+    )
 
 
 def _read_curve(path: Path) -> CurveRecord | None:
@@ -268,7 +437,7 @@ def load_run(path: str | Path) -> RunRecord:
     if (root / "config.yaml").is_file():
         try:
             loaded = yaml.safe_load((root / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError):
+        except (OSError, ValueError, RecursionError, yaml.YAMLError):  # bad UTF-8, deep nesting
             raise UserError(f"{root / 'config.yaml'}: cannot read") from None
         config = loaded if isinstance(loaded, Mapping) else {}
     if not isinstance(result, Mapping):
@@ -319,6 +488,8 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
         history=history,
         curve=curve,
         warnings=tuple(str(w) for w in result.get("warnings") or ()) + tuple(history_warnings),
+        cost=_read_cost(result.get("cost")),
+        stopped=_read_stopped(result.get("stopped")),
     )
 
 
@@ -388,9 +559,23 @@ def diagnose(runs: Sequence[RunRecord]) -> tuple[RunRecord, ...]:
             reference_clean=references.get((run.backbone, run.dataset)),
             attack_name=run.attack_name,
             attack_steps=run.attack_steps,
+            overfit_rule=_overfit_rule(run),
         )
         out.append(replace(run, findings=tuple(findings)))
     return tuple(out)
+
+
+def _overfit_rule(run: RunRecord) -> OverfitRule:
+    """The run's catastrophic-overfitting thresholds (config ``monitor.gap``/``ratio``)."""
+    settings = dict(run.settings)
+    default = OverfitRule()
+    try:
+        return OverfitRule(
+            gap=float(settings.get("monitor.gap", default.gap)),
+            ratio=float(settings.get("monitor.ratio", default.ratio)),
+        )
+    except ValueError:
+        return default
 
 
 def _result_view(run: RunRecord) -> dict[str, Any]:
@@ -459,9 +644,11 @@ def aggregate(runs: Iterable[RunRecord]) -> list[Cell]:
     Eval eps values equal to 1e-9 are one group (they come from ``k/255`` arithmetic).
     """
     groups: dict[tuple[float, str, str, str], list[RunRecord]] = {}
-    for run in sort_runs(runs):
+    items = sort_runs(runs)
+    for run in items:
         key = (round(run.eval_eps, 9), run.backbone, run.method, run.dataset)
         groups.setdefault(key, []).append(run)
+    references = cost_references(items)
     cells = []
     for (eps, backbone, method, dataset), members in groups.items():
         cells.append(
@@ -475,9 +662,55 @@ def aggregate(runs: Iterable[RunRecord]) -> list[Cell]:
                 expected=Stat.of([r.expected for r in members]),
                 seeds=tuple(r.seed for r in members),
                 run_ids=tuple(r.run_id for r in members),
+                cost=_cost_summary(members, references),
             )
         )
     return cells
+
+
+CostKey = tuple[float, str, str, str]
+"""(eval eps, backbone, dataset, fine-tuning mode): the runs a standard reference is taken from."""
+
+
+def _cost_key(run: RunRecord) -> CostKey:
+    return (round(run.eval_eps, 9), run.backbone, run.dataset, run.mode)
+
+
+def cost_references(runs: Iterable[RunRecord]) -> dict[CostKey, tuple[float, float]]:
+    """Mean ``(example passes, expected robustness)`` of the standard fine-tuning runs
+    (eps_g = 0) with cost data, per (eval eps, backbone, dataset, fine-tuning mode)."""
+    values: dict[CostKey, list[tuple[int, float]]] = {}
+    for run in runs:
+        if run.eps_g == 0 and run.cost is not None:
+            values.setdefault(_cost_key(run), []).append((run.cost.example_passes, run.expected))
+    return {
+        key: (statistics.fmean(p for p, _ in v), statistics.fmean(e for _, e in v))
+        for key, v in values.items()
+    }
+
+
+def _optional_stat(values: Iterable[float | None]) -> Stat | None:
+    known = [v for v in values if v is not None]
+    return Stat.of(known) if known else None
+
+
+def _cost_summary(
+    members: Sequence[RunRecord], references: Mapping[CostKey, tuple[float, float]]
+) -> CostSummary | None:
+    costed = [(r, r.cost) for r in members if r.cost is not None]
+    if not costed:
+        return None
+    return CostSummary(
+        n=len(costed),
+        example_passes=Stat.of([c.example_passes for _, c in costed]),
+        expected=Stat.of([r.expected for r, _ in costed]),
+        passes_per_step=_optional_stat(c.passes_per_step for _, c in costed),
+        seconds_per_epoch=_optional_stat(c.seconds_per_epoch for _, c in costed),
+        examples_per_second=_optional_stat(c.examples_per_second for _, c in costed),
+        trainable_parameters=_optional_stat(c.trainable_parameters for _, c in costed),
+        trainable_fraction=_optional_stat(c.trainable_fraction for _, c in costed),
+        reference=references.get(_cost_key(costed[0][0])),
+    )
 
 
 def eval_eps_values(runs: Iterable[RunRecord]) -> list[float]:

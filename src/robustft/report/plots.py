@@ -15,6 +15,10 @@ Plots:
   robustness (its value is in the legend).
 * ``expected_robustness``: expected robustness per method as bars (mean over seeds, error bars
   = sample std when there are several seeds), one panel per eval budget.
+* ``cost_vs_robustness``: expected robustness against training example-passes (forward +
+  backward, measured; log scale), one panel per (eval budget, backbone, dataset): a small faded
+  marker per run and, per method, the mean over seeds with sample-std error bars in both axes.
+  Skipped when no run recorded its cost.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ PALETTE = (
     "#17becf",  # cyan
     "#bcbd22",  # olive
 )
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 _NORMS = {"linf": "l-inf", "l2": "l2"}
 DPI = 150
 PANEL = (6.0, 4.0)
@@ -321,6 +326,87 @@ def expected_robustness_figure(runs: Sequence[RunRecord]) -> Figure | None:
     return fig
 
 
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _cost_panel(ax: Axes, runs: Sequence[RunRecord], colors: dict[str, str]) -> bool:
+    """Runs and method means of E.rob (%) against example-passes; True if a method has
+    several seeds."""
+    shapes = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(colors)}
+    several = False
+    xs_all: list[float] = []
+    top = 0.0
+    for method in method_order(runs):
+        members = [r for r in runs if r.method == method and r.cost is not None]
+        xs = [float(r.cost.example_passes) for r in members if r.cost is not None]
+        ys = [100 * r.expected for r in members]
+        color, shape = colors[method], shapes[method]
+        (mx, sx), (my, sy) = _mean_std(xs), _mean_std(ys)
+        label = f"{method}: {mx / 1e6:.3g}M passes, E.rob {my:.1f}%"
+        if len(members) > 1:
+            several = True
+            label += f" ± {sy:.1f} (n={len(members)})"
+            ax.plot(xs, ys, shape, color=color, alpha=0.45, ms=5, mew=0, zorder=2)
+            # asymmetric x error so the bar stays positive on the log axis
+            ax.errorbar(
+                [mx],
+                [my],
+                xerr=[[min(sx, 0.9 * mx)], [sx]],
+                yerr=[sy],
+                fmt=shape,
+                color=color,
+                mec="black",
+                mew=0.8,
+                ms=8,
+                capsize=3,
+                label=label,
+                zorder=3,
+            )
+        else:
+            ax.plot(xs, ys, shape, color=color, mec="black", mew=0.8, ms=8, label=label, zorder=3)
+        xs_all += xs
+        top = max(top, my + sy, *ys)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    low, high = min(xs_all), max(xs_all)
+    ax.set_xlim(low / 1.8, high * 1.8)
+    # ticks at 1, 2, 5 x 10^k labelled in 10^6 example-passes, the Cost table's unit
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(0, min(100.0, 1.2 * top + 5))
+    ax.grid(alpha=0.3, which="both")
+    return several
+
+
+def cost_figure(runs: Sequence[RunRecord]) -> Figure | None:
+    """Expected robustness against measured training example-passes; None without cost data."""
+    with_cost = [r for r in runs if r.cost is not None and r.cost.example_passes > 0]
+    panels = _panels(with_cost, lambda r: (round(r.eval_eps, 9), r.backbone, r.dataset))
+    if not panels:
+        return None
+    colors = method_colors(runs)
+    fig, axes = _new_figure(len(panels), height=PANEL_LEGEND_BELOW)
+    several = False
+    for ax, ((eps, backbone, dataset), members) in zip(axes, panels):
+        several = _cost_panel(ax, members, colors) or several
+        budget = format_eps(eps)
+        ax.set_title(f"{backbone} on {dataset}; eval budget {budget}")
+        ax.set_xlabel("training example-passes, 10^6 (forward + backward, measured; log scale)")
+        ax.set_ylabel(f"expected robustness on [0, {budget}] (%)")
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            frameon=False,
+            title="per method: mean" + (" ± sample std over seeds" if several else ""),
+        )
+    seeds = "; faded markers: single runs, error bars: sample std" if several else ""
+    fig.suptitle(f"Expected robustness vs training compute{seeds}")
+    return fig
+
+
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
     """Render ``fig`` as ``png`` or ``svg`` bytes (deterministic metadata)."""
     import matplotlib
@@ -336,6 +422,7 @@ PLOTS = (
     ("val_accuracy", "Validation clean accuracy per epoch and eps schedule", val_accuracy_figure),
     ("robustness_curves", "Accuracy under attack vs eps (shaded: E.rob)", robustness_figure),
     ("expected_robustness", "Expected robustness per method", expected_robustness_figure),
+    ("cost_vs_robustness", "Expected robustness vs training example-passes", cost_figure),
 )
 
 

@@ -3,8 +3,10 @@
 Results tables follow the paper's Table 1: rows are backbone x method, columns are datasets,
 each cell "clean / robust at eps_g / expected robustness" in %, here as mean ± sample standard
 deviation over seeds (no ± when a cell has one seed; n is always stated). One table per
-evaluation budget. The CSV files are tidy: ``report.csv`` has one row per run, and
-``report_summary.csv`` one row per table cell (backbone, method, dataset, eval eps).
+evaluation budget. The cost tables put each method's training compute (measured example-passes,
+wall time, trainable parameters) next to its expected robustness. The CSV files are tidy:
+``report.csv`` has one row per run, and ``report_summary.csv`` one row per table cell (backbone,
+method, dataset, eval eps).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import csv
 import html
 import io
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from robustft import diagnostics
 from robustft.report.collect import (
     Cell,
     Collection,
+    CostSummary,
     RunRecord,
     Stat,
     aggregate,
@@ -183,10 +187,18 @@ def run_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
             "never" if run.delay is None else str(run.delay),
             _seconds(run.train_seconds),
             _seconds(run.eval_seconds),
-            ", ".join(f.code for f in run.findings) or "none",
+            _findings_text(run),
         ]
         for run in runs
     ]
+
+
+def _findings_text(run: RunRecord) -> str:
+    """Finding codes, and the early stop when the overfitting monitor ended training."""
+    parts = [f.code for f in run.findings]
+    if run.stopped is not None:
+        parts.append(run.stopped.text())
+    return ", ".join(parts) or "none"
 
 
 def finding_lines(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, str, str, str]]:
@@ -197,7 +209,23 @@ def finding_lines(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, str, str, 
             lines.append((run, finding.code, finding.message, finding.suggestion))
         for warning in run.warnings:
             lines.append((run, "eval_warning", warning, "see the robustness curve"))
+        if run.stopped is not None:
+            lines.append((run, "early_stop", run.stopped.text(), _stop_suggestion(run)))
     return lines
+
+
+def _stop_suggestion(run: RunRecord) -> str:
+    stop = run.stopped
+    if stop is not None and stop.rolled_back_to is not None:
+        which = f"the model of epoch {stop.rolled_back_to}"
+    elif stop is not None and stop.onset is not None:
+        which = f"the model of epoch {stop.onset}"
+    else:
+        which = "the model at the stop"
+    return (
+        f"its numbers are for {which}, trained for fewer epochs than configured; compare it "
+        "with other runs at equal cost (Cost table)"
+    )
 
 
 def definitions(runs: Sequence[RunRecord]) -> list[str]:
@@ -220,6 +248,167 @@ def definitions(runs: Sequence[RunRecord]) -> list[str]:
         "(eps_g = 0, same backbone and dataset, mean over seeds in this report).",
         f"no_robustness: clean above {100 * diagnostics.NO_ROBUSTNESS_CLEAN:.0f}% but robust "
         f"accuracy below {100 * diagnostics.NO_ROBUSTNESS_ROBUST:.0f}% (runs with eps_g > 0).",
+    ]
+
+
+# ---------------------------------------------------------------------------- cost
+
+COST_HEADERS = (
+    "backbone",
+    "dataset",
+    "method",
+    "n",
+    "trainable params (% of all)",
+    "passes/step",
+    "train example-passes (10^6)",
+    "x standard FT",
+    "s/epoch",
+    "examples/s",
+    "E.rob %",
+    "E.rob gain (points per 10^6 extra example-passes)",
+)
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Training compute next to expected robustness, per (backbone, dataset, method), for one
+    evaluation budget; ``missing`` runs of that budget had no cost data."""
+
+    eval_eps: float
+    cells: tuple[Cell, ...]
+    missing: int = 0
+
+    @property
+    def title(self) -> str:
+        """Heading naming the budget at which E.rob was measured."""
+        return f"E.rob on [0, {format_eps(self.eval_eps)}]"
+
+    def caption(self) -> str:
+        """What the columns hold and how they were averaged."""
+        text = (
+            "Training compute per method, mean over the n runs with cost data (± sample std when "
+            "the runs differ). Example-passes: forward + backward passes through the model "
+            "during training, weighted by batch size (measured, hardware-independent). "
+            "'x standard FT' and 'E.rob gain' compare with standard fine-tuning (eps_g = 0) of "
+            "the same backbone, dataset and fine-tuning mode; '-' when there is none or the "
+            "method used no extra passes. s/epoch and examples/s are wall-clock (hardware-"
+            "dependent)."
+        )
+        if self.missing:
+            runs = "run has" if self.missing == 1 else "runs have"
+            text += f" {self.missing} {runs} no cost data (made before cost accounting), left out."
+        return text
+
+    def body(self) -> list[list[str]]:
+        """Rows of text cells (headers in :data:`COST_HEADERS`)."""
+        rows = []
+        for cell in self.cells:
+            cost = cell.cost
+            assert cost is not None  # cells without cost are not in the table
+            rows.append(
+                [
+                    cell.backbone,
+                    cell.dataset,
+                    cell.method,
+                    str(cost.n),
+                    _params_text(cost),
+                    _stat_text(cost.passes_per_step, lambda v, _: f"{v:.3g}"),
+                    _stat_text(cost.example_passes, _sig, scale=1e-6),
+                    "-" if cost.relative_cost is None else f"{cost.relative_cost:.3g}x",
+                    _stat_text(cost.seconds_per_epoch, _sig),
+                    _stat_text(cost.examples_per_second, _sig),
+                    fmt_stat(cost.expected),
+                    "-" if cost.gain_per_million is None else _sig(cost.gain_per_million),
+                ]
+            )
+        return rows
+
+
+def _digits(value: float) -> int:
+    """Decimals that show three significant digits of ``value`` (0 for |value| >= 100)."""
+    if value == 0 or not math.isfinite(value):
+        return 0
+    return max(0, 2 - math.floor(math.log10(abs(value))))
+
+
+def _sig(value: float, digits: int | None = None) -> str:
+    """``value`` with three significant digits and no exponent: 0.0560, 5.60, 560, 5600."""
+    return f"{value:.{_digits(value) if digits is None else digits}f}"
+
+
+def _stat_text(stat: Stat | None, fmt: Callable[[float, int], str], scale: float = 1.0) -> str:
+    """Mean (and ±std at the mean's precision when n > 1 and the values differ); ``-`` for
+    None. ``fmt(value, digits)`` formats a number."""
+    if stat is None:
+        return "-"
+    mean = scale * stat.mean
+    text = fmt(mean, _digits(mean))
+    if stat.n > 1 and stat.std > 0:
+        text += "±" + fmt(scale * stat.std, _digits(mean))
+    return text
+
+
+def _count_text(value: float) -> str:
+    """``4.01M``, ``12.3k``, ``830``."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return _sig(value / size) + suffix
+    return f"{value:.0f}"
+
+
+def _params_text(cost: CostSummary) -> str:
+    if cost.trainable_parameters is None:
+        return "-"
+    text = _count_text(cost.trainable_parameters.mean)
+    if cost.trainable_fraction is not None:
+        text += f" ({100 * cost.trainable_fraction.mean:.3g}%)"
+    return text
+
+
+def cost_tables(runs: Sequence[RunRecord]) -> list[CostTable]:
+    """One :class:`CostTable` per evaluation budget that has runs with cost data."""
+    cells = [c for c in aggregate(runs) if c.cost is not None]
+    tables = []
+    for eps in eval_eps_values(runs):
+        members = [r for r in runs if same_eps(r.eval_eps, eps)]
+        rank = {m: i for i, m in enumerate(method_order(members))}
+        here = sorted(
+            (c for c in cells if same_eps(c.eval_eps, eps)),
+            key=lambda c: (c.backbone, c.dataset, rank[c.method]),
+        )
+        if here:
+            missing = sum(r.cost is None for r in members)
+            tables.append(CostTable(eps, tuple(here), missing))
+    return tables
+
+
+def cost_definitions(runs: Sequence[RunRecord]) -> list[str]:
+    """Definitions of the cost numbers (none when no run has cost data)."""
+    if all(r.cost is None for r in runs):
+        return []
+    return [
+        "Training example-passes: forward plus backward passes through the model during "
+        "training (attack crafting and parameter updates), each weighted by its batch size, "
+        "counted by hooks on the model as they happen; the overfitting monitor and the "
+        "evaluation are not included. Passes are not FLOPs: a backward pass costs about two "
+        "forwards, and with a frozen backbone (linear probe, LoRA, BitFit, partial) it skips "
+        "most weight gradients (an attack's input gradient still crosses the whole network).",
+        "Passes per step: forward passes per optimizer step (1 for standard fine-tuning, 2 for "
+        "FGSM, k + 1 for PGD-k).",
+        "Pass counts are measured and hardware-independent: they depend only on the data, the "
+        "epochs actually trained, the batch and the attack. Seconds per epoch and examples per "
+        "second are wall-clock: they depend on the hardware, data loading and other load on "
+        "the machine, and compare only runs made on the same machine under the same load.",
+        "Trainable parameters: parameters the optimizer updates, with their share of all "
+        "parameters of the model (head included).",
+        "Robustness per compute: E.rob is not divided by cost (a ratio would favour standard "
+        "fine-tuning, cheap and with E.rob above zero). The Cost table shows E.rob next to the "
+        "cost, the cost as a multiple of standard fine-tuning (eps_g = 0, same backbone, "
+        "dataset, fine-tuning mode and eval budget, mean over its seeds), and the E.rob gain "
+        "over it per unit of extra compute: (E.rob - E.rob of standard FT) in points / "
+        "((example-passes - those of standard FT) / 10^6). The gain is the average rate "
+        "between two points, not a slope; compare methods of similar cost, or read the "
+        "cost_vs_robustness plot.",
     ]
 
 
@@ -247,6 +436,18 @@ def markdown_results(tables: Sequence[ResultsTable]) -> str:
     return "\n".join(parts)
 
 
+def markdown_cost(runs: Sequence[RunRecord]) -> str:
+    """The cost tables with headings and captions (a note when no run has cost data)."""
+    tables = cost_tables(runs)
+    if not tables:
+        return "No run recorded its compute cost (runs made before cost accounting).\n"
+    parts = []
+    for table in tables:
+        parts.append(f"### {table.title}\n\n{table.caption()}\n")
+        parts.append(markdown_table(COST_HEADERS, table.body()) + "\n")
+    return "\n".join(parts)
+
+
 def render_markdown(collection: Collection, plots: Sequence[tuple[str, str]]) -> str:
     """The whole ``report.md``.
 
@@ -260,6 +461,8 @@ def render_markdown(collection: Collection, plots: Sequence[tuple[str, str]]) ->
         f"{len(runs)} runs from `{collection.root}`.\n",
         "## Results\n",
         markdown_results(results_tables(runs)),
+        "## Cost\n",
+        markdown_cost(runs),
         "## Runs\n",
         markdown_table(RUN_HEADERS, run_rows(runs)) + "\n",
         "## Findings\n",
@@ -273,7 +476,7 @@ def render_markdown(collection: Collection, plots: Sequence[tuple[str, str]]) ->
     parts.append("\n## Plots\n")
     parts += [f"![{title}]({name})\n" for name, title in plots] or ["No plots rendered.\n"]
     parts.append("## Definitions\n")
-    parts += [f"- {line}" for line in definitions(runs)]
+    parts += [f"- {line}" for line in definitions(runs) + cost_definitions(runs)]
     if collection.skipped:
         parts.append("\n## Skipped\n")
         parts += [f"- {_md_escape(line)}" for line in collection.skipped]
@@ -306,6 +509,22 @@ RUN_CSV_FIELDS = (
     "train_seconds",
     "eval_seconds",
     "findings",
+    "trainable_parameters",
+    "total_parameters",
+    "train_forward_passes",
+    "train_backward_passes",
+    "train_example_forward_passes",
+    "train_example_backward_passes",
+    "train_example_passes",
+    "train_steps",
+    "passes_per_step",
+    "seconds_per_epoch",
+    "examples_per_second",
+    "monitor_seconds",
+    "stopped_reason",
+    "stopped_onset",
+    "stopped_action",
+    "rolled_back_to",
 )
 
 SUMMARY_CSV_FIELDS = (
@@ -322,11 +541,78 @@ SUMMARY_CSV_FIELDS = (
     "robust_pct_std",
     "expected_robustness_pct_mean",
     "expected_robustness_pct_std",
+    "cost_n",
+    "trainable_parameters",
+    "trainable_pct",
+    "passes_per_step",
+    "train_example_passes_mean",
+    "train_example_passes_std",
+    "cost_vs_standard",
+    "seconds_per_epoch_mean",
+    "seconds_per_epoch_std",
+    "examples_per_second_mean",
+    "examples_per_second_std",
+    "cost_expected_robustness_pct_mean",
+    "erob_gain_points_per_1e6_extra_passes",
 )
 
 
 def _num(value: float | None, scale: float = 100.0) -> str:
     return "" if value is None else f"{scale * value:.4f}"
+
+
+def _opt(value: object) -> object:
+    return "" if value is None else value
+
+
+def _run_cost_fields(run: RunRecord) -> list[object]:
+    """The cost and early-stop columns of ``report.csv`` (empty without data)."""
+    cost, stop = run.cost, run.stopped
+    if cost is None:
+        values: list[object] = [""] * 12
+    else:
+        values = [
+            _opt(cost.trainable_parameters),
+            _opt(cost.total_parameters),
+            _opt(cost.forward_passes),
+            _opt(cost.backward_passes),
+            cost.example_forward_passes,
+            cost.example_backward_passes,
+            cost.example_passes,
+            _opt(cost.steps),
+            _opt(cost.passes_per_step),
+            _opt(cost.seconds_per_epoch),
+            _opt(cost.examples_per_second),
+            _opt(cost.monitor_seconds),
+        ]
+    if stop is None:
+        return [*values, "", "", "", ""]
+    return [*values, stop.reason, _opt(stop.onset), stop.action, _opt(stop.rolled_back_to)]
+
+
+def _stat_fields(stat: Stat | None, scale: float = 1.0) -> list[str]:
+    """Mean and sample std (empty when n = 1 or no data)."""
+    if stat is None:
+        return ["", ""]
+    return [_num(stat.mean, scale), _num(stat.std, scale) if stat.n > 1 else ""]
+
+
+def _cell_cost_fields(cost: CostSummary | None) -> list[object]:
+    """The cost columns of ``report_summary.csv`` (empty without data)."""
+    if cost is None:
+        return [""] * 13
+    return [
+        cost.n,
+        _num(None if cost.trainable_parameters is None else cost.trainable_parameters.mean, 1),
+        _num(None if cost.trainable_fraction is None else cost.trainable_fraction.mean),
+        _num(None if cost.passes_per_step is None else cost.passes_per_step.mean, 1),
+        *_stat_fields(cost.example_passes),
+        _num(cost.relative_cost, 1),
+        *_stat_fields(cost.seconds_per_epoch),
+        *_stat_fields(cost.examples_per_second),
+        _num(cost.expected.mean),
+        _num(cost.gain_per_million, 1),
+    ]
 
 
 def _csv(fields: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -364,6 +650,7 @@ def runs_csv(runs: Sequence[RunRecord]) -> str:
             "" if run.train_seconds is None else f"{run.train_seconds:.3f}",
             "" if run.eval_seconds is None else f"{run.eval_seconds:.3f}",
             ";".join(f.code for f in run.findings),
+            *_run_cost_fields(run),
         ]
         for run in runs
     ]
@@ -389,6 +676,7 @@ def summary_csv(runs: Sequence[RunRecord]) -> str:
                     for stat in (cell.clean, cell.robust, cell.expected)
                     for value in (_num(stat.mean), _num(stat.std) if stat.n > 1 else "")
                 ),
+                *_cell_cost_fields(cell.cost),
             ]
         )
     return _csv(SUMMARY_CSV_FIELDS, rows)
@@ -456,6 +744,14 @@ def render_html(
         parts.append(f"<h3>{html.escape(table.title)}</h3>")
         parts.append(f'<p class="caption">{html.escape(table.caption())}</p>')
         parts.append(html_table(table.headers(), table.body()))
+    parts.append("<h2>Cost</h2>")
+    tables = cost_tables(runs)
+    if not tables:
+        parts.append("<p>No run recorded its compute cost (runs made before cost accounting).</p>")
+    for cost in tables:
+        parts.append(f"<h3>{html.escape(cost.title)}</h3>")
+        parts.append(f'<p class="caption">{html.escape(cost.caption())}</p>')
+        parts.append(html_table(COST_HEADERS, cost.body()))
     parts.append("<h2>Plots</h2>" + ("" if images else "<p>No plots rendered.</p>"))
     for stem, data in images.items():
         title = html.escape(titles.get(stem, stem))
@@ -465,7 +761,8 @@ def render_html(
         )
     parts += ["<h2>Runs</h2>", html_table(RUN_HEADERS, run_rows(runs))]
     parts += ["<h2>Findings</h2>", _html_findings(runs), "<h2>Definitions</h2><ul>"]
-    parts += [f"<li>{html.escape(line)}</li>" for line in definitions(runs)]
+    lines = definitions(runs) + cost_definitions(runs)
+    parts += [f"<li>{html.escape(line)}</li>" for line in lines]
     parts.append("</ul>")
     if collection.skipped:
         parts.append("<h2>Skipped</h2><ul>")

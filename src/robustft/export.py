@@ -1,0 +1,120 @@
+"""Export a trained run as one plain, merged ``.safetensors`` model, and load it back.
+
+The file holds the network's state dict in its own parameter names (timm/torchvision names,
+LoRA adapters merged into the base weights, nothing of robustft's wrappers) and metadata:
+the model name, number and names of classes, the input normalisation (mean/std in pixel
+units, applied to ``[0, 1]`` images before the network), the input size, the fine-tuning mode
+it was trained with and the run id. Reading it needs only ``safetensors``; this module's
+:func:`load_exported` rebuilds the full classifier (normalisation included).
+
+Example:
+    >>> export_run("runs/demo-sched-1a2b3c", "model.safetensors")
+    >>> model = load_exported("model.safetensors")   # ClassifierModel, eval mode
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robustft.checkpoint import atomic_write_bytes
+from robustft.errors import UserError
+
+FORMAT = "robustft-export-v1"
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`export_run` wrote: path, tensor count, parameter count, bytes, metadata."""
+
+    path: Path
+    tensors: int
+    parameters: int
+    size_bytes: int
+    metadata: dict[str, str]
+
+
+def export_run(run: str | Path, out: str | Path, *, force: bool = False) -> ExportSummary:
+    """Write the trained model of ``run`` (run dir or checkpoint) to ``out`` atomically.
+
+    Raises:
+        UserError: ``out`` exists (without ``force``), its suffix is not ``.safetensors``, or
+            the run cannot be loaded.
+    """
+    from safetensors.torch import save
+
+    from robustft.models import ClassifierModel, export_state_dict
+    from robustft.train import load_trained_model
+
+    target = Path(out)
+    if target.suffix != ".safetensors":
+        raise UserError(f"--out {target}: the export is a .safetensors file; name it *.safetensors")
+    if target.exists() and not force:
+        raise UserError(f"--out {target} exists; pass --force to overwrite it")
+    model, config, payload = load_trained_model(run, device="cpu")
+    if not isinstance(model, ClassifierModel):
+        raise UserError(f"{run}: the checkpoint does not hold a robustft classifier")
+    state = export_state_dict(model)
+    info = model.info
+    metadata = {
+        "format": FORMAT,
+        "model": info.name,
+        "num_classes": str(info.num_classes),
+        "class_names": json.dumps(list(payload.get("class_names") or [])),
+        "mean": json.dumps(list(info.mean)),
+        "std": json.dumps(list(info.std)),
+        "input_size": str(info.input_size),
+        "trained_mode": config.model.mode,
+        "run_id": str(payload.get("run_id", "")),
+        "epoch": str(payload.get("epoch", "")),
+    }
+    blob = save(state, metadata=metadata)
+    atomic_write_bytes(target, blob)
+    parameters = sum(t.numel() for t in state.values())
+    return ExportSummary(target, len(state), parameters, len(blob), metadata)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of an exported file.
+
+    Raises:
+        UserError: missing file, not a safetensors file, or not a robustft export.
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"exported model not found: {p}")
+    try:
+        with safe_open(str(p), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types
+        raise UserError(f"{p}: not a readable .safetensors file ({_first(err)})") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{p}: not a robustft export (metadata format {metadata.get('format')!r})")
+    return dict(metadata)
+
+
+def load_exported(path: str | Path) -> Any:
+    """Rebuild the classifier saved by :func:`export_run` (a ``ClassifierModel`` in eval mode
+    mapping ``(B, 3, H, W)`` images in ``[0, 1]`` to logits)."""
+    from safetensors.torch import load_file
+
+    from robustft.models import build_model
+
+    metadata = read_metadata(path)
+    model = build_model(
+        metadata["model"], num_classes=int(metadata["num_classes"]), pretrained=False, mode="full"
+    )
+    try:
+        model.net.load_state_dict(load_file(str(path)))
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit {metadata['model']} ({_first(err)})") from None
+    return model.eval()
+
+
+def _first(err: BaseException, limit: int = 160) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else err.__class__.__name__)[:limit]

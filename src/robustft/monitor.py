@@ -1,0 +1,136 @@
+"""Catastrophic-overfitting monitor for fast (FGSM) adversarial training.
+
+Catastrophic overfitting (Wong et al., 2020): during FGSM training the model suddenly becomes
+robust to FGSM but not to a multi-step attack; PGD accuracy collapses within an epoch or two
+while FGSM accuracy stays high (often above clean accuracy). The monitor measures both, every
+epoch trained with eps > 0, on a fixed validation subset, at the epoch's training eps:
+
+* ``co_pgd_acc``: accuracy under PGD-10 (random start, step 0.25 eps);
+* ``co_fgsm_acc``: accuracy under FGSM (no random start, step eps).
+
+An epoch is flagged when both hold (accuracies are fractions):
+
+* ``fgsm_acc - pgd_acc >= gap`` (default 0.20: twenty points; a healthy robust model has FGSM
+  within a few points of PGD), and
+* ``pgd_acc <= ratio * fgsm_acc`` (default 0.5: PGD has lost at least half of what FGSM keeps),
+
+so a model that is simply not robust yet (both low) is never flagged. The first flagged epoch is
+the onset. The actions (config ``monitor.action``): ``flag`` records it in the metrics and the
+result's findings; ``stop`` ends training there and evaluates that model; ``rollback`` ends
+training and restores the last epoch before the onset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the rule is torch-free (reports import it); measuring needs torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from robustft.attacks import Attack
+
+PGD_KEY = "co_pgd_acc"
+FGSM_KEY = "co_fgsm_acc"
+
+
+@dataclass(frozen=True)
+class OverfitRule:
+    """Thresholds of the flag (fractions, see the module docstring)."""
+
+    gap: float = 0.20
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gap <= 1:
+            raise ValueError(f"gap must be in (0, 1], got {self.gap}")
+        if not 0 < self.ratio < 1:
+            raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
+
+    def flags(self, pgd_acc: float, fgsm_acc: float) -> bool:
+        """Whether one measurement shows catastrophic overfitting."""
+        return fgsm_acc - pgd_acc >= self.gap and pgd_acc <= self.ratio * fgsm_acc
+
+
+def overfit_onset(history: Sequence[Mapping[str, Any]], rule: OverfitRule) -> int | None:
+    """The first epoch (1-based, from the rows' ``epoch``) whose monitor values are flagged.
+
+    Rows without monitor values (eps 0, monitor off) are skipped.
+    """
+    for row in history:
+        pgd, fgsm = row.get(PGD_KEY), row.get(FGSM_KEY)
+        if pgd is not None and fgsm is not None and rule.flags(float(pgd), float(fgsm)):
+            return int(row["epoch"])
+    return None
+
+
+def last_good_epoch(history: Sequence[Mapping[str, Any]], onset: int) -> int | None:
+    """The last epoch before ``onset`` (None if the onset is the first epoch)."""
+    earlier = [int(row["epoch"]) for row in history if int(row["epoch"]) < onset]
+    return max(earlier) if earlier else None
+
+
+def attack_accuracy(
+    model: nn.Module,
+    data: Dataset,
+    attack: Attack,
+    eps: float,
+    *,
+    examples: int,
+    seed: int,
+    batch_size: int = 128,
+) -> float:
+    """Accuracy (fraction) of ``model`` in eval mode under ``attack`` at ``eps`` on the first
+    ``examples`` items of ``data`` (random starts seeded by ``seed``)."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    device = next(model.parameters()).device
+    n = min(examples, len(data))  # type: ignore[arg-type]
+    loader = DataLoader(Subset(data, range(n)), batch_size=batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    correct = 0
+    with evaluation_mode(model):
+        for x, y in loader:
+            x, y = x.to(device).float(), y.to(device)
+            x_adv = attack(model, x, y, eps, generator=generator)
+            with torch.no_grad():
+                correct += int((model(x_adv).argmax(1) == y).sum())
+    return correct / max(n, 1)
+
+
+def measure(
+    model: nn.Module,
+    data: Dataset,
+    eps: float,
+    *,
+    norm: str,
+    examples: int,
+    pgd_steps: int,
+    seed: int,
+) -> dict[str, float]:
+    """The monitor's two accuracies at ``eps``: ``{co_pgd_acc, co_fgsm_acc}`` (fractions)."""
+    from robustft import attacks
+
+    pgd = attacks.create("pgd", norm=norm, steps=pgd_steps)
+    fgsm = attacks.create("fgsm", norm=norm)
+    kwargs: dict[str, Any] = {"examples": examples, "seed": seed}
+    return {
+        PGD_KEY: attack_accuracy(model, data, pgd, eps, **kwargs),
+        FGSM_KEY: attack_accuracy(model, data, fgsm, eps, **kwargs),
+    }
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode inside the block; restore every submodule's flag on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
