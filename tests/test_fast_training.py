@@ -104,6 +104,11 @@ def rows(*pairs: tuple[float, float] | None) -> list[dict[str, Any]]:
         (rows((0.40, 0.46), (0.42, 0.49), (0.02, 0.81), (0.00, 0.90)), 3),
         # a big gap but PGD keeps more than half of FGSM's accuracy: not flagged
         (rows((0.50, 0.75)), None),
+        # a steady gap at a large eps (FGSM merely weaker; measured on the fast sweep's
+        # fgsm-rs-full run): PGD never collapses below half its best, not flagged
+        (rows((0.16, 0.23), (0.09, 0.34), (0.21, 0.52), (0.20, 0.55), (0.23, 0.56)), None),
+        # PGD at 0 from a best of 3%: no robustness to lose, not flagged
+        (rows((0.03, 0.21), (0.0, 0.20), (0.0, 0.30)), None),
     ],
 )
 def test_overfit_onset_on_synthetic_histories(history: list[dict[str, Any]], onset: int) -> None:

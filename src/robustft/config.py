@@ -203,10 +203,10 @@ MONITOR_ACTIONS = ("flag", "stop", "rollback")
 class MonitorConfig:
     """Catastrophic-overfitting monitor (see :mod:`robustft.monitor`): every epoch trained with
     eps > 0, PGD-``pgd_steps`` and FGSM accuracy at the epoch's eps on the first ``examples``
-    validation images; flagged when FGSM beats PGD by ``gap`` or more and PGD keeps at most
-    ``ratio`` of FGSM's accuracy. ``co``: ``auto`` (on for fgsm/fgsm-rs training), ``on``,
-    ``off``. ``action``: ``flag``, ``stop`` (end training at the onset) or ``rollback`` (end
-    training and restore the last epoch before it)."""
+    validation images; flagged when FGSM beats PGD by ``gap`` or more and PGD accuracy fell to
+    at most ``ratio`` of its best earlier value (which was at least 10%). ``co``: ``auto`` (on
+    for fgsm/fgsm-rs training), ``on``, ``off``. ``action``: ``flag``, ``stop`` (end training
+    at the onset) or ``rollback`` (end training and restore the last epoch before it)."""
 
     co: str = "auto"
     action: str = "flag"

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, overfit_onset
+from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, best_pgd, overfit_onset
 from robustft.units import format_eps
 
 PAPER_THRESHOLD = 0.05
@@ -358,10 +358,11 @@ def _catastrophic_overfitting(
         return None
     row = next(r for r in history if int(r["epoch"]) == onset)
     pgd, fgsm = float(row[PGD_KEY]), float(row[FGSM_KEY])
+    before = best_pgd([r for r in history if int(r["epoch"]) < onset]) or 0.0
     return Finding(
         "catastrophic_overfitting",
-        f"at epoch {onset} (eps {_eps(float(row.get('eps', 0.0)))}) PGD accuracy fell to "
-        f"{_pct(pgd)} while FGSM accuracy stayed at {_pct(fgsm)}",
+        f"at epoch {onset} (eps {_eps(float(row.get('eps', 0.0)))}) PGD accuracy collapsed to "
+        f"{_pct(pgd)} (best before: {_pct(before)}) while FGSM accuracy stayed at {_pct(fgsm)}",
         "train with attack.name=fgsm-rs (random start, step 1.25 eps) or pgd, a smaller or "
         "later-ramping eps, or set monitor.action=rollback to keep the last good epoch",
     )

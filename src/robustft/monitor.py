@@ -8,16 +8,19 @@ epoch trained with eps > 0, on a fixed validation subset, at the epoch's trainin
 * ``co_pgd_acc``: accuracy under PGD-10 (random start, step 0.25 eps);
 * ``co_fgsm_acc``: accuracy under FGSM (no random start, step eps).
 
-An epoch is flagged when both hold (accuracies are fractions):
+An epoch is flagged when all hold (accuracies are fractions):
 
 * ``fgsm_acc - pgd_acc >= gap`` (default 0.20: twenty points; a healthy robust model has FGSM
-  within a few points of PGD), and
-* ``pgd_acc <= ratio * fgsm_acc`` (default 0.5: PGD has lost at least half of what FGSM keeps),
+  within a few points of PGD at the eps it trains on),
+* ``pgd_acc <= ratio * best`` (default 0.5), where ``best`` is the highest PGD accuracy of the
+  earlier monitored epochs: PGD accuracy *collapsed* to at most half of what it had reached, and
+* ``best >= MIN_BEST_PGD`` (0.10): there was robustness to lose (below that the drop is noise),
 
-so a model that is simply not robust yet (both low) is never flagged. The first flagged epoch is
-the onset. The actions (config ``monitor.action``): ``flag`` records it in the metrics and the
-result's findings; ``stop`` ends training there and evaluates that model; ``rollback`` ends
-training and restores the last epoch before the onset.
+so a model that is simply not robust yet (PGD never above 10%), or one where FGSM is merely a
+weaker attack than PGD at a large eps (a steady gap, no collapse), is never flagged. The first
+flagged epoch is the onset. The actions (config ``monitor.action``): ``flag`` records it in the
+metrics and the result's findings; ``stop`` ends training there and evaluates that model;
+``rollback`` ends training and restores the last epoch before the onset.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ PGD_KEY = "co_pgd_acc"
 FGSM_KEY = "co_fgsm_acc"
 
 
+MIN_BEST_PGD = 0.10
+"""The earlier PGD accuracy below which a drop is not called a collapse."""
+
+
 @dataclass(frozen=True)
 class OverfitRule:
     """Thresholds of the flag (fractions, see the module docstring)."""
@@ -50,9 +57,18 @@ class OverfitRule:
         if not 0 < self.ratio < 1:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
 
-    def flags(self, pgd_acc: float, fgsm_acc: float) -> bool:
-        """Whether one measurement shows catastrophic overfitting."""
-        return fgsm_acc - pgd_acc >= self.gap and pgd_acc <= self.ratio * fgsm_acc
+    def flags(self, pgd_acc: float, fgsm_acc: float, best_pgd_before: float | None) -> bool:
+        """Whether a measurement shows catastrophic overfitting, given the best PGD accuracy of
+        the earlier monitored epochs (None: this is the first)."""
+        if best_pgd_before is None or best_pgd_before < MIN_BEST_PGD:
+            return False
+        return fgsm_acc - pgd_acc >= self.gap and pgd_acc <= self.ratio * best_pgd_before
+
+
+def best_pgd(history: Sequence[Mapping[str, Any]]) -> float | None:
+    """The highest monitored PGD accuracy in ``history`` (None if nothing was monitored)."""
+    values = [float(row[PGD_KEY]) for row in history if row.get(PGD_KEY) is not None]
+    return max(values) if values else None
 
 
 def overfit_onset(history: Sequence[Mapping[str, Any]], rule: OverfitRule) -> int | None:
@@ -60,10 +76,14 @@ def overfit_onset(history: Sequence[Mapping[str, Any]], rule: OverfitRule) -> in
 
     Rows without monitor values (eps 0, monitor off) are skipped.
     """
+    best: float | None = None
     for row in history:
         pgd, fgsm = row.get(PGD_KEY), row.get(FGSM_KEY)
-        if pgd is not None and fgsm is not None and rule.flags(float(pgd), float(fgsm)):
+        if pgd is None or fgsm is None:
+            continue
+        if rule.flags(float(pgd), float(fgsm), best):
             return int(row["epoch"])
+        best = float(pgd) if best is None else max(best, float(pgd))
     return None
 
 

@@ -45,7 +45,7 @@ from robustft.models import (
     trainable_parameter_count,
     trainable_state_dict,
 )
-from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, measure
+from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, best_pgd, measure
 from robustft.objectives import AdversarialCE
 from robustft.rundir import RunDir, prepare_run_dir, write_env
 from robustft.schedules import Auto, EpsSchedule, HingeAuto, parse_schedule
@@ -426,7 +426,8 @@ def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
         seed=derive_seed(state.config.train.seed, "monitor"),
     )
     out["co_eps"] = eps
-    out["co_flagged"] = overfit_rule(state.config).flags(out[PGD_KEY], out[FGSM_KEY])
+    best = best_pgd(state.history)
+    out["co_flagged"] = overfit_rule(state.config).flags(out[PGD_KEY], out[FGSM_KEY], best)
     out["monitor_seconds"] = round(time.perf_counter() - start, 3)
     return out
 
