@@ -40,3 +40,11 @@ def test_digits_configs_match_the_demo() -> None:
         method = config.name.removeprefix("demo-")
         shipped = load_config(CONFIGS / f"digits_{method}.yaml")
         assert shipped.run_id() == config.run_id(), method
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_sweep_files_expand(path: Path) -> None:
+    from robustft.sweep import expand, load_sweep
+
+    runs = expand(load_sweep(path))
+    assert runs and len({r.run_id for r in runs}) == len(runs)
