@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from robustft.attacks import Attack
+from robustft.attacks.base import evaluation_mode
 from robustft.errors import UserError
 
 _logger = logging.getLogger(__name__)
@@ -359,11 +360,8 @@ def robustness_curve(
     attacked = [0] * len(grid)
     samples: list[Tensor] = []
     start_time = time.perf_counter()
-    # restore every submodule's own mode afterwards: a wrapper in train mode around a model in
-    # eval mode must not leave the inner model in train mode
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    # every submodule's own mode is restored afterwards (see evaluation_mode)
+    with evaluation_mode(model):
         done = 0
         for b, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
@@ -400,9 +398,6 @@ def robustness_curve(
             gradient_free_queries,
             seed,
         )
-    finally:
-        for module, training in modes:
-            module.training = training
     accuracy = tuple(float(c.float().mean()) for c in correct)
     curve = RobustnessCurve(
         epsilons=grid,

@@ -25,8 +25,7 @@ metrics and the result's findings; ``stop`` ends training there and evaluates th
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +107,8 @@ def attack_accuracy(
     import torch
     from torch.utils.data import DataLoader, Subset
 
+    from robustft.attacks.base import evaluation_mode
+
     device = next(model.parameters()).device
     n = min(examples, len(data))  # type: ignore[arg-type]
     loader = DataLoader(Subset(data, range(n)), batch_size=batch_size)
@@ -142,15 +143,3 @@ def measure(
         PGD_KEY: attack_accuracy(model, data, pgd, eps, **kwargs),
         FGSM_KEY: attack_accuracy(model, data, fgsm, eps, **kwargs),
     }
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode inside the block; restore every submodule's flag on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training

@@ -23,6 +23,21 @@ from robustft.errors import UserError
 
 
 @contextlib.contextmanager
+def evaluation_mode(model: nn.Module, *, enabled: bool = True) -> Iterator[nn.Module]:
+    """Put every submodule of ``model`` in eval mode (when ``enabled``) and, on exit, set each
+    submodule's ``training`` flag back to its own earlier value, even on error (a wrapper in
+    train mode around a submodule in eval mode is restored exactly)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        if enabled:
+            model.eval()
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
 def crafting_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Put ``model`` in the state used to craft adversarial examples, and restore it on exit.
 
@@ -31,19 +46,15 @@ def crafting_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Mo
     statistics frozen, dropout off). On exit each submodule's ``training`` flag and each
     parameter's ``requires_grad`` are set back to what they were, even on error.
     """
-    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        if eval_mode:
-            model.eval()
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
+    with evaluation_mode(model, enabled=eval_mode):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, requires_grad in flags:
+                p.requires_grad_(requires_grad)
 
 
 def _check_inputs(x: Tensor, y: Tensor, x_init: Tensor | None) -> None:
