@@ -41,13 +41,6 @@ class PassCount:
     example_forward: int = 0
     example_backward: int = 0
 
-    def add(self, other: PassCount) -> None:
-        """Add ``other``'s counts to this one."""
-        self.forward += other.forward
-        self.backward += other.backward
-        self.example_forward += other.example_forward
-        self.example_backward += other.example_backward
-
     def as_dict(self, prefix: str = "") -> dict[str, int]:
         """The counts as a plain dict, keys prefixed (e.g. ``train_forward_passes``)."""
         return {

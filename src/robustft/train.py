@@ -125,7 +125,6 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     probe_val_acc: list[float] | None = None  # hinge(auto): the clean probe's val accuracies
-    passes: PassCount = field(default_factory=PassCount)  # training passes so far
     base_fingerprint: str = ""  # hash of the frozen base weights (models.base_fingerprint)
     stopped: dict[str, Any] | None = None  # set when the overfitting monitor ended training
 
@@ -344,7 +343,6 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
             eps_sum += eps * len(y)
             callbacks.on_batch(i + 1, spe)
     seconds = time.perf_counter() - start
-    state.passes.add(passes)
     row: dict[str, Any] = {
         "epoch": epoch,
         "eps": eps_sum / max(seen, 1),
@@ -480,7 +478,6 @@ def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
         "model_info": state.model.info.to_dict(),
         "base_fingerprint": state.base_fingerprint,
         "optimizer": state.optimizer.state_dict(),
-        "passes": state.passes.as_dict(),
         "stopped": state.stopped,
         "num_classes": state.data.num_classes,
         "class_names": list(state.data.class_names),
@@ -505,18 +502,12 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
     )
     load_trainable_state_dict(state.model, payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
-    state.passes = PassCount(**_pass_fields(payload.get("passes", {})))
     state.stopped = payload.get("stopped")
     state.epoch = int(payload["epoch"])
     state.step = int(payload["step"])
     state.train_seconds = float(payload["train_seconds"])
     state.history = list(payload["history"])
     torch.set_rng_state(payload["rng_cpu"])
-
-
-def _pass_fields(saved: dict[str, Any]) -> dict[str, int]:
-    """``PassCount`` fields from its ``as_dict()`` form."""
-    return {k.removesuffix("_passes"): int(v) for k, v in saved.items()}
 
 
 def _check_base(payload: dict[str, Any], fingerprint: str, what: str) -> None:
@@ -593,10 +584,13 @@ def _cost(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
     seconds = sum(float(r["seconds"]) for r in rows)
     steps = sum(int(r.get("steps", 0)) for r in rows)
     examples = sum(int(r.get("examples", 0)) for r in rows)
+    totals = PassCount(  # the epochs' measured counts (metrics rows), summed
+        *(sum(int(r.get(key, 0)) for r in rows) for key in PassCount().as_dict())
+    )
     return {
-        **state.passes.as_dict("train_"),
+        **totals.as_dict("train_"),
         "train_steps": steps,
-        "passes_per_step": round(state.passes.forward / steps, 3) if steps else None,
+        "passes_per_step": round(totals.forward / steps, 3) if steps else None,
         "train_seconds": round(state.train_seconds, 3),
         "seconds_per_epoch": round(seconds / len(rows), 3) if rows else None,
         "examples_per_second": round(examples / seconds, 2) if seconds > 0 else None,
