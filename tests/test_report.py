@@ -46,6 +46,8 @@ def make_run(
     monitor: list[tuple[float, float]] | None = None,
     stopped: dict[str, Any] | None = None,
     attack: dict[str, Any] | None = None,
+    mode: str = "full",
+    norm: str = "linf",
 ) -> Path:
     """A run directory in the rundir layout with known numbers.
 
@@ -55,6 +57,7 @@ def make_run(
     passes (default 1 for standard fine-tuning, 2 as for FGSM) taking 1.5 s per pass per step;
     without it the run looks like one made before cost accounting. ``monitor`` gives the
     overfitting monitor's (PGD, FGSM) accuracy per epoch; ``attack`` overrides config keys.
+    ``mode`` is the fine-tuning mode; with ``norm="l2"`` the curve has 10 steps up to eval_eps.
     """
     eval_eps = eps_g if eval_eps is None else eval_eps
     val_acc = val_acc or [0.3, 0.6, 0.8, clean]
@@ -62,10 +65,11 @@ def make_run(
     config = build_config(
         {
             "name": method,
-            "model": {"name": backbone},
+            "model": {"name": backbone, "mode": mode},
             "data": {"name": dataset},
             "train": {"seed": seed, "epochs": len(val_acc)},
-            "attack": {"eps": eps_g, "schedule": schedule, **(attack or {})},
+            "attack": {"eps": eps_g, "norm": norm, "schedule": schedule, **(attack or {})},
+            "eval": {} if eval_eps == eps_g else {"eps_max": eval_eps},
         }
     )
     run = root / f"{method}-{config.run_id()}"
@@ -84,12 +88,12 @@ def make_run(
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if not finished:
         return run
-    k = round(eval_eps * 255)
+    k, step = (round(eval_eps * 255), 1 / 255) if norm == "linf" else (10, eval_eps / 10)
     curve = {
-        "epsilons": [i / 255 for i in range(k + 1)],
+        "epsilons": [i * step for i in range(k + 1)],
         "accuracy": [clean + (robust - clean) * i / k for i in range(k + 1)],
         "expected_robustness": (clean + robust) / 2,
-        "attack": {"name": "apgd-ce", "steps": 10, "norm": "linf"},
+        "attack": {"name": "apgd-ce", "steps": 10, "norm": norm},
         "mode": "cascade",
     }
     (run / "robustness.json").write_text(json.dumps(curve))
@@ -231,7 +235,7 @@ def test_aggregate_mean_and_sample_std(sweep: Path) -> None:
 
 def test_results_table_layout(sweep: Path) -> None:
     (table,) = results_tables(collect_runs(sweep).runs)
-    assert table.title == "eps_g = 8/255"
+    assert table.title == "eps_g = 8/255 (l-inf)"
     assert table.headers() == ["backbone", "method", "cars", "digits"]
     body = {row[1]: row for row in table.body()}
     assert body["fix"][2] == "50.0 / 20.0 / 35.0 (n=1)"
@@ -245,7 +249,7 @@ def test_one_table_per_evaluation_budget(tmp_path: Path) -> None:
     make_run(tmp_path, "fix", clean=0.8, robust=0.3, eps_g=4 / 255)
     make_run(tmp_path, "fix", clean=0.7, robust=0.1, eps_g=8 / 255)
     tables = results_tables(collect_runs(tmp_path).runs)
-    assert [t.title for t in tables] == ["eps_g = 4/255", "eps_g = 8/255"]
+    assert [t.title for t in tables] == ["eps_g = 4/255 (l-inf)", "eps_g = 8/255 (l-inf)"]
     assert tables[0].body() == [["efficientnet_lite0", "fix", "80.0 / 30.0 / 55.0"]]
     assert "(n = 1), so no ± std" in tables[0].caption()
 
@@ -259,7 +263,7 @@ def test_grid_settings_split_methods(tmp_path: Path) -> None:
     assert sorted({r.method for r in runs}) == ["fix (attack.eps=4/255)", "fix (attack.eps=8/255)"]
     assert {r.name for r in runs} == {"fix"}
     (table,) = results_tables(runs)
-    assert table.title == "evaluated at eps = 8/255"
+    assert table.title == "evaluated at eps = 8/255 (l-inf)"
     assert [row[1] for row in table.body()] == ["fix (attack.eps=4/255)", "fix (attack.eps=8/255)"]
     assert table.body()[0][2] == "80.0±0.0 / 30.0±0.0 / 55.0±0.0"
 
@@ -388,7 +392,7 @@ def test_collect_reads_cost_and_early_stop(tmp_path: Path) -> None:
 def test_cost_table(tmp_path: Path) -> None:
     runs = collect_runs(make_cost_runs(tmp_path)).runs
     (table,) = cost_tables(runs)
-    assert table.missing == 0 and table.title == "E.rob on [0, 8/255]"
+    assert table.missing == 0 and table.title == "E.rob on [0, 8/255] (l-inf)"
     body = {row[2]: dict(zip(COST_HEADERS, row)) for row in table.body()}
     assert [row[2] for row in table.body()] == ["standard", "fgsm", "pgd7"]
     standard, fgsm, pgd = body["standard"], body["fgsm"], body["pgd7"]

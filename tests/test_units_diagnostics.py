@@ -24,7 +24,9 @@ def test_parse_eps_rejects(text: object) -> None:
 
 def test_format_and_grid() -> None:
     assert format_eps(8 / 255) == "8/255"
-    assert format_eps(0.1) == "0.1"
+    assert format_eps(0.1) == "25.5/255"  # l-inf: one unit, also between grid points
+    assert format_eps(16 / 255 / 7) == "2.29/255"
+    assert format_eps(0.1, "l2") == "0.1" and format_eps(51 / 255, "l2") == "0.2"
     grid = eps_grid(8 / 255)
     assert len(grid) == 9 and grid[0] == 0 and grid[-1] == pytest.approx(8 / 255)
     assert len(eps_grid(4 / 255)) == 5

@@ -102,8 +102,7 @@ def _safe_load(data: bytes, source: Path) -> Any:
         ) from None
     except Exception as err:  # torch fails on garbage in many ways (IndexError, struct.error...)
         raise UserError(
-            f"checkpoint {source}: corrupt or truncated ({err.__class__.__name__}); "
-            "use the .prev checkpoint or start the run again"
+            f"checkpoint {source}: corrupt or truncated ({err.__class__.__name__})"
         ) from None
 
 
@@ -121,26 +120,66 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {source}: not a robustft checkpoint (unknown format)")
     blob = wrapper.get("payload")
     if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != wrapper.get("sha256"):
-        raise UserError(
-            f"checkpoint {source}: integrity hash mismatch (file damaged); "
-            "use the .prev checkpoint or start the run again"
-        )
+        raise UserError(f"checkpoint {source}: integrity hash mismatch (file damaged)")
     payload = _safe_load(blob, source)
     if not isinstance(payload, dict):
         raise UserError(f"checkpoint {source}: unexpected content")
     return payload
 
 
+def previous(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint ``path`` replaced: ``<path>.prev``."""
+    return Path(str(path) + ".prev")
+
+
 def load_checkpoint_with_fallback(
     path: str | Path, on_fallback: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Load ``path``; if it is corrupt, fall back to ``<path>.prev`` (reporting why)."""
+    """Load ``path``; if it is damaged, fall back to ``<path>.prev`` (reporting why). For
+    resuming training, where an older checkpoint only means retraining an epoch.
+
+    Raises:
+        UserError: ``path`` is damaged and there is no usable ``.prev`` either.
+    """
     try:
         return load_checkpoint(path)
     except UserError as err:
-        prev = Path(str(path) + ".prev")
+        prev = previous(path)
         if not prev.is_file():
             raise
+        try:
+            payload = load_checkpoint(prev)
+        except UserError as prev_err:
+            raise UserError(
+                f"no usable checkpoint: {err}; {prev_err}; start the run again with --force"
+            ) from None
         if on_fallback is not None:
             on_fallback(f"{err}; falling back to {prev.name}")
-        return load_checkpoint(prev)
+        return payload
+
+
+def load_latest_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load ``path`` with no fallback: for evaluating or exporting a run, whose results describe
+    its newest checkpoint, an older one must never stand in for it silently. When ``path`` is
+    damaged, the message says whether ``<path>.prev`` is intact (and how to use it explicitly).
+
+    Raises:
+        UserError: ``path`` is missing or damaged.
+    """
+    try:
+        return load_checkpoint(path)
+    except UserError as err:
+        prev = previous(path)
+        if not prev.is_file() or not Path(path).is_file():
+            raise
+        try:
+            epoch = load_checkpoint(prev).get("epoch")
+        except UserError:
+            raise UserError(
+                f"{err}; its previous checkpoint {prev.name} is damaged too: no usable "
+                "checkpoint, retrain the run (robustft train CONFIG --run-dir DIR --force)"
+            ) from None
+        raise UserError(
+            f"{err}; the previous checkpoint (epoch {epoch}) is intact but older than the "
+            f"run's results: to use it anyway, pass the file {prev} instead of the run"
+        ) from None

@@ -7,7 +7,6 @@ Each check returns human-readable warnings; none raises. They are attached to ev
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from robustft.evaluate import RobustnessCurve
 
 MASKING_ACCURACY = 0.10  # accuracy above this at a very large eps suggests gradient masking
+MASKING_MIN_CORRECT = 16  # ... on at least this many clean-correct examples (of 64 checked)
 PROBABILITY_TOLERANCE = 1e-3
 # The gradient-free check warns when Square breaks, among the examples the gradient attack left
 # correct, at least this fraction of the checked examples and at least this many examples:
@@ -39,11 +39,11 @@ def curve_warnings(curve: RobustnessCurve, logits_sample: Tensor) -> list[str]:
     """All warnings for a curve: above-clean, rising, masking check, gradient-free check
     (Square beats the gradient attack), probabilities."""
     warnings: list[str] = []
-    clean = curve.clean_accuracy
+    clean, norm = curve.clean_accuracy, str(curve.attack.get("norm", "linf"))
     for eps, acc in zip(curve.epsilons[1:], curve.accuracy[1:]):
         if acc > clean + 1e-12:
             warnings.append(
-                f"robust accuracy {100 * acc:.2f}% at eps {format_eps(eps)} is above clean "
+                f"robust accuracy {100 * acc:.2f}% at eps {format_eps(eps, norm)} is above clean "
                 f"accuracy {100 * clean:.2f}%"
             )
     for (e0, a0), (e1, a1) in zip(
@@ -51,13 +51,14 @@ def curve_warnings(curve: RobustnessCurve, logits_sample: Tensor) -> list[str]:
     ):
         if a1 > a0 + 1e-12:
             warnings.append(
-                f"accuracy rises with eps: {100 * a0:.2f}% at {format_eps(e0)} -> "
-                f"{100 * a1:.2f}% at {format_eps(e1)} (weak attack or gradient masking)"
+                f"accuracy rises with eps: {100 * a0:.2f}% at {format_eps(e0, norm)} -> "
+                f"{100 * a1:.2f}% at {format_eps(e1, norm)} (weak attack or gradient masking)"
             )
-    if curve.masking_check is not None and curve.masking_check["accuracy"] > MASKING_ACCURACY:
+    masking = curve.masking_check
+    if masking is not None and masking_suspected(masking):
         warnings.append(
-            f"accuracy {100 * curve.masking_check['accuracy']:.1f}% at the very large eps "
-            f"{format_eps(curve.masking_check['eps'])} is not near zero: possible gradient "
+            f"accuracy {100 * masking['accuracy']:.1f}% at the very large eps "
+            f"{format_eps(masking['eps'], norm)} is not near zero: possible gradient "
             "masking; try more steps/restarts or a gradient-free attack (attacks.create('square'))"
         )
     gradient_free = gradient_free_warning(curve.gradient_free_check, curve.attack.get("name"))
@@ -71,45 +72,58 @@ def curve_warnings(curve: RobustnessCurve, logits_sample: Tensor) -> list[str]:
     return warnings
 
 
+def masking_suspected(result: dict[str, Any] | None) -> bool:
+    """Whether a :func:`masking_check` result points at gradient masking: accuracy above
+    ``MASKING_ACCURACY`` on at least ``MASKING_MIN_CORRECT`` clean-correct examples from at
+    least two classes. Fewer examples, or one class only, is what a near-constant predictor
+    gives (its few correct examples are all of the class it always predicts, and no
+    perturbation changes a constant output): robust, useless, and not masking."""
+    if result is None:
+        return False
+    enough = int(result.get("n", 0)) >= MASKING_MIN_CORRECT
+    varied = int(result.get("classes", 2)) >= 2  # curves written before "classes" existed
+    return enough and varied and float(result["accuracy"]) > MASKING_ACCURACY
+
+
 def masking_check(
     model: nn.Module,
     attack: Attack,
-    batches: Iterable[tuple[Tensor, Tensor]],
+    x: Tensor,
+    y: Tensor,
     eps: float,
-    n_examples: int,
+    *,
     seed: int,
-) -> dict[str, float]:
-    """Attack up to ``n_examples`` clean-correct examples at a very large ``eps``.
+    broken: Tensor | None = None,
+) -> dict[str, Any]:
+    """Attack the clean-correct examples of ``x`` at a very large ``eps``.
+
+    An example the evaluation already broke at its largest eps (``broken``, (N,) bool) counts
+    as broken here too: that adversarial example lies inside the larger ball. Without this an
+    attack that does badly at a huge l2 radius (most of each step clipped off by the [0, 1] box)
+    would "survive" on examples the curve had long broken.
 
     Returns:
-        ``{"eps": eps, "accuracy": fraction still correct, "n": examples attacked}``.
+        ``{"eps", "accuracy": fraction of the attacked examples still correct, "n": examples
+        attacked (clean-correct), "classes": distinct labels among them}``.
     """
-    device = next(model.parameters()).device
-    x, y = first_examples(batches, n_examples)
-    x, y = x.to(device).float(), y.to(device)
     with torch.no_grad():
         keep = model(x).argmax(1) == y
+    already = None if broken is None else broken.to(keep.device)[keep]
     x, y = x[keep], y[keep]
     if len(x) == 0:
-        return {"eps": eps, "accuracy": 0.0, "n": 0.0}
+        return {"eps": eps, "accuracy": 0.0, "n": 0, "classes": 0}
     gen = torch.Generator().manual_seed(seed)
     x_adv = attack(model, x, y, eps, generator=gen)
     with torch.no_grad():
-        acc = float((model(x_adv).argmax(1) == y).float().mean())
-    return {"eps": eps, "accuracy": acc, "n": float(len(x))}
-
-
-def first_examples(batches: Iterable[tuple[Tensor, Tensor]], n: int) -> tuple[Tensor, Tensor]:
-    """The first ``n`` examples of ``batches`` (fewer if it runs out): (n, C, H, W) and (n,)."""
-    xs, ys = [], []
-    count = 0
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
-        if count >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+        survived = model(x_adv).argmax(1) == y
+    if already is not None:
+        survived &= ~already
+    return {
+        "eps": eps,
+        "accuracy": float(survived.float().mean()),
+        "n": len(x),
+        "classes": len(torch.unique(y)),
+    }
 
 
 def gradient_free_check(
@@ -196,7 +210,7 @@ def gradient_free_warning(result: dict[str, Any] | None, attack_name: str | None
     return (
         f"the gradient-free Square attack ({result['queries']} queries) broke {missed} of the "
         f"{round(grad * n)} examples that {attack_name or 'the gradient attack'} left correct "
-        f"at eps {format_eps(result['eps'])} (first {n} examples: accuracy {100 * grad:.1f}% "
+        f"at eps {format_eps(result['eps'])} ({n} sampled examples: accuracy {100 * grad:.1f}% "
         f"-> {100 * both:.1f}%): likely gradient masking/obfuscation (non-differentiable or "
         "randomised preprocessing such as input quantisation, a saturated softmax, zero or NaN "
         "input gradients), so the curve overstates robustness. Evaluate with gradient-free or "

@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",
         )
+        if not args.verbose:  # the commands print each curve's warnings themselves, once
+            logging.getLogger("robustft.evaluate").setLevel(logging.ERROR)
         return int(args.handler(args))
     except NumericalFault as err:
         print(f"robustft: run failed: {err}", file=sys.stderr)

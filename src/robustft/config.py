@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -32,6 +33,8 @@ import yaml
 
 from robustft.errors import UserError, did_you_mean
 from robustft.units import format_eps, parse_eps
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # run, sweep and method names
 
 
 def _check(cond: bool, key: str, value: object, expected: str) -> None:
@@ -112,7 +115,11 @@ class TrainConfig:
     """Optimisation. ``lr`` is the peak learning rate after ``warmup_epochs`` of linear warm-up;
     ``lr_schedule`` then decays it (cosine to 0 by the last step, or constant). A non-finite loss
     or a gradient norm that is non-finite or above ``grad_norm_limit`` (before clipping to
-    ``grad_clip``; null = no limit) stops the run as a numerical fault."""
+    ``grad_clip``; null = no limit) stops the run as a numerical fault. ``threads``: CPU threads
+    (``torch.set_num_threads``; null = the process default: the cores, or ``OMP_NUM_THREADS``).
+    Float sums depend on the thread count, so a run's numbers are bitwise reproducible only at
+    the same count: it is recorded in checkpoints and ``result.json``, and ``--resume`` keeps
+    the count the run started with."""
 
     epochs: int = 50
     batch_size: int = 64
@@ -128,6 +135,7 @@ class TrainConfig:
     bf16: bool = False
     seed: int = 0
     num_workers: int = 0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -136,12 +144,13 @@ class TrainConfig:
         if self.head_lr is not None:
             _check(self.head_lr > 0, "train.head_lr", self.head_lr, "a number > 0 or null")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
-        _check(
-            0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
-            "train.warmup_epochs",
-            self.warmup_epochs,
-            f"a number in [0, epochs={self.epochs})",
-        )
+        _check(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, "a number >= 0")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise UserError(
+                f"config train.warmup_epochs={self.warmup_epochs:g} must be below "
+                f"train.epochs={self.epochs} (the learning-rate warm-up would fill the whole run); "
+                f"set it lower, e.g. --set train.warmup_epochs=0"
+            )
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.grad_clip is not None:
@@ -154,6 +163,8 @@ class TrainConfig:
                 "a number > 0 or null",
             )
         _check(self.num_workers >= 0, "train.num_workers", self.num_workers, "an integer >= 0")
+        if self.threads is not None:
+            _check(self.threads >= 1, "train.threads", self.threads, "an integer >= 1 or null")
 
 
 @dataclass(frozen=True)
@@ -202,13 +213,14 @@ MONITOR_ACTIONS = ("flag", "stop", "rollback")
 @dataclass(frozen=True)
 class MonitorConfig:
     """Catastrophic-overfitting monitor (see :mod:`robustft.monitor`): every epoch trained with
-    eps > 0, PGD-``pgd_steps`` and FGSM accuracy at the epoch's eps on the first ``examples``
-    validation images; flagged when FGSM beats PGD by ``gap`` or more and PGD accuracy fell to
-    at most ``ratio`` of its best earlier value (which was at least 10%). ``co``: ``auto`` (on
-    for fgsm/fgsm-rs training), ``on``, ``off``. ``action``: ``flag``, ``stop`` (end training
-    at the onset) or ``rollback`` (end training and restore the last epoch before it)."""
+    eps > 0, PGD-``pgd_steps`` and FGSM accuracy at the epoch's eps on a seeded, stratified
+    sample of ``examples`` validation images; flagged when FGSM beats PGD by ``gap`` or more and
+    PGD accuracy fell to at most ``ratio`` of its best earlier value (which was at least 10%).
+    ``co``: ``auto`` (on for fgsm/fgsm-rs training), ``on``, ``off``. ``action``: ``flag``,
+    ``stop`` (end training at the onset) or ``rollback`` (end training and restore the last
+    epoch before it)."""
 
-    co: str = "auto"
+    co: str | bool = "auto"
     action: str = "flag"
     examples: int = 128
     pgd_steps: int = 10
@@ -216,7 +228,9 @@ class MonitorConfig:
     ratio: float = 0.5
 
     def __post_init__(self) -> None:
-        _choice("monitor.co", self.co, MONITOR_CHOICES)
+        if isinstance(self.co, bool):  # YAML reads the documented `co: on` as true
+            object.__setattr__(self, "co", "on" if self.co else "off")
+        _choice("monitor.co", str(self.co), MONITOR_CHOICES)
         _choice("monitor.action", self.action, MONITOR_ACTIONS)
         _check(self.examples >= 1, "monitor.examples", self.examples, "an integer >= 1")
         _check(self.pgd_steps >= 1, "monitor.pgd_steps", self.pgd_steps, "an integer >= 1")
@@ -252,7 +266,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole run. ``name`` is a free label shown in tables."""
+    """A whole run. ``name`` labels it in tables and names its run directory
+    (``runs/<name>-<id>``): letters, digits and ``_.+-``, starting with a letter or digit."""
 
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -263,13 +278,23 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        _check(
+            bool(NAME_PATTERN.match(self.name)),
+            "name",
+            self.name,
+            "letters, digits and _.+- starting with a letter or digit (it names the run "
+            "directory), e.g. digits-sched",
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; eps values that are multiples of 1/255 are written as ``"k/255"``."""
         out = dataclasses.asdict(self)
-        out["attack"]["eps"] = _eps_text(self.attack.eps)
-        out["eval"]["eps_step"] = _eps_text(self.eval.eps_step)
+        norm = self.attack.norm
+        out["attack"]["eps"] = _eps_text(self.attack.eps, norm)
+        out["eval"]["eps_step"] = _eps_text(self.eval.eps_step, norm)
         if self.eval.eps_max is not None:
-            out["eval"]["eps_max"] = _eps_text(self.eval.eps_max)
+            out["eval"]["eps_max"] = _eps_text(self.eval.eps_max, norm)
         return out
 
     def to_yaml(self) -> str:
@@ -283,10 +308,10 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def _eps_text(eps: float) -> str:
-    """``format_eps(eps)`` (``"8/255"``) if it parses back to ``eps`` exactly, else ``repr``:
-    to_dict must be lossless, or distinct configs would share a run id."""
-    text = format_eps(eps)
+def _eps_text(eps: float, norm: str) -> str:
+    """``format_eps(eps, norm)`` (``"8/255"``) if it parses back to ``eps`` exactly, else
+    ``repr``: to_dict must be lossless, or distinct configs would share a run id."""
+    text = format_eps(eps, norm)
     return text if parse_eps(text, upper=float("inf")) == eps else repr(eps)
 
 
@@ -310,6 +335,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if bool in inner and isinstance(value, bool):  # e.g. monitor.co: on|off|auto
+            return value
         return _coerce(key, value, inner[0])
     if hint is bool:
         _check(isinstance(value, bool), key, value, "true or false")
@@ -338,7 +365,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
-        raise UserError(f"config {prefix or 'file'}: expected a mapping of keys, got {data!r}")
+        where = prefix.rstrip(".") or "file"
+        raise UserError(
+            f"config {where}: expected a section (a mapping of keys such as {prefix or ''}"
+            f"{dataclasses.fields(cls)[0].name}), got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -368,7 +399,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except (yaml.YAMLError, ValueError, RecursionError):  # e.g. 2020-13-45, 5000 digits, [[[...
         value = raw
     _check_yaml_size(value, f"override {key.strip()!r}")
-    if isinstance(value, str) and "/" not in raw:
+    quoted = len(raw.strip()) >= 2 and raw.strip()[0] == raw.strip()[-1] in "'\""
+    if isinstance(value, str) and "/" not in raw and not quoted:
         value = raw.strip()
     return path, value
 

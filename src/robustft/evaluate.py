@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from robustft.attacks import Attack
 from robustft.attacks.base import evaluation_mode
 from robustft.errors import UserError
+from robustft.subset import select, subset
 
 _logger = logging.getLogger(__name__)
 
@@ -91,11 +92,16 @@ class RobustnessCurve:
         seconds: wall time of the evaluation.
         warnings: sanity-check findings (robust above clean, rising curve, masking, gradient-free
             check, probabilities).
-        masking_check: accuracy at a very large eps on a subset, or None if not run.
-        gradient_free_check: on the first ``n`` examples at ``eps_max``, the gradient attack's
-            accuracy and the accuracy once the gradient-free Square attack also attacks its
-            survivors (see :func:`robustft.checks.gradient_free_check`); ``{"skipped":
-            reason}`` where it cannot run (l2), None if not run (or written before it existed).
+        masking_check: accuracy at a very large eps on a stratified sample (see
+            :func:`robustft.checks.masking_check`), or None if not run.
+        gradient_free_check: on a stratified sample of ``n`` examples at ``eps_max``, the
+            gradient attack's accuracy and the accuracy once the gradient-free Square attack
+            also attacks its survivors (see :func:`robustft.checks.gradient_free_check`);
+            ``{"skipped": reason}`` where it cannot run (l2), None if not run (or written before
+            it existed).
+        examples: which examples were evaluated: ``{"method": "all" | "stratified" |
+            "uniform", "seed", "n", "of"}`` plus ``"indices"`` (dataset order) for a subset
+            (:class:`robustft.subset.Selection`); None in curves written before it existed.
     """
 
     epsilons: tuple[float, ...]
@@ -108,8 +114,9 @@ class RobustnessCurve:
     attacked: tuple[int, ...]
     seconds: float
     warnings: tuple[str, ...] = ()
-    masking_check: dict[str, float] | None = None
+    masking_check: dict[str, Any] | None = None
     gradient_free_check: dict[str, Any] | None = None
+    examples: dict[str, Any] | None = None
     version: int = field(default=1)
 
     @property
@@ -263,23 +270,57 @@ def default_masking_eps(norm: str, image_shape: Sequence[int]) -> float:
     return 0.5 * math.sqrt(math.prod(int(d) for d in image_shape))
 
 
+def _examples(
+    dataset: Dataset, indices: Sequence[int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The examples at ``indices`` of ``dataset`` as tensors on ``device``."""
+    items = [dataset[i] for i in indices]
+    x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device).float()
+    y = torch.as_tensor([int(item[1]) for item in items], device=device)
+    return x, y
+
+
+def _masking(
+    model: nn.Module,
+    attack: Attack,
+    dataset: Dataset,
+    final_correct: Tensor,
+    *,
+    eps: float | None,
+    n_examples: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """:func:`robustft.checks.masking_check` on a stratified sample of ``n_examples`` (None when
+    ``n_examples == 0``). ``final_correct``: (N,) correctness at the grid's largest eps."""
+    from robustft.checks import masking_check
+
+    if n_examples <= 0:
+        return None
+    chosen = select(dataset, n_examples, seed)
+    x, y = _examples(dataset, chosen.indices, _model_device(model))
+    huge = eps or default_masking_eps(attack.norm, x.shape[1:])
+    broken = ~final_correct[list(chosen.indices)]
+    return masking_check(model, attack, x, y, huge, seed=seed, broken=broken)
+
+
 def _gradient_free(
     model: nn.Module,
     attack: Attack,
-    loader: DataLoader,
+    dataset: Dataset,
     eps: float,
     final_correct: Tensor,
     n_examples: int,
     queries: int,
     seed: int,
 ) -> dict[str, Any] | None:
-    """Run :func:`robustft.checks.gradient_free_check` on the first ``n_examples`` at ``eps``.
+    """Run :func:`robustft.checks.gradient_free_check` on a stratified sample of
+    ``n_examples`` at ``eps``.
 
     ``final_correct`` is the (N,) per-example correctness under ``attack`` at ``eps``. Returns
     None when disabled (``n_examples == 0``) or when ``attack`` is Square itself, and
     ``{"skipped": reason}`` for l2 (Square is l-inf only).
     """
-    from robustft.checks import first_examples, gradient_free_check
+    from robustft.checks import gradient_free_check
 
     if n_examples <= 0 or attack.name == "square":
         return None
@@ -287,17 +328,11 @@ def _gradient_free(
         reason = "no gradient-free check: the square attack is l-inf only (l2 not implemented)"
         _logger.info("robustness check: %s", reason)
         return {"attack": "square", "eps": eps, "skipped": reason}
-    x, y = first_examples(loader, n_examples)
-    device = _model_device(model)
+    chosen = select(dataset, n_examples, seed)
+    x, y = _examples(dataset, chosen.indices, _model_device(model))
     start = time.perf_counter()
     result = gradient_free_check(
-        model,
-        x.to(device).float(),
-        y.to(device),
-        final_correct[: len(x)],
-        eps,
-        queries=queries,
-        seed=seed,
+        model, x, y, final_correct[list(chosen.indices)], eps, queries=queries, seed=seed
     )
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
@@ -332,12 +367,13 @@ def robustness_curve(
         warm_start: in cascade mode, start each eps from the previous adversarial point.
         seed: seed of random starts (recorded in the result).
         batch_size: examples per forward/backward.
-        max_examples: evaluate on the first N examples only.
-        masking_check_eps: also attack up to ``masking_check_examples`` examples (0 = skip the
-            check) at this very large eps (default: :func:`default_masking_eps`); accuracy well
-            above 0 there suggests gradient masking.
-        gradient_free_examples: among the first N examples, attack those ``attack`` left
-            correct at the grid's largest eps with the gradient-free Square attack
+        max_examples: evaluate on a seeded, stratified sample of N examples
+            (:mod:`robustft.subset`; recorded in the curve's ``examples``), not the first N.
+        masking_check_eps: also attack a stratified sample of ``masking_check_examples``
+            examples (0 = skip the check) at this very large eps (default:
+            :func:`default_masking_eps`); accuracy well above 0 there suggests gradient masking.
+        gradient_free_examples: among a stratified sample of N examples, attack those
+            ``attack`` left correct at the grid's largest eps with the gradient-free Square attack
             (``gradient_free_queries`` queries) and warn if it breaks clearly more (0 = skip;
             l-inf only, recorded as skipped for l2). Costs little unless ``attack`` is weak.
         progress: called as ``progress(done_examples, total_examples)`` after each batch.
@@ -345,12 +381,10 @@ def robustness_curve(
     Returns:
         A :class:`RobustnessCurve` with sanity-check warnings attached.
     """
-    from robustft.checks import curve_warnings, masking_check
+    from robustft.checks import curve_warnings
 
     grid = _validate_grid(eps_grid, mode)
-    dataset = _as_dataset(data)
-    if max_examples is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(max_examples, len(dataset))))  # type: ignore[arg-type]
+    dataset, chosen = subset(_as_dataset(data), max_examples, seed)
     total = len(dataset)  # type: ignore[arg-type]
     if total == 0:
         raise UserError("evaluation data is empty; check the dataset split or max_examples")
@@ -384,14 +418,19 @@ def robustness_curve(
             if progress is not None:
                 progress(done, total)
         correct = [torch.cat(r) for r in rows]
-        masking = None
-        if masking_check_examples > 0:
-            huge = masking_check_eps or default_masking_eps(attack.norm, dataset[0][0].shape)
-            masking = masking_check(model, attack, loader, huge, masking_check_examples, seed)
+        masking = _masking(
+            model,
+            attack,
+            dataset,
+            correct[-1],
+            eps=masking_check_eps,
+            n_examples=masking_check_examples,
+            seed=seed,
+        )
         gradient_free = _gradient_free(
             model,
             attack,
-            loader,
+            dataset,
             grid[-1],
             correct[-1],
             gradient_free_examples,
@@ -411,6 +450,7 @@ def robustness_curve(
         seconds=round(time.perf_counter() - start_time, 3),
         masking_check=masking,
         gradient_free_check=gradient_free,
+        examples=chosen.to_dict(),
     )
     warnings = curve_warnings(curve, torch.cat(samples))
     for w in warnings:

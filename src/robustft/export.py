@@ -3,7 +3,9 @@
 The file holds the network's state dict in its own parameter names (timm/torchvision names,
 LoRA adapters merged into the base weights, nothing of robustft's wrappers) and metadata:
 the model name, number and names of classes, the input normalisation (mean/std in pixel
-units, applied to ``[0, 1]`` images before the network), the input size, the fine-tuning mode
+units, applied to ``[0, 1]`` images before the network), the input size the model was trained
+and evaluated at (``input_size``; the backbone's pretraining resolution is
+``pretrained_input_size``), the fine-tuning mode
 it was trained with and the run id. Reading it needs only ``safetensors``; this module's
 :func:`load_exported` rebuilds the full classifier (normalisation included).
 
@@ -65,7 +67,8 @@ def export_run(run: str | Path, out: str | Path, *, force: bool = False) -> Expo
         "class_names": json.dumps(list(payload.get("class_names") or [])),
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
-        "input_size": str(info.input_size),
+        "input_size": str(config.data.image_size),  # what it was trained and evaluated at
+        "pretrained_input_size": str(info.input_size),  # the backbone's pretraining resolution
         "trained_mode": config.model.mode,
         "run_id": str(payload.get("run_id", "")),
         "epoch": str(payload.get("epoch", "")),

@@ -102,16 +102,19 @@ def attack_accuracy(
     seed: int,
     batch_size: int = 128,
 ) -> float:
-    """Accuracy (fraction) of ``model`` in eval mode under ``attack`` at ``eps`` on the first
-    ``examples`` items of ``data`` (random starts seeded by ``seed``)."""
+    """Accuracy (fraction) of ``model`` in eval mode under ``attack`` at ``eps`` on a seeded,
+    stratified sample of ``examples`` items of ``data`` (:mod:`robustft.subset`; the sample and
+    the random starts are drawn from ``seed``)."""
     import torch
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     from robustft.attacks.base import evaluation_mode
+    from robustft.subset import subset
 
     device = next(model.parameters()).device
-    n = min(examples, len(data))  # type: ignore[arg-type]
-    loader = DataLoader(Subset(data, range(n)), batch_size=batch_size)
+    sample, _ = subset(data, examples, seed)
+    n = len(sample)  # type: ignore[arg-type]
+    loader = DataLoader(sample, batch_size=batch_size)
     generator = torch.Generator().manual_seed(seed)
     correct = 0
     with evaluation_mode(model):

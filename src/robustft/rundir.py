@@ -9,17 +9,23 @@
 * ``result.json``: headline numbers (clean, robust at eps_g, expected robustness, times, delay);
 * ``env.json``: versions, device, command line, seed;
 * ``failure.json``: only when a numerical fault stopped the run;
-* ``checkpoints/good.pt``: only with ``monitor.action=rollback``.
+* ``checkpoints/good.pt``: only with ``monitor.action=rollback``;
+* ``.lock``: locked by the process training the run, so a second one is refused.
 
 Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import platform
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from typing import Any
 import torch
 
 from robustft import __version__
-from robustft.checkpoint import atomic_write_json, atomic_write_text
+from robustft.checkpoint import atomic_write_json, atomic_write_text, previous
 from robustft.config import RunConfig, build_config, load_yaml
 from robustft.errors import UserError
 
@@ -72,8 +78,13 @@ class RunDir:
     def env(self) -> Path:
         return self.root / "env.json"
 
+    @property
+    def lock(self) -> Path:
+        """``.lock``: held (flock) by the one process writing the run (:func:`locked`)."""
+        return self.root / ".lock"
+
     def has_checkpoint(self) -> bool:
-        return self.checkpoint.is_file() or Path(str(self.checkpoint) + ".prev").is_file()
+        return self.checkpoint.is_file() or previous(self.checkpoint).is_file()
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in history))
@@ -121,42 +132,112 @@ def remove_stale_temp_files(run: RunDir) -> list[Path]:
     return stale
 
 
-def prepare_run_dir(path: str | Path, config: RunConfig, *, resume: bool, force: bool) -> RunDir:
-    """Create or reopen a run directory for ``config``.
+def config_differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
+    """The dotted keys whose values differ between two configs, as ``key: old -> new`` text."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    keys = [k for k in sorted(set(a) | set(b)) if k != "name" and a.get(k) != b.get(k)]
+    shown = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(shown) + more
 
-    Rules: a new or empty directory is initialised. A directory holding a *different* config is
-    refused unless ``force`` (which clears it). A directory holding the same config with a
-    checkpoint needs ``resume`` (continue) or ``force`` (start over). ``resume`` without a
-    checkpoint (a run killed before its first epoch ended) starts from the beginning, so a retry
-    loop can always pass ``--resume``. Temporary files of interrupted atomic writes are removed.
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_run_dir(run: RunDir, config: RunConfig, *, resume: bool, force: bool) -> None:
+    """Whether ``config`` may (re)start in ``run``; writes nothing.
+
+    Rules: a new or empty directory (or one whose run failed before it started) is fine. A
+    directory holding a *different* config is refused unless ``force`` (the message names the
+    keys that differ). A directory holding the same config with a checkpoint needs ``resume``
+    (continue) or ``force`` (start over). ``resume`` without a checkpoint (a run killed before
+    its first epoch ended) starts from the beginning, so a retry loop can always pass
+    ``--resume``.
 
     Raises:
         UserError: the directory holds another run or a checkpoint and neither flag was given.
     """
-    run = RunDir(Path(path))
     if run.root.exists() and not run.root.is_dir():
         raise UserError(f"run dir {run.root} exists and is not a directory")
-    if run.config.is_file() and not force:
-        try:
-            existing = build_config(load_yaml(run.config))
-        except UserError:
-            existing = None
-        if existing is None or existing.run_id() != config.run_id():
-            raise UserError(
-                f"run dir {run.root} holds a different config; pass --force to overwrite it "
-                "or choose another --run-dir"
-            )
-        if run.has_checkpoint() and not resume:
-            raise UserError(
-                f"run dir {run.root} already holds this run; pass --resume to continue it "
-                "or --force to start over"
-            )
+    if not run.config.is_file() or force:
+        return
+    try:
+        existing = build_config(load_yaml(run.config))
+    except UserError:
+        existing = None
+    if existing is None:
+        raise UserError(
+            f"run dir {run.root} holds an unreadable config.yaml; pass --force to overwrite "
+            "it or choose another --run-dir"
+        )
+    if existing.run_id() != config.run_id():
+        raise UserError(
+            f"run dir {run.root} holds a different config "
+            f"({config_differences(existing, config)}); pass --force to overwrite it or "
+            "choose another --run-dir"
+        )
+    if run.has_checkpoint() and not resume:
+        raise UserError(
+            f"run dir {run.root} already holds this run; pass --resume to continue it "
+            "or --force to start over"
+        )
+
+
+def init_run_dir(run: RunDir, config: RunConfig, *, force: bool) -> None:
+    """Make ``run`` hold ``config``: cleared first with ``force``; temporary files of
+    interrupted atomic writes removed; ``config.yaml`` written. Call it only once setup has
+    succeeded, so a failed start leaves nothing that blocks its retry."""
     if force:
         _clear(run)
     run.root.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(run)
     atomic_write_text(run.config, config.to_yaml())
-    return run
+
+
+@contextlib.contextmanager
+def locked(run: RunDir) -> Iterator[RunDir]:
+    """Hold the run directory's lock (``<run>/.lock``, an exclusive ``flock``) for one writer.
+
+    The kernel releases the lock when its process exits, however it exits, so a lock whose
+    owner died is never stale. A directory this call had to create is removed again if the
+    body fails before writing anything else into it (a failed start leaves no trace).
+
+    Raises:
+        UserError: another process holds the lock (the message names its pid).
+    """
+    if run.root.exists() and not run.root.is_dir():
+        raise UserError(f"run dir {run.root} exists and is not a directory")
+    created = not run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
+    handle = run.lock.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise UserError(
+                f"run dir {run.root} is in use by {owner}; wait for it to finish or stop it "
+                "(two processes must not train into one run directory)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()} since {time.strftime('%H:%M:%S')}")
+        handle.flush()
+        yield run
+    except BaseException:
+        if created and [p.name for p in run.root.iterdir()] == [run.lock.name]:
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
+    finally:
+        handle.close()  # releases the lock
 
 
 def environment(device: torch.device, argv: list[str] | None = None) -> dict[str, Any]:

@@ -46,7 +46,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -61,14 +60,13 @@ from typing import IO, Any, Literal, Protocol
 
 import yaml
 
-from robustft.config import RunConfig, build_config, load_yaml, read_yaml
+from robustft.config import NAME_PATTERN, RunConfig, build_config, load_yaml, read_yaml
 from robustft.errors import UserError, did_you_mean
 from robustft.sweep_store import SweepStore, now
 
 _logger = logging.getLogger(__name__)
 
 SPEC_KEYS = ("name", "base", "set", "methods", "grid")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 # ------------------------------------------------------------------------------------ spec
@@ -139,14 +137,14 @@ class SweepSpec:
 
     def __post_init__(self) -> None:
         where = f"sweep {self.source}"
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
             raise UserError(
                 f"{where}: name {self.name!r} must be letters, digits and _.+- (it names a "
                 "directory)"
             )
         _check_keys(f"{where}: set", list(self.overrides))
         for label, settings in self.methods.items():
-            if not isinstance(label, str) or not _NAME_RE.match(label):
+            if not isinstance(label, str) or not NAME_PATTERN.match(label):
                 raise UserError(f"{where}: method name {label!r} must be letters, digits, _.+-")
             _check_keys(f"{where}: methods.{label}", list(settings))
         _check_keys(f"{where}: grid", list(self.grid))

@@ -9,12 +9,14 @@ numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +29,7 @@ from robustft.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint_with_fallback,
+    load_latest_checkpoint,
     save_checkpoint,
 )
 from robustft.config import RunConfig
@@ -47,8 +50,9 @@ from robustft.models import (
 )
 from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, best_pgd, measure
 from robustft.objectives import AdversarialCE
-from robustft.rundir import RunDir, prepare_run_dir, write_env
+from robustft.rundir import RunDir, check_run_dir, init_run_dir, locked, write_env
 from robustft.schedules import Auto, EpsSchedule, HingeAuto, parse_schedule
+from robustft.subset import subset
 from robustft.units import eps_grid
 
 _logger = logging.getLogger(__name__)
@@ -103,10 +107,35 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
 
 
+def available_devices() -> list[str]:
+    """The device names this machine accepts: ``cpu``, ``cuda:I`` for each GPU, ``mps``."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    return names + (["mps"] if mps is not None and mps.is_available() else [])
+
+
 def pick_device(name: str = "auto") -> torch.device:
+    """The device named ``name`` (``auto``: the first GPU if there is one, else the CPU).
+
+    Raises:
+        UserError: not a device name, or a device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    have = available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"--device {name!r}: not a device name; this machine has: auto, {', '.join(have)}"
+        ) from None
+    index = 0 if device.index is None else device.index
+    known = device.type == "cpu" or f"{device.type}:{index}" in have or device.type in have
+    if not known:
+        raise UserError(
+            f"--device {name}: not available; this machine has: auto, {', '.join(have)}"
+        )
+    return device
 
 
 @dataclass
@@ -127,6 +156,7 @@ class TrainState:
     probe_val_acc: list[float] | None = None  # hinge(auto): the clean probe's val accuracies
     base_fingerprint: str = ""  # hash of the frozen base weights (models.base_fingerprint)
     stopped: dict[str, Any] | None = None  # set when the overfitting monitor ended training
+    threads: int = 1  # CPU threads the run trains with (recorded; kept on resume)
 
     def current_schedule(self) -> EpsSchedule:
         """The eps schedule in force now: the configured one, or for an adaptive schedule
@@ -223,8 +253,7 @@ def build_attack(name: str, *, norm: str, steps: int, **hyper: Any) -> attacks.A
     """``attacks.create`` with a step count that attacks without steps ignore (FGSM, FGSM-RS
     take one step; Square counts queries)."""
     spec = attacks.ATTACKS.get(name)
-    takes_steps = spec is not None and any(f.name == "steps" for f in fields(spec.cls))
-    if name not in ONE_STEP_ATTACKS and takes_steps:
+    if spec is not None and spec.takes_steps:
         hyper["steps"] = steps
     return attacks.create(name, norm=norm, **hyper)
 
@@ -363,13 +392,15 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
 
 @torch.no_grad()
 def clean_accuracy(
-    model: nn.Module, data: Dataset, device: torch.device, limit: int | None
+    model: nn.Module, data: Dataset, device: torch.device, limit: int | None, seed: int = 0
 ) -> float:
-    """Clean accuracy (fraction) of ``model`` in eval mode on the first ``limit`` examples."""
+    """Clean accuracy (fraction) of ``model`` in eval mode on a seeded, stratified sample of
+    ``limit`` examples (all when None; :mod:`robustft.subset`)."""
     was_training = model.training
     model.eval()
-    n = len(data) if limit is None else min(limit, len(data))  # type: ignore[arg-type]
-    loader = DataLoader(torch.utils.data.Subset(data, range(n)), batch_size=256)
+    sample, _ = subset(data, limit, seed)
+    n = len(sample)  # type: ignore[arg-type]
+    loader = DataLoader(sample, batch_size=256)
     correct = 0
     for x, y in loader:
         correct += int((model(x.to(device).float()).argmax(1) == y.to(device)).sum())
@@ -381,7 +412,13 @@ def validate(state: TrainState, epoch: int) -> dict[str, Any]:
     """Clean validation accuracy, plus robust (PGD-10 at eps_g) on a subset when scheduled."""
     vcfg = state.config.val
     out: dict[str, Any] = {
-        "val_acc": clean_accuracy(state.model, state.data.val, state.device, vcfg.max_examples)
+        "val_acc": clean_accuracy(
+            state.model,
+            state.data.val,
+            state.device,
+            vcfg.max_examples,
+            seed=derive_seed(state.config.train.seed, "val"),
+        )
     }
     eps_g = state.config.attack.eps
     if vcfg.robust_every > 0 and epoch % vcfg.robust_every == 0 and eps_g > 0:
@@ -482,6 +519,7 @@ def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
         "num_classes": state.data.num_classes,
         "class_names": list(state.data.class_names),
         "rng_cpu": torch.get_rng_state(),
+        "threads": state.threads,
     }
     if torch.cuda.is_available():
         payload["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -555,6 +593,7 @@ def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "robust_accuracy": curve.robust_accuracy,
         "expected_robustness": curve.expected_robustness,
         "eps_g": state.config.attack.eps,
+        "norm": state.config.attack.norm,
         "eval_eps_max": curve.eps_max,
         "eval_attack": curve.attack,
         "eval_examples": curve.n_examples,
@@ -569,6 +608,8 @@ def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "warnings": list(curve.warnings),
         "stopped": state.stopped,
         "skipped_images": len(state.data.skipped),
+        "threads": state.threads,
+        "device": str(state.device),
         "cost": _cost(state, curve),
     }
     result["findings"] = [asdict(f) for f in diagnose(result, state.history, state.config)]
@@ -637,19 +678,66 @@ def fit(
     """
     cb: Callbacks = callbacks or NullCallbacks()
     check_config(config)
-    run = prepare_run_dir(run_dir, config, resume=resume, force=force)
-    existing = run.read_result() if resume else None
-    if existing is not None:
-        return existing
-    state = build_state(config, pick_device(device))
+    with locked(RunDir(Path(run_dir))) as run:
+        check_run_dir(run, config, resume=resume, force=force)
+        existing = run.read_result() if resume and not force else None
+        if existing is not None:
+            return existing
+        state = build_state(config, pick_device(device))
+        init_run_dir(run, config, force=force)  # only now: a failed setup leaves nothing
+        return _train_and_evaluate(state, run, resume=resume, callbacks=cb)
+
+
+def _train_and_evaluate(
+    state: TrainState, run: RunDir, *, resume: bool, callbacks: Callbacks
+) -> dict[str, Any]:
+    """The body of :func:`fit` once the run directory is locked and initialised."""
+    cb, config = callbacks, state.config
+    payload = None
+    if resume and run.has_checkpoint():
+        payload = load_checkpoint_with_fallback(run.checkpoint, _logger.warning)
+    elif resume:
+        _logger.info("no checkpoint in %s yet: starting from the first epoch", run.root)
+    state.threads = thread_count(config, payload)
+    with cpu_threads(state.threads):
+        return _run_epochs(state, run, payload, cb)
+
+
+def thread_count(config: RunConfig, payload: dict[str, Any] | None) -> int:
+    """CPU threads for a run: ``train.threads``, else those the checkpoint being resumed was
+    trained with (so the resumed run sums floats as it did), else the process default."""
+    if config.train.threads is not None:
+        return config.train.threads
+    saved = None if payload is None else payload.get("threads")
+    if saved is not None and int(saved) != torch.get_num_threads():
+        _logger.info(
+            "resuming with the run's %d CPU threads, not %d", saved, torch.get_num_threads()
+        )
+        return int(saved)
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """``torch.set_num_threads(count)`` inside the block; the previous count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_epochs(
+    state: TrainState, run: RunDir, payload: dict[str, Any] | None, cb: Callbacks
+) -> dict[str, Any]:
+    config = state.config
     write_env(run, state.device)
     if state.data.skipped:  # data.bad_images=skip left these out
         atomic_write_text(run.root / "skipped_images.txt", "\n".join(state.data.skipped) + "\n")
-    if resume and run.has_checkpoint():
-        restore(state, load_checkpoint_with_fallback(run.checkpoint, _logger.warning))
+    if payload is not None:
+        restore(state, payload)
         _logger.info("resumed %s at epoch %d", run.root, state.epoch)
-    elif resume:
-        _logger.info("no checkpoint in %s yet: starting from the first epoch", run.root)
     _resolve_probe(state, run, cb)
     run.write_metrics(state.history)
     run.failure.unlink(missing_ok=True)
@@ -727,7 +815,7 @@ def load_trained_model(
 
     p = Path(path)
     ckpt = RunDir(p).checkpoint if p.is_dir() else p
-    payload = load_checkpoint_with_fallback(ckpt, _logger.warning)
+    payload = load_latest_checkpoint(ckpt)
     config = build_config(payload["config"])
     full = config.model.mode == "full"  # every weight is in the checkpoint: no base needed
     model = build_model(

@@ -47,17 +47,22 @@ def parse_eps(value: object, *, name: str = "eps", upper: float = 1.0) -> float:
     if not math.isfinite(eps) or eps < 0:
         raise UserError(f"{name}: must be a finite number >= 0, got {value!r}")
     if eps > upper:
-        hint = f" (did you mean {str(value).strip()}/255?)" if eps <= 255 and upper <= 1.0 else ""
+        text = str(value).strip()
+        plain = "/" not in text and eps <= 255 and upper <= 1.0
+        hint = f" (did you mean {text}/255?)" if plain else ""
         raise UserError(f"{name}: {value!r} exceeds {upper:g} in [0,1] pixel units{hint}")
     return eps
 
 
-def format_eps(eps: float) -> str:
-    """Format eps for humans: ``8/255`` when it is a multiple of 1/255 (to 1e-6), else ``%.4g``."""
+def format_eps(eps: float, norm: str = "linf") -> str:
+    """Format eps for humans, in one unit per norm: l-inf in 255ths of the pixel range
+    (``8/255``, ``2.29/255`` between grid points), l2 as a plain number (``0.5``)."""
+    if norm != "linf":
+        return f"{eps:.4g}"
     k = eps * 255
     if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
-    return f"{eps:.4g}"
+    return f"{k:.2f}".rstrip("0").rstrip(".") + "/255"
 
 
 MAX_GRID_POINTS = 10_000  # every point is an attack over the test set

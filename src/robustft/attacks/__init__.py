@@ -44,6 +44,12 @@ class AttackSpec:
     defaults: Mapping[str, object] = field(default_factory=dict)
     norms: tuple[str, ...] = ("linf", "l2")
 
+    @property
+    def takes_steps(self) -> bool:
+        """Whether a step count applies (not to FGSM/FGSM-RS, fixed at one step, nor to
+        Square, which counts queries)."""
+        return "steps" not in self.fixed and any(f.name == "steps" for f in fields(self.cls))
+
 
 ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(
     {

@@ -37,15 +37,31 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-class Progress:
-    """Progress callbacks for :func:`robustft.train.fit` rendered on ``stream``."""
+def attack_label(described: dict[str, Any]) -> str:
+    """``apgd-ce, 10 steps`` from an attack's ``describe()`` (no step count for one-step attacks;
+    queries for Square)."""
+    name = str(described.get("name"))
+    if "queries" in described:
+        return f"{name}, {described['queries']} queries"
+    steps = described.get("steps")
+    return name if steps in (None, 1) else f"{name}, {steps} steps"
 
-    def __init__(self, stream: TextIO | None = None, label: str = "") -> None:
+
+EVAL_LINES = 10  # without a terminal, an evaluation prints about this many progress lines
+
+
+class Progress:
+    """Progress callbacks for :func:`robustft.train.fit` rendered on ``stream``; eps in the
+    unit of ``norm`` (k/255 for l-inf)."""
+
+    def __init__(self, stream: TextIO | None = None, label: str = "", norm: str = "linf") -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.label = f"[{label}] " if label else ""
+        self.norm = norm
         self._prefix = ""
         self._start = time.perf_counter()
+        self._next_line = 0
 
     def _bar(self, done: int, total: int, width: int = 24) -> str:
         filled = int(width * done / max(total, 1))
@@ -60,7 +76,7 @@ class Progress:
             self.stream.flush()
 
     def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None:
-        self._prefix = f"{self.label}epoch {epoch}/{epochs} eps {format_eps(eps)}"
+        self._prefix = f"{self.label}epoch {epoch}/{epochs} eps {format_eps(eps, self.norm)}"
         self._start = time.perf_counter()
         self._draw(f"{self._prefix} {self._bar(0, batches)}")
 
@@ -71,7 +87,7 @@ class Progress:
         robust = row.get("val_robust_acc")
         extra = f" val robust {pct(robust)}%" if robust is not None else ""
         text = (
-            f"{self.label}epoch {row['epoch']} eps {format_eps(row['eps'])} "
+            f"{self.label}epoch {row['epoch']} eps {format_eps(row['eps'], self.norm)} "
             f"loss {row['train_loss']:.3f} train {pct(row['train_acc'])}% "
             f"val {pct(row['val_acc'])}%{extra} ({row['seconds']:.1f}s)"
         )
@@ -83,10 +99,15 @@ class Progress:
     def on_eval_start(self, total: int) -> None:
         self._prefix = f"{self.label}robustness curve"
         self._start = time.perf_counter()
+        self._next_line = max(1, total // EVAL_LINES)
         self._draw(f"{self._prefix} {self._bar(0, total)}")
 
     def on_eval(self, done: int, total: int) -> None:
         self._draw(f"{self._prefix} {self._bar(done, total)}")
+        if not self.tty and self._next_line <= done < total:  # a log file: a line now and then
+            self.stream.write(f"{self._prefix} {self._bar(done, total)}\n")
+            self.stream.flush()
+            self._next_line = done + max(1, total // EVAL_LINES)
         if done >= total:
             if self.tty:
                 self.stream.write("\r\033[K")

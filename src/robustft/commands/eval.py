@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from robustft.commands._render import Progress, pct, table
+from robustft.commands._render import Progress, attack_label, pct, table
 from robustft.errors import UserError
 from robustft.evaluate import RobustnessCurve
 from robustft.units import format_eps, parse_eps
@@ -42,21 +42,28 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
-    p.add_argument("--eps-max", help="largest eps, e.g. 8/255 (default: the run's eps_g)")
-    p.add_argument("--eps-step", default="1/255", help="grid step (default 1/255)")
+    p.add_argument("--eps-max", help="largest eps, e.g. 8/255 (default: the run's eval grid)")
+    p.add_argument("--eps-step", help="grid step (default: the run's, 1/255 unless changed)")
     p.add_argument(
         "--attack",
-        default="apgd-ce",
-        help="apgd-ce (default), apgd-dlr, pgd, fgsm, fgsm-rs, square (gradient-free, l-inf)",
+        help="apgd-ce, apgd-dlr, pgd, fgsm, fgsm-rs, square (gradient-free, l-inf); "
+        "default: the run's eval.attack",
     )
-    p.add_argument("--steps", type=int, default=10, help="attack steps (default 10)")
+    p.add_argument("--steps", type=int, help="attack steps (default: the run's eval.steps)")
     p.add_argument("--norm", choices=["linf", "l2"], help="threat model (default: the run's)")
-    p.add_argument("--mode", choices=["cascade", "independent"], default="cascade")
-    p.add_argument("--max-examples", type=int, help="evaluate on the first N test examples")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    p.add_argument(
+        "--mode", choices=["cascade", "independent"], help="default: the run's eval.mode"
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        help="evaluate on a seeded, stratified sample of N test examples (default: the run's "
+        "eval.max_examples, normally all)",
+    )
+    p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
+    p.add_argument("--seed", type=int, help="seed of the random starts and of the sample")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write the curve as JSON")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1")
     p.add_argument(
         "--data",
         metavar="NAME",
@@ -71,11 +78,12 @@ def add_parser(sub: Any) -> None:
 
 
 def curve_table(curve: RobustnessCurve) -> str:
+    norm = str(curve.attack.get("norm", "linf"))
     rows = [
-        [format_eps(e), pct(a), attacked]
+        [format_eps(e, norm), pct(a), attacked]
         for e, a, attacked in zip(curve.epsilons, curve.accuracy, curve.attacked)
     ]
-    return table(["eps", "accuracy (%)", "attacked"], rows)
+    return table([f"eps ({norm})", "accuracy (%)", "attacked"], rows)
 
 
 def with_data_overrides(config: RunConfig, name: str | None, bad_images: str | None) -> RunConfig:
@@ -111,50 +119,127 @@ def check_checkpoint_classes(
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """What one ``robustft eval`` evaluates with: the arguments given, the run's own ``eval``
+    section for the rest (so that by default it reproduces the run's result.json)."""
+
+    attack: str
+    steps: int
+    norm: str
+    eps_max: float
+    eps_step: float
+    mode: str
+    max_examples: int | None
+    batch_size: int
+    seed: int
+
+
+def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
+    """Validate the arguments and fill what is missing from the run's config."""
+    from robustft.train import eval_grid
+
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise UserError(f"--max-examples must be >= 1, got {args.max_examples}")
+    ecfg = config.eval
+    norm = args.norm or config.attack.norm
+    upper = 1.0 if norm == "linf" else 1e6
+    step = ecfg.eps_step
+    if args.eps_step is not None:
+        step = parse_eps(args.eps_step, name="--eps-step", upper=upper)
+        if step == 0:
+            raise UserError("--eps-step must be > 0, e.g. 1/255")
+    if args.eps_max is not None:
+        eps_max = parse_eps(args.eps_max, name="--eps-max", upper=upper)
+        if eps_max == 0:
+            raise UserError("--eps-max must be > 0, e.g. 8/255 (eps 0 is the clean accuracy)")
+    elif norm != config.attack.norm:
+        raise UserError(f"--norm {norm} differs from the run's; pass --eps-max in {norm} units")
+    else:
+        eps_max = eval_grid(config)[-1]
+    return EvalSettings(
+        attack=args.attack or ecfg.attack,
+        steps=args.steps if args.steps is not None else ecfg.steps,
+        norm=norm,
+        eps_max=eps_max,
+        eps_step=step,
+        mode=args.mode or ecfg.mode,
+        max_examples=args.max_examples if args.max_examples is not None else ecfg.max_examples,
+        batch_size=args.batch_size or ecfg.batch_size,
+        seed=args.seed if args.seed is not None else ecfg.seed,
+    )
+
+
+def differences(chosen: EvalSettings, config: RunConfig) -> list[str]:
+    """The settings that differ from the run's own evaluation (which result.json reports)."""
+    from robustft.train import eval_grid
+
+    own = EvalSettings(
+        attack=config.eval.attack,
+        steps=config.eval.steps,
+        norm=config.attack.norm,
+        eps_max=eval_grid(config)[-1],
+        eps_step=config.eval.eps_step,
+        mode=config.eval.mode,
+        max_examples=config.eval.max_examples,
+        batch_size=chosen.batch_size,  # resources, not results
+        seed=config.eval.seed,
+    )
+    out = []
+    for f in dataclasses.fields(EvalSettings):
+        mine, theirs = getattr(chosen, f.name), getattr(own, f.name)
+        if mine != theirs:
+            if f.name.startswith("eps"):
+                mine, theirs = format_eps(mine, chosen.norm), format_eps(theirs, own.norm)
+            out.append(f"{f.name} {mine} (run: {theirs})")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from robustft.checkpoint import atomic_write_json
     from robustft.evaluate import robustness_curve
-    from robustft.train import build_attack, build_data, load_trained_model
+    from robustft.train import build_attack, build_data, load_trained_model, pick_device
     from robustft.units import eps_grid
 
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise UserError(f"--max-examples must be >= 1, got {args.max_examples}")
+    pick_device(args.device)  # a bad --device fails before the model is built
     model, config, payload = load_trained_model(args.run, device=args.device)
+    chosen = settings(args, config)
+    changed = differences(chosen, config)
+    if changed:
+        print(f"note: not the run's own evaluation settings: {', '.join(changed)}")
     config = with_data_overrides(config, args.data, args.bad_images)
-    norm = args.norm or config.attack.norm
-    upper = 1.0 if norm == "linf" else 1e6
-    eps_max = (
-        parse_eps(args.eps_max, name="--eps-max", upper=upper)
-        if args.eps_max
-        else config.attack.eps
-    )
-    if eps_max == 0:
-        raise UserError("--eps-max: the run was trained at eps 0; pass --eps-max, e.g. 8/255")
-    grid = eps_grid(eps_max, parse_eps(args.eps_step, name="--eps-step", upper=upper))
-    attack = build_attack(args.attack, norm=norm, steps=args.steps)
+    grid = eps_grid(chosen.eps_max, chosen.eps_step)
+    attack = build_attack(chosen.attack, norm=chosen.norm, steps=chosen.steps)
     data = build_data(config)
     check_checkpoint_classes(payload, data, run=args.run, data_given=args.data is not None)
-    progress = Progress(label="eval")
-    n = len(data.test) if args.max_examples is None else min(args.max_examples, len(data.test))
+    progress = Progress(label="eval", norm=chosen.norm)
+    n = len(data.test) if chosen.max_examples is None else min(chosen.max_examples, len(data.test))
     progress.on_eval_start(n)
     curve = robustness_curve(
         model,
         data.test,
         attack,
         grid,
-        mode=args.mode,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        max_examples=args.max_examples,
+        mode=chosen.mode,
+        seed=chosen.seed,
+        batch_size=chosen.batch_size,
+        max_examples=chosen.max_examples,
         progress=progress.on_eval,
     )
     print(curve_table(curve))
+    sample = curve.examples or {}
+    examples = f"{curve.n_examples} examples" + (
+        f" (stratified sample of {sample['of']}, seed {sample['seed']})"
+        if sample.get("method", "all") != "all"
+        else ""
+    )
     print(
-        f"expected robustness on [0, {format_eps(eps_max)}]: {pct(curve.expected_robustness)}% "
-        f"({args.attack}, {args.steps} steps, {norm}, {args.mode}, {curve.n_examples} examples, "
-        f"{curve.seconds:.1f}s)"
+        f"expected robustness on [0, {format_eps(chosen.eps_max, chosen.norm)}]: "
+        f"{pct(curve.expected_robustness)}% ({attack_label(curve.attack)}, {chosen.norm}, "
+        f"{chosen.mode}, {examples}, {curve.seconds:.1f}s)"
     )
     for warning in curve.warnings:
         print(f"warning: {warning}")

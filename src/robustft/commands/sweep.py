@@ -105,7 +105,7 @@ class Printer:
         self._line(
             run,
             total,
-            f"epoch {row['epoch']}/{epochs} eps {format_eps(row['eps'])} "
+            f"epoch {row['epoch']}/{epochs} eps {format_eps(row['eps'], run.config.attack.norm)} "
             f"loss {row['train_loss']:.3f} val {pct(row['val_acc'])}%",
         )
 
@@ -187,6 +187,10 @@ def _sweep_dir(args: argparse.Namespace) -> Path:
         if not args.status:
             raise UserError(f"{target} is a directory; pass a sweep YAML file (or use --status)")
         return target
+    if args.status and target.suffix not in (".yaml", ".yml") and not target.exists():
+        raise UserError(
+            f"sweep directory not found: {target}; pass a sweep directory or a sweep YAML file"
+        )
     return Path(args.out) if args.out else default_sweep_dir(load_sweep(target))
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from robustft.commands._render import Progress, pct, table
 from robustft.config import load_config
-from robustft.rundir import default_run_dir
+from robustft.rundir import RunDir, default_run_dir
 from robustft.units import format_eps
 
 HELP = """\
@@ -47,7 +48,7 @@ def add_parser(sub: Any) -> None:
 
 def summary(result: dict[str, Any]) -> str:
     """The end-of-run table."""
-    eps = format_eps(result["eval_eps_max"])
+    eps = format_eps(result["eval_eps_max"], result.get("norm", "linf"))
     rows = [
         ["clean accuracy (%)", pct(result["clean_accuracy"])],
         [f"robust accuracy at {eps} (%)", pct(result["robust_accuracy"])],
@@ -73,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
     from robustft.train import fit
 
     run_dir = args.run_dir or default_run_dir(config)
+    if args.resume and not RunDir(Path(run_dir)).has_checkpoint():
+        print(f"note: nothing to resume in {run_dir} (no checkpoint yet): starting at epoch 1")
     result = fit(
         config,
         run_dir,
         resume=args.resume,
         force=args.force,
-        callbacks=Progress(label=config.name),
+        callbacks=Progress(label=config.name, norm=config.attack.norm),
         device=args.device,
     )
     print(summary(result))

@@ -4,14 +4,18 @@
 ``result.json``; a single run, a folder of runs or a sweep), diagnoses each run
 (:func:`robustft.diagnostics.diagnose_run`) and writes, atomically, into ``out``:
 
-* ``report.md``: results tables (rows backbone x method, columns datasets, cells
+* ``report.md``: results tables (one per evaluation budget, a norm and an eps such as
+  ``8/255 (l-inf)`` or ``0.5 (l2)``; rows backbone x method, columns datasets, cells
   "clean / robust at eps_g / expected robustness" in %, mean ± std over seeds), the cost
   tables (measured training passes, time, trainable parameters next to expected robustness),
-  the per-run table, findings with suggestions, plots and definitions;
+  the per-run table (with a ``norm`` column), findings with suggestions, plots and definitions;
 * ``report.html``: the same, self-contained (inline CSS, plots as base64 PNG);
-* ``report.csv`` (one row per run) and ``report_summary.csv`` (one row per table cell);
+* ``report.csv`` (one row per run) and ``report_summary.csv`` (one row per table cell), both
+  with a ``norm`` column;
 * ``val_accuracy``, ``robustness_curves``, ``expected_robustness`` and (when runs recorded
-  their cost) ``cost_vs_robustness`` as ``.png`` and ``.svg``.
+  their cost) ``cost_vs_robustness`` as ``.png`` and ``.svg``; a plot with more panels than fit
+  one figure is split per (dataset, norm) into ``<plot>__<dataset>__<norm>`` files, such as
+  ``robustness_curves__digits__linf.png`` (:func:`robustft.report.plots.split_groups`).
 """
 
 from __future__ import annotations

@@ -3,10 +3,18 @@
 Results tables follow the paper's Table 1: rows are backbone x method, columns are datasets,
 each cell "clean / robust at eps_g / expected robustness" in %, here as mean ± sample standard
 deviation over seeds (no ± when a cell has one seed; n is always stated). One table per
-evaluation budget. The cost tables put each method's training compute (measured example-passes,
-wall time, trainable parameters) next to its expected robustness. The CSV files are tidy:
-``report.csv`` has one row per run, and ``report_summary.csv`` one row per table cell (backbone,
-method, dataset, eval eps).
+evaluation budget, a budget being a threat-model norm and an eps (:func:`budgets`): an l2 run
+evaluated at 0.5 and an l-inf run evaluated at 8/255 never share a table. The cost tables put
+each method's training compute (measured example-passes, wall time, trainable parameters) next
+to its expected robustness, also one per budget. The CSV files are tidy: ``report.csv`` has one
+row per run, and ``report_summary.csv`` one row per table cell (backbone, method, dataset, norm,
+eval eps).
+
+Every table that shows an eps or a robust accuracy names the norm: table titles print the
+budget as ``8/255 (l-inf)`` or ``0.5 (l2)`` (:func:`budget_text`), and the per-run table and
+both CSV files have a ``norm`` column (``linf``, ``l2``). l-inf eps are printed as ``k/255``
+when they are multiples of 1/255; l2 (and any other norm) eps as plain decimals, never as
+``k/255``, and their ``*_255`` CSV columns are left empty.
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ from robustft.report.collect import (
     RunRecord,
     Stat,
     aggregate,
-    eval_eps_values,
     method_order,
     same_eps,
 )
@@ -44,7 +51,7 @@ class ResultsRow:
 
 @dataclass(frozen=True)
 class ResultsTable:
-    """A paper-style table for one evaluation budget."""
+    """A paper-style table for one evaluation budget (``norm`` and ``eval_eps``)."""
 
     eval_eps: float
     datasets: tuple[str, ...]
@@ -53,18 +60,19 @@ class ResultsTable:
     counts: tuple[int, ...]
     standard: tuple[str, ...] = ()
     trained_elsewhere: bool = False
+    norm: str = "linf"
 
     @property
     def title(self) -> str:
-        """Heading naming the budget: ``eps_g = 8/255`` when every robust run was trained at it,
-        else ``evaluated at eps = 8/255``."""
+        """Heading naming the budget: ``eps_g = 8/255 (l-inf)`` when every robust run was
+        trained at it, else ``evaluated at eps = 8/255 (l-inf)``."""
         if self.trained_elsewhere:
-            return f"evaluated at eps = {format_eps(self.eval_eps)}"
-        return f"eps_g = {format_eps(self.eval_eps)}"
+            return f"evaluated at eps = {budget_text(self.eval_eps, self.norm)}"
+        return f"eps_g = {budget_text(self.eval_eps, self.norm)}"
 
     def caption(self) -> str:
         """What a cell holds, the attack, and how many seeds."""
-        eps = format_eps(self.eval_eps)
+        eps = eps_text(self.eval_eps, self.norm)
         if self.counts == (1,):
             seeds = "one seed per cell (n = 1), so no ± std"
         elif len(self.counts) == 1:
@@ -72,8 +80,9 @@ class ResultsTable:
         else:
             seeds = "mean ± sample std over seeds, n per cell in parentheses"
         text = (
-            f"Each cell: clean / robust at {eps} / expected robustness on [0, {eps}], accuracy "
-            f"in % on the test split ({', '.join(self.attacks)}); {seeds}."
+            f"Each cell: clean / robust at {eps} / expected robustness on [0, {eps}] "
+            f"({norm_name(self.norm)} norm), accuracy in % on the test split "
+            f"({', '.join(self.attacks)}); {seeds}."
         )
         if self.standard:
             text += f" Trained with eps_g = 0 (standard fine-tuning): {', '.join(self.standard)}."
@@ -97,9 +106,44 @@ class ResultsTable:
         ]
 
 
-def eps_text(eps: float) -> str:
-    """``16/255``, or ``0`` for no perturbation."""
-    return "0" if eps == 0 else format_eps(eps)
+NORM_NAMES = {"linf": "l-inf", "l2": "l2"}
+"""How each threat-model norm (config ``attack.norm``) is written for readers."""
+
+Budget = tuple[str, float]
+"""An evaluation budget: (norm, eval eps rounded to 1e-9)."""
+
+
+def norm_name(norm: str) -> str:
+    """``l-inf`` for ``linf``; other norms as they are (``l2``)."""
+    return NORM_NAMES.get(norm, norm)
+
+
+def eps_text(eps: float, norm: str = "linf") -> str:
+    """``16/255`` (l-inf), ``0.5`` (l2 and other norms: a plain decimal), ``0`` for none."""
+    if eps == 0:
+        return "0"
+    return format_eps(eps) if norm == "linf" else f"{eps:.4g}"
+
+
+def budget_text(eps: float, norm: str) -> str:
+    """The eps with its norm: ``8/255 (l-inf)``, ``0.5 (l2)``."""
+    return f"{eps_text(eps, norm)} ({norm_name(norm)})"
+
+
+def budget_of(run: RunRecord) -> Budget:
+    """The run's evaluation budget (norm, eval eps)."""
+    return (run.norm, round(run.eval_eps, 9))
+
+
+def budgets(runs: Sequence[RunRecord]) -> list[Budget]:
+    """The distinct evaluation budgets: l-inf first, then by norm and eps ascending."""
+    return sorted({budget_of(r) for r in runs}, key=lambda b: (b[0] != "linf", b[0], b[1]))
+
+
+def runs_at(runs: Sequence[RunRecord], budget: Budget) -> list[RunRecord]:
+    """The runs evaluated at ``budget``."""
+    norm, eps = budget
+    return [r for r in runs if r.norm == norm and same_eps(r.eval_eps, eps)]
 
 
 def fmt_stat(stat: Stat, digits: int = 1) -> str:
@@ -114,12 +158,11 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def results_tables(runs: Sequence[RunRecord]) -> list[ResultsTable]:
-    """One :class:`ResultsTable` per evaluation budget, budgets ascending."""
-    cells = aggregate(runs)
+    """One :class:`ResultsTable` per evaluation budget (:func:`budgets` order)."""
     tables = []
-    for eps in eval_eps_values(runs):
-        here = [c for c in cells if same_eps(c.eval_eps, eps)]
-        members = [r for r in runs if same_eps(r.eval_eps, eps)]
+    for norm, eps in budgets(runs):
+        members = runs_at(runs, (norm, eps))
+        here = aggregate(members)
         datasets = tuple(sorted({c.dataset for c in here}))
         index = {(c.backbone, c.method, c.dataset): c for c in here}
         rows = []
@@ -137,6 +180,7 @@ def results_tables(runs: Sequence[RunRecord]) -> list[ResultsTable]:
                 counts=tuple(sorted({c.clean.n for c in here})),
                 standard=tuple(m for m in method_order(members) if _all_standard(members, m)),
                 trained_elsewhere=any(r.eps_g > 0 and not same_eps(r.eps_g, eps) for r in members),
+                norm=norm,
             )
         )
     return tables
@@ -152,6 +196,7 @@ RUN_HEADERS = (
     "backbone",
     "dataset",
     "seed",
+    "norm",
     "train eps_g",
     "schedule",
     "eval eps",
@@ -178,9 +223,10 @@ def run_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
             run.backbone,
             run.dataset,
             str(run.seed),
-            eps_text(run.eps_g),
+            norm_name(run.norm),
+            eps_text(run.eps_g, run.norm),
             run.schedule,
-            eps_text(run.eval_eps),
+            eps_text(run.eval_eps, run.norm),
             pct(run.clean),
             pct(run.robust),
             pct(run.expected),
@@ -248,6 +294,19 @@ def definitions(runs: Sequence[RunRecord]) -> list[str]:
         "(eps_g = 0, same backbone and dataset, mean over seeds in this report).",
         f"no_robustness: clean above {100 * diagnostics.NO_ROBUSTNESS_CLEAN:.0f}% but robust "
         f"accuracy below {100 * diagnostics.NO_ROBUSTNESS_ROBUST:.0f}% (runs with eps_g > 0).",
+        *_norm_definitions(runs),
+    ]
+
+
+def _norm_definitions(runs: Sequence[RunRecord]) -> list[str]:
+    """How eps values are written, when the report holds runs of a norm other than l-inf."""
+    if all(r.norm == "linf" for r in runs):
+        return []
+    return [
+        "Norm: the threat model of a budget. l-inf eps bound every pixel change and are written "
+        "k/255; l2 eps bound the Euclidean length of the whole perturbation (pixels in [0, 1]) "
+        "and are written as plain decimals (0.5). Runs of different norms are never in the "
+        "same table or plot panel."
     ]
 
 
@@ -272,16 +331,19 @@ COST_HEADERS = (
 @dataclass(frozen=True)
 class CostTable:
     """Training compute next to expected robustness, per (backbone, dataset, method), for one
-    evaluation budget; ``missing`` runs of that budget had no cost data."""
+    evaluation budget (``norm``, ``eval_eps``); ``missing`` runs of that budget had no cost
+    data."""
 
     eval_eps: float
     cells: tuple[Cell, ...]
     missing: int = 0
+    norm: str = "linf"
 
     @property
     def title(self) -> str:
-        """Heading naming the budget at which E.rob was measured."""
-        return f"E.rob on [0, {format_eps(self.eval_eps)}]"
+        """Heading naming the budget at which E.rob was measured: ``E.rob on [0, 8/255]
+        (l-inf)``."""
+        return f"E.rob on [0, {eps_text(self.eval_eps, self.norm)}] ({norm_name(self.norm)})"
 
     def caption(self) -> str:
         """What the columns hold and how they were averaged."""
@@ -367,18 +429,17 @@ def _params_text(cost: CostSummary) -> str:
 
 def cost_tables(runs: Sequence[RunRecord]) -> list[CostTable]:
     """One :class:`CostTable` per evaluation budget that has runs with cost data."""
-    cells = [c for c in aggregate(runs) if c.cost is not None]
     tables = []
-    for eps in eval_eps_values(runs):
-        members = [r for r in runs if same_eps(r.eval_eps, eps)]
+    for norm, eps in budgets(runs):
+        members = runs_at(runs, (norm, eps))
         rank = {m: i for i, m in enumerate(method_order(members))}
         here = sorted(
-            (c for c in cells if same_eps(c.eval_eps, eps)),
+            (c for c in aggregate(members) if c.cost is not None),
             key=lambda c: (c.backbone, c.dataset, rank[c.method]),
         )
         if here:
             missing = sum(r.cost is None for r in members)
-            tables.append(CostTable(eps, tuple(here), missing))
+            tables.append(CostTable(eps, tuple(here), missing, norm))
     return tables
 
 
@@ -493,6 +554,7 @@ RUN_CSV_FIELDS = (
     "backbone",
     "dataset",
     "seed",
+    "norm",
     "eps_g",
     "eps_g_255",
     "schedule",
@@ -528,6 +590,7 @@ RUN_CSV_FIELDS = (
 )
 
 SUMMARY_CSV_FIELDS = (
+    "norm",
     "eval_eps",
     "eval_eps_255",
     "backbone",
@@ -559,6 +622,14 @@ SUMMARY_CSV_FIELDS = (
 
 def _num(value: float | None, scale: float = 100.0) -> str:
     return "" if value is None else f"{scale * value:.4f}"
+
+
+def _eps_csv(eps: float, norm: str) -> list[str]:
+    """An eps as text and in 1/255 units (``8/255``, ``8.0000``); l2 and other norms: the plain
+    decimal and an empty 1/255 column (those budgets are not counted in 1/255 steps)."""
+    if norm == "linf":
+        return [format_eps(eps), _num(eps, 255)]
+    return [eps_text(eps, norm), ""]
 
 
 def _opt(value: object) -> object:
@@ -624,7 +695,8 @@ def _csv(fields: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def runs_csv(runs: Sequence[RunRecord]) -> str:
-    """``report.csv``: one row per run; accuracies in %, eps as text and in 1/255 units."""
+    """``report.csv``: one row per run; accuracies in %, the norm, eps as text and (l-inf) in
+    1/255 units."""
     rows = [
         [
             run.run_id,
@@ -634,11 +706,11 @@ def runs_csv(runs: Sequence[RunRecord]) -> str:
             run.backbone,
             run.dataset,
             run.seed,
-            eps_text(run.eps_g),
-            _num(run.eps_g, 255),
+            run.norm,
+            eps_text(run.eps_g, run.norm),
+            _eps_csv(run.eps_g, run.norm)[1],
             run.schedule,
-            format_eps(run.eval_eps),
-            _num(run.eval_eps, 255),
+            *_eps_csv(run.eval_eps, run.norm),
             run.eval_attack,
             run.epochs,
             run.num_classes,
@@ -658,14 +730,22 @@ def runs_csv(runs: Sequence[RunRecord]) -> str:
 
 
 def summary_csv(runs: Sequence[RunRecord]) -> str:
-    """``report_summary.csv``: one row per table cell, mean and sample std over seeds in %
-    (std empty when n = 1)."""
+    """``report_summary.csv``: one row per table cell (per budget, :func:`budgets` order), mean
+    and sample std over seeds in % (std empty when n = 1)."""
+    rows = []
+    for norm, eps in budgets(runs):
+        rows += _summary_rows(runs_at(runs, (norm, eps)), norm)
+    return _csv(SUMMARY_CSV_FIELDS, rows)
+
+
+def _summary_rows(runs: Sequence[RunRecord], norm: str) -> list[list[object]]:
+    """The ``report_summary.csv`` rows of the runs of one budget."""
     rows = []
     for cell in aggregate(runs):
         rows.append(
             [
-                format_eps(cell.eval_eps),
-                _num(cell.eval_eps, 255),
+                norm,
+                *_eps_csv(cell.eval_eps, norm),
                 cell.backbone,
                 cell.method,
                 cell.dataset,
@@ -679,7 +759,7 @@ def summary_csv(runs: Sequence[RunRecord]) -> str:
                 *_cell_cost_fields(cell.cost),
             ]
         )
-    return _csv(SUMMARY_CSV_FIELDS, rows)
+    return rows
 
 
 # ---------------------------------------------------------------------------- HTML
