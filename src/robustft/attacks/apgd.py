@@ -1,12 +1,16 @@
 """Auto-PGD: step-size-free projected gradient ascent with momentum.
 
 F. Croce and M. Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks", ICML 2020 (arXiv:2003.01690); reference code fra31/auto-attack.
+parameter-free attacks", ICML 2020 (arXiv:2003.01690); reference code fra31/auto-attack
+(``autopgd_base.py``), ported by torchattacks (``torchattacks/attacks/apgd.py``). The step-size
+checks follow the reference code, where AutoAttack and RobustBench numbers come from: given the
+same start, an l-inf run visits the same points as torchattacks' APGD (l2: up to rounding).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +31,35 @@ logger = logging.getLogger(__name__)
 INITIAL_REL_STEP = 2.0  # the first step size is 2 * eps, for l-inf and l2 (paper and reference)
 
 
-def checkpoint_iterations(steps: int) -> frozenset[int]:
-    """The iterations at which APGD may halve its step size (Croce & Hein 2020, section 3.2).
+def reference_checkpoints(steps: int) -> frozenset[int]:
+    """APGD's checkpoints as the reference code places them (fra31/auto-attack, torchattacks).
+
+    The first check comes after ``max(int(0.22 * steps), 1)`` iterations; each later window is
+    ``max(int(0.03 * steps), 1)`` shorter than the one before, but at least
+    ``max(int(0.06 * steps), 1)`` long. The same float expressions as the reference's, so the
+    truncations agree. Equal to :func:`paper_checkpoints` at 100 steps, not at 10, 20 or 50.
+
+    Args:
+        steps: the number of iterations ``N_iter``.
+
+    Returns:
+        The checkpoint iterations in ``[1, steps]`` (1-based: the check follows that
+        iteration's step); e.g. ``{2, 3, ..., 10}`` for 10 steps and
+        ``{4, 7, 9, 10, 11, ..., 20}`` for 20 steps.
+    """
+    window = max(int(0.22 * steps), 1)
+    shrink, shortest = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    points: set[int] = set()
+    at = window
+    while at <= steps:
+        points.add(at)
+        window = max(window - shrink, shortest)
+        at += window
+    return frozenset(points)
+
+
+def paper_checkpoints(steps: int) -> frozenset[int]:
+    """APGD's checkpoints by the paper's formula (Croce & Hein 2020, section 3.2).
 
     ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
     ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``: the checks get denser towards the end.
@@ -48,6 +79,26 @@ def checkpoint_iterations(steps: int) -> frozenset[int]:
     return frozenset(p for p in points if 1 <= p <= steps)
 
 
+CHECKPOINT_RULES: dict[str, Callable[[int], frozenset[int]]] = {
+    "reference": reference_checkpoints,
+    "paper": paper_checkpoints,
+}
+
+
+def checkpoint_iterations(steps: int, rule: str = "reference") -> frozenset[int]:
+    """The iterations after which APGD may halve its step size.
+
+    Args:
+        steps: the number of iterations ``N_iter``.
+        rule: ``"reference"`` (:func:`reference_checkpoints`, the default) or ``"paper"``
+            (:func:`paper_checkpoints`).
+
+    Returns:
+        The checkpoint iterations in ``[1, steps]``.
+    """
+    return CHECKPOINT_RULES[rule](steps)
+
+
 @dataclass
 class _Search:
     """Mutable per-example state of one APGD run; every tensor has batch dimension B.
@@ -56,14 +107,18 @@ class _Search:
         x_now: current iterate x^(k), (B, C, H, W).
         x_before: previous iterate x^(k-1), for the momentum term.
         grad: loss gradient at ``x_now``, float32.
-        loss: (B,) loss at ``x_now``.
+        loss: (B,) loss of the latest iterate, against which the next increase is counted.
+            As in the reference: 0 before the first step (the reference compares the first
+            iterate with an unfilled, zero entry of its loss history), and a restart from the
+            best point keeps it.
         step: (B,) current step size eta in pixel units of the norm.
         x_best, grad_best, loss_best: the highest-loss iterate so far, its gradient and loss.
         x_fooling: the latest iterate that was misclassified (meaningful where ``fooled``).
         fooled: (B,) bool, some iterate was misclassified.
         increases: (B,) number of loss increases since the last checkpoint.
         loss_best_at_check: (B,) ``loss_best`` at the last checkpoint.
-        halved_at_check: (B,) bool, the step was halved at the last checkpoint.
+        halved_at_check: (B,) bool, the step was halved at the last checkpoint; true before
+            the first one, which (as in the reference) only tests condition (1).
     """
 
     x_now: Tensor
@@ -95,7 +150,7 @@ def _start_search(
         x_now=x_start,
         x_before=x_start,
         grad=grad,
-        loss=loss,
+        loss=torch.zeros_like(loss),
         step=INITIAL_REL_STEP * eps.float(),
         x_best=x_start,
         grad_best=grad,
@@ -104,7 +159,7 @@ def _start_search(
         fooled=logits.argmax(dim=1) != y,
         increases=torch.zeros_like(loss, dtype=torch.int64),
         loss_best_at_check=loss,
-        halved_at_check=torch.zeros_like(y, dtype=torch.bool),
+        halved_at_check=torch.ones_like(y, dtype=torch.bool),
     )
 
 
@@ -145,11 +200,11 @@ def _record_iterate(
 def _adapt_step_size(search: _Search, window: int, rho: float) -> None:
     """At a checkpoint: halve eta where progress stalled, and restart those from the best point.
 
-    Halve where (1) the loss increased in fewer than ``rho * window`` of the last ``window``
-    steps, or (2) eta was not halved at the previous checkpoint and the best loss has not
-    improved since.
+    Halve where (1) the loss increased in at most ``rho * window`` of the last ``window``
+    steps (the reference's ``<=``; the paper writes "fewer than"), or (2) eta was not halved at
+    the previous checkpoint and the best loss has not improved since.
     """
-    too_few_increases = search.increases < rho * window
+    too_few_increases = search.increases <= rho * window
     stalled = ~search.halved_at_check & (search.loss_best <= search.loss_best_at_check)
     halve = too_few_increases | stalled
     halve_4d = _per_example(halve, search.x_now)
@@ -157,7 +212,6 @@ def _adapt_step_size(search: _Search, window: int, rho: float) -> None:
     search.step = torch.where(halve, search.step / 2.0, search.step)
     search.x_now = torch.where(halve_4d, search.x_best, search.x_now)
     search.grad = torch.where(halve_4d, search.grad_best, search.grad)
-    search.loss = torch.where(halve, search.loss_best, search.loss)
 
     search.increases = torch.zeros_like(search.increases)
     search.loss_best_at_check = search.loss_best
@@ -170,8 +224,9 @@ class APGD(Attack):
 
     F. Croce and M. Hein, "Reliable evaluation of adversarial robustness with an ensemble of
     diverse parameter-free attacks", ICML 2020. Gradient ascent with momentum whose step size
-    starts at ``2 * eps`` and is halved at checkpoints (fractions 0.22, 0.41, 0.57, ... of the
-    iterations) where the loss stopped increasing; a halving restarts from the best point.
+    starts at ``2 * eps`` and is halved at checkpoints (after 22%, 41%, 57%, ... of 100
+    iterations; see :func:`reference_checkpoints`) where the loss stopped increasing; a halving
+    restarts from the best point.
 
     The run starts from a random point in the ball (or ``x_init``). Further restarts
     (new random starts) attack only the examples not yet misclassified, as in the reference.
@@ -185,9 +240,13 @@ class APGD(Attack):
             torchattacks and the expected-robustness metric use 10).
         loss: ``"ce"`` (cross-entropy) or ``"dlr"`` (difference of logits ratio, >= 3 classes).
         restarts: number of random starts.
-        rho: required fraction of loss increases between checkpoints (0.75 in the paper).
+        rho: the step is halved unless more than this fraction of the steps since the last
+            checkpoint increased the loss (0.75 in the paper and the reference).
         momentum: weight ``alpha`` of the new gradient step against the previous displacement
             (0.75 in the paper; 1.0 disables momentum).
+        checkpoints: where the step size is checked: ``"reference"`` (the reference code's
+            rule, :func:`reference_checkpoints`; the default) or ``"paper"`` (the paper's
+            formula, :func:`paper_checkpoints`). The two agree at 100 steps, not at 10 or 20.
     """
 
     steps: int = 10
@@ -195,6 +254,7 @@ class APGD(Attack):
     restarts: int = 1
     rho: float = 0.75
     momentum: float = 0.75
+    checkpoints: str = "reference"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,6 +274,12 @@ class APGD(Attack):
             self.momentum,
             is_real(self.momentum) and 0 < self.momentum <= 1,
             "in (0, 1]",
+        )
+        check_hyperparameter(
+            "checkpoints",
+            self.checkpoints,
+            isinstance(self.checkpoints, str) and self.checkpoints in CHECKPOINT_RULES,
+            " or ".join(repr(rule) for rule in CHECKPOINT_RULES),
         )
 
     @property
@@ -265,7 +331,7 @@ class APGD(Attack):
     ) -> _Search:
         """One APGD run of ``steps`` iterations from ``start`` (``steps + 1`` gradient passes)."""
         geometry = self.geometry
-        checkpoints = checkpoint_iterations(self.steps)
+        checkpoints = checkpoint_iterations(self.steps, self.checkpoints)
         search = _start_search(model, start, y, eps, loss_fn)
         last_checkpoint = 0
         for iteration in range(1, self.steps + 1):
