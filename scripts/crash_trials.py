@@ -53,6 +53,7 @@ import yaml
 
 from robustft.checkpoint import load_checkpoint, load_checkpoint_with_fallback
 from robustft.errors import UserError
+from robustft.rundir import RunDir
 
 KINDS = ("mid-run", "checkpoint-write", "final-eval")
 POLL_FAST = 0.002  # the checkpoint temp file lives ~50-150 ms with efficientnet_lite0
@@ -431,26 +432,6 @@ def deep_diff(a: Any, b: Any, path: str = "") -> list[str]:
     return []
 
 
-def read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """``metrics.jsonl`` rows, and problems: a torn line, a missing final newline, an epoch
-    out of sequence."""
-    if not path.is_file():
-        return [], []
-    text = path.read_text()
-    problems = [f"{path.name}: no final newline (torn)"] if text and not text.endswith("\n") else []
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            problems.append(f"{path.name} line {number}: not JSON (torn)")
-            break
-        if not isinstance(row, dict) or row.get("epoch") != number:
-            problems.append(f"{path.name} line {number}: epoch {row.get('epoch')!r} out of order")
-        rows.append(row)
-    return rows, problems
-
-
 def check_files(run_dir: Path) -> list[str]:
     """Every JSON/YAML result or metadata file present parses."""
     problems = []
@@ -514,7 +495,8 @@ class DiskState:
 def inspect_run_dir(run_dir: Path, epochs: int) -> DiskState:
     """Check a run directory right after a kill (or at the end): no torn file, and metrics,
     checkpoint and results consistent with each other."""
-    rows, problems = read_rows(run_dir / "metrics.jsonl")
+    metrics = RunDir(run_dir).read_metrics()
+    rows, problems = metrics.rows, list(metrics.problems)
     payload, from_prev, ckpt_problems = load_checkpoints(run_dir)
     state = DiskState(rows=len(rows), from_prev=from_prev)
     state.problems = problems + check_files(run_dir) + ckpt_problems
@@ -549,7 +531,7 @@ def compare_runs(reference: Path, run_dir: Path) -> list[str]:
     for name in ("result.json", "robustness.json"):
         ref, got = (json.loads((d / name).read_text()) for d in (reference, run_dir))
         diffs += [f"{name}: {d}" for d in deep_diff(strip_timing(ref), strip_timing(got))]
-    ref_rows, got_rows = (read_rows(d / "metrics.jsonl")[0] for d in (reference, run_dir))
+    ref_rows, got_rows = (RunDir(d).read_metrics().rows for d in (reference, run_dir))
     diffs += [f"metrics: {d}" for d in deep_diff(strip_timing(ref_rows), strip_timing(got_rows))]
     ref_ckpt = reference_checkpoint(reference / "checkpoints" / "last.pt")
     got_ckpt = strip_timing(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
@@ -863,7 +845,7 @@ def check_sweep_db(sweep_dir: Path, epochs: int) -> tuple[list[str], dict[str, i
             problems.append(f"{rid}: epoch rows {numbers}")
         state = inspect_run_dir(run_dir, epochs) if run_dir.is_dir() else DiskState()
         problems += [f"{rid}: {p}" for p in state.problems]
-        on_disk = read_rows(run_dir / "metrics.jsonl")[0]
+        on_disk = RunDir(run_dir).read_metrics().rows
         if deep_diff(rows.get(rid, []), on_disk[: len(numbers)]):
             problems.append(f"{rid}: DB epochs differ from metrics.jsonl")
         if run["status"] == "done":

@@ -66,7 +66,7 @@ class Reached(Exception):
 @pytest.fixture
 def reached(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Stub ``robustness_curve``; the list receives the test split it was called with."""
-    import robustft.evaluate
+    import robustft.robustness
 
     seen: list[Any] = []
 
@@ -74,7 +74,7 @@ def reached(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         seen.append(dataset)
         raise Reached
 
-    monkeypatch.setattr(robustft.evaluate, "robustness_curve", stub)
+    monkeypatch.setattr(robustft.robustness, "robustness_curve", stub)
     return seen
 
 

@@ -74,3 +74,10 @@ def test_parse_override_values() -> None:
     assert parse_override("a=8/255") == (["a"], "8/255")
     assert parse_override("a=hinge(t1=1,t2=2)") == (["a"], "hinge(t1=1,t2=2)")
     assert parse_override("a=true") == (["a"], True)
+
+
+def test_resource_settings_do_not_change_the_run_id() -> None:
+    base = build_config({})
+    assert build_config({}, ["train.num_workers=4", "eval.batch_size=16"]).run_id() == base.run_id()
+    assert build_config({}, ["train.threads=1"]).run_id() != base.run_id()
+    assert build_config({}, ["eval.steps=20"]).run_id() != base.run_id()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from robustft.build import check_config
 from robustft.config import load_config
 from robustft.demo import demo_configs
-from robustft.train import check_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "sweeps")

@@ -379,7 +379,7 @@ def test_no_masking_warning_for_a_constant_predictor(
     """Defect 15: a near-constant predictor at 10% clean accuracy got 'accuracy 100% at eps
     0.5: possible gradient masking' from its few correct examples, all of one class."""
     from robustft import attacks
-    from robustft.evaluate import robustness_curve
+    from robustft.robustness import robustness_curve
 
     *_, x_test, y_test = digits_data
     curve = robustness_curve(
@@ -405,7 +405,7 @@ def test_no_masking_warning_when_the_curve_already_broke_the_examples(
     from dataclasses import dataclass
 
     from robustft.attacks import PGD
-    from robustft.evaluate import robustness_curve
+    from robustft.robustness import robustness_curve
 
     @dataclass(frozen=True, kw_only=True)
     class FailsAtHugeEps(PGD):

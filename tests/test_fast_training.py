@@ -13,6 +13,7 @@ import yaml
 
 from conftest import TinyCNN
 from robustft import attacks, cli
+from robustft.build import load_trained_model
 from robustft.checkpoint import load_checkpoint, save_checkpoint
 from robustft.config import build_config, load_config
 from robustft.cost import PassCount, count_passes
@@ -23,7 +24,7 @@ from robustft.monitor import OverfitRule, overfit_onset
 from robustft.objectives import AdversarialCE
 from robustft.sweep import load_sweep, run_sweep
 from robustft.sweep_store import SweepStore
-from robustft.train import fit, load_trained_model
+from robustft.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

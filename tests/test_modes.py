@@ -409,15 +409,18 @@ def test_export_merges_lora_into_a_plain_full_model(name: str, mode: str) -> Non
         ({"lora_alpha": float("nan")}, "model.lora_alpha"),
         ({"lora_dropout": 1.0}, "model.lora_dropout: expected a number in [0, 1), got 1.0"),
         ({"blocks": 0}, "model.blocks: expected an integer >= 1, got 0"),
-        ({"lora_targets": ()}, "model.lora_targets"),
-        ({"lora_targets": ("conv[",)}, "'conv['"),
+        ({"lora_targets": " , "}, "model.lora_targets"),
+        ({"lora_targets": "conv["}, "'conv['"),
     ],
 )
 def test_bad_options_are_user_errors_with_the_value(
     options: dict[str, object], expected: str
 ) -> None:
+    """Mode options are validated once, with the config they come from."""
+    from robustft.config import build_config
+
     with pytest.raises(UserError) as excinfo:
-        ModeOptions(**options)  # type: ignore[arg-type]
+        build_config({"model": options})
     assert expected in str(excinfo.value)
 
 

@@ -211,7 +211,7 @@ def test_collect_tolerates_a_torn_history(tmp_path: Path) -> None:
         handle.write('{"epoch": 5, "va')
     (record,) = collect_runs(tmp_path).runs
     assert len(record.history) == 4
-    assert record.warnings == ("metrics.jsonl: line 5 unreadable, history cut there",)
+    assert record.warnings == ("metrics.jsonl line 5: not a metrics row (torn); read up to it",)
 
 
 def test_collect_errors(tmp_path: Path) -> None:

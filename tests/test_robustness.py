@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustft import attacks
-from robustft.evaluate import RobustnessCurve, expected_robustness, robustness_curve
+from robustft.robustness import RobustnessCurve, expected_robustness, robustness_curve
 from robustft.units import eps_grid
 
 

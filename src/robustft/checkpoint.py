@@ -18,9 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from robustft.errors import UserError
+from robustft.errors import UserError, first_line
 
 FORMAT = "robustft-checkpoint-v1"
 
@@ -71,6 +69,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def _serialize(obj: Any) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -92,13 +92,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def _safe_load(data: bytes, source: Path) -> Any:
+    import torch
+
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else "unsafe content"
         raise UserError(
-            f"checkpoint {source}: refused to load unsafe or foreign content ({first}); "
-            "only robustft checkpoints (plain tensors and numbers) are accepted"
+            f"checkpoint {source}: refused to load unsafe or foreign content "
+            f"({first_line(err)}); only robustft checkpoints (plain tensors and numbers) are "
+            "accepted"
         ) from None
     except Exception as err:  # torch fails on garbage in many ways (IndexError, struct.error...)
         raise UserError(

@@ -1,7 +1,7 @@
 """Evaluation hygiene: sanity checks that flag an evaluation which may be fooling itself.
 
 Each check returns human-readable warnings; none raises. They are attached to every
-:class:`~robustft.evaluate.RobustnessCurve` and shown by the CLI and reports.
+:class:`~robustft.robustness.RobustnessCurve` and shown by the CLI and reports.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from robustft.units import format_eps
 
 if TYPE_CHECKING:
     from robustft.attacks import Attack
-    from robustft.evaluate import RobustnessCurve
+    from robustft.robustness import RobustnessCurve
 
 MASKING_ACCURACY = 0.10  # accuracy above this at a very large eps suggests gradient masking
 MASKING_MIN_CORRECT = 16  # ... on at least this many clean-correct examples (of 64 checked)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from robustft import __version__
-from robustft.errors import NumericalFault, UserError
+from robustft.errors import NumericalFault, UserError, printable
 
 FIRST_COMMANDS = ("schedule", "train", "eval", "demo")
 
@@ -53,12 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(text: str) -> str:
-    """``text`` with line breaks and other unprintable characters (from user input such as a
-    key or a path) escaped, so that an error stays one line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code.
 
@@ -72,13 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(levelname)s %(name)s: %(message)s",
         )
         if not args.verbose:  # the commands print each curve's warnings themselves, once
-            logging.getLogger("robustft.evaluate").setLevel(logging.ERROR)
+            logging.getLogger("robustft.robustness").setLevel(logging.ERROR)
         return int(args.handler(args))
     except NumericalFault as err:
         print(f"robustft: run failed: {err}", file=sys.stderr)
         return 1
     except UserError as err:
-        print(f"robustft: error: {_one_line(str(err))}", file=sys.stderr)
+        print(f"robustft: error: {printable(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustft: interrupted", file=sys.stderr)
@@ -92,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err.filename is None:
             raise
         # a path the user gave cannot be used: name too long, permission denied, disk full...
-        print(f"robustft: error: {_one_line(f'{err.filename}: {err.strerror}')}", file=sys.stderr)
+        print(f"robustft: error: {printable(f'{err.filename}: {err.strerror}')}", file=sys.stderr)
         return 2
 
 

@@ -42,6 +42,24 @@ def _check(cond: bool, key: str, value: object, expected: str) -> None:
         raise UserError(f"config {key}: expected {expected}, got {value!r}")
 
 
+def check_lora_targets(text: str, key: str) -> tuple[str, ...]:
+    """The patterns of a comma-separated ``lora_targets`` text, each a module name or a regular
+    expression.
+
+    Raises:
+        UserError: an empty pattern or one that is not a valid regular expression.
+    """
+    parts = tuple(t.strip() for t in text.split(","))
+    expected = "comma-separated module names such as 'qkv,proj' or null"
+    _check(all(parts), key, text, expected)
+    for pattern in parts:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UserError(f"config {key}: '{pattern}' is not a valid pattern ({exc})") from None
+    return parts
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Backbone and fine-tuning mode.
@@ -70,9 +88,11 @@ class ModelConfig:
         _check(0 <= dropout < 1, "model.lora_dropout", dropout, "a number in [0, 1)")
         _check(self.blocks >= 1, "model.blocks", self.blocks, "an integer >= 1")
         if self.lora_targets is not None:
-            parts = [t.strip() for t in self.lora_targets.split(",")]
-            expected = "comma-separated module names such as 'qkv,proj' or null"
-            _check(all(parts), "model.lora_targets", self.lora_targets, expected)
+            check_lora_targets(self.lora_targets, "model.lora_targets")
+
+
+AUGMENTS = ("basic", "paper", "none")  # training augmentation presets (robustft.data)
+BAD_IMAGES = ("refuse", "skip")  # what to do with unreadable image files
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,8 @@ class DataConfig:
                 self.max_train_per_class,
                 "an integer >= 1 or null",
             )
-        _choice("data.bad_images", self.bad_images, ("refuse", "skip"))
+        _choice("data.bad_images", self.bad_images, BAD_IMAGES)
+        _choice("data.augment", self.augment, AUGMENTS)
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -264,6 +285,9 @@ class EvalConfig:
         _choice("eval.mode", self.mode, ("cascade", "independent"))
 
 
+RESOURCE_KEYS = (("train", "num_workers"), ("eval", "batch_size"))  # not in the run id
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A whole run. ``name`` labels it in tables and names its run directory
@@ -301,9 +325,13 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def run_id(self) -> str:
-        """Short hash of the resolved config (the ``name`` label excluded)."""
+        """Short hash of the resolved config, except the ``name`` label and the settings that
+        change only how fast a run goes (:data:`RESOURCE_KEYS`): changing those resumes the
+        same run. ``train.threads`` is not one of them: on CPU it changes float sums."""
         data = self.to_dict()
         data.pop("name")
+        for section, key in RESOURCE_KEYS:
+            data[section].pop(key)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 

@@ -75,15 +75,14 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from robustft.errors import UserError, unknown_name
+from robustft.config import AUGMENTS
+from robustft.errors import UserError, first_line, unknown_name
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "digits"
-AUGMENTS = ("basic", "paper", "none")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATA_ENV = "ROBUSTFT_DATA"
-BAD_IMAGES = ("refuse", "skip")
 _VAL_DIRS = ("val", "valid", "validation")
 # what PIL raises for missing, unreadable, truncated or otherwise undecodable files
 _DECODE_ERRORS = (
@@ -107,7 +106,8 @@ def default_root() -> Path:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What data to build (the ``data`` section of a config).
+    """What data to build: the ``data`` section of a config, whose values
+    :class:`robustft.config.DataConfig` validated, plus the run's seed.
 
     Attributes:
         name: ``digits``, ``imagefolder:<path>`` or a torchvision set name (module docstring).
@@ -121,7 +121,7 @@ class DataSpec:
         max_train_per_class: keep at most this many training images per class (few-shot).
         bad_images: unreadable image files in an image folder: ``refuse`` (error naming the
             first one) or ``skip`` (leave them out, warn, list them in
-            :attr:`DataSplits.skipped`); one of :data:`BAD_IMAGES`.
+            :attr:`DataSplits.skipped`).
     """
 
     name: str = DEFAULT_DATASET
@@ -134,23 +134,6 @@ class DataSpec:
     augment: str = "basic"
     max_train_per_class: int | None = None
     bad_images: str = "refuse"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
-            raise UserError(f"data.image_size: expected an integer, got {self.image_size!r}")
-        if self.image_size < 1:
-            raise UserError(f"data.image_size: must be >= 1 pixel, got {self.image_size}")
-        for key in ("val_fraction", "test_fraction"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-                raise UserError(f"data.{key}: must be a number in (0, 1), got {value!r}")
-        if self.augment not in AUGMENTS:
-            raise unknown_name("augmentation preset", self.augment, AUGMENTS)
-        k = self.max_train_per_class
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise UserError(f"data.max_train_per_class: must be an integer >= 1, got {k!r}")
-        if self.bad_images not in BAD_IMAGES:
-            raise unknown_name("data.bad_images policy", self.bad_images, BAD_IMAGES)
 
 
 class _Source(Protocol):
@@ -294,7 +277,7 @@ class _FileSource:
         except _DECODE_ERRORS as exc:
             # it decoded when the dataset was built: changed, deleted or made unreadable since
             raise UserError(
-                f"cannot read image {path} ({type(exc).__name__}: {_first_line(exc)}); it was "
+                f"cannot read image {path} ({type(exc).__name__}: {first_line(exc, 200)}); it was "
                 "readable when the dataset was built: restore the file, or remove it and restart"
             ) from None
 
@@ -522,7 +505,8 @@ def stratified_split(
     except ValueError as exc:
         raise UserError(
             f"{what}: cannot hold out {fraction:g} of {len(indices)} images stratified by class "
-            f"({_first_line(exc)}); add images per class or provide explicit val/ and test/ folders"
+            f"({first_line(exc, 200)}); add images per class or provide explicit val/ and test/ "
+            "folders"
         ) from None
     return np.sort(kept).astype(np.int64), np.sort(held).astype(np.int64)
 
@@ -678,7 +662,7 @@ def _decode_problem(path: Path) -> str | None:
             img.draft("RGB", (1, 1))  # JPEG only: smallest DCT scale, a few times faster
             img.convert("RGB")
     except _DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {first_line(exc, 200)}"
     return None
 
 
@@ -790,7 +774,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> _Raw:
             action = "download" if download else "read"
             raise UserError(
                 f"dataset '{name}': cannot {action} it under {where} ({type(exc).__name__}: "
-                f"{_first_line(exc)}); check the files, or set data.download=true when online"
+                f"{first_line(exc, 200)}); check the files, or set data.download=true when online"
             ) from exc
         parts[split] = _DatasetSource(dataset, _labels_of(dataset))
         names = names or _class_names(dataset, parts[split].labels)
@@ -803,13 +787,6 @@ def _class_names(dataset: Any, labels: np.ndarray) -> tuple[str, ...]:
     if names:
         return tuple(str(c) for c in names)
     return tuple(str(i) for i in range(int(labels.max()) + 1))
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception message, shortened, for one-line errors."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _labels_of(dataset: Any) -> list[int]:

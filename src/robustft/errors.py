@@ -8,7 +8,8 @@ code 2, without a traceback. Programming errors stay ordinary exceptions.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 
 class UserError(ValueError):
@@ -36,6 +37,40 @@ def _unwrap_worker_message(message: str) -> str:
     last = message.rstrip().splitlines()[-1]
     _, sep, original = last.partition(": ")
     return original if sep and original else message
+
+
+def is_int(value: object) -> bool:
+    """True for Python integers (booleans excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """True for Python ints and floats (booleans excluded)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """True for finite Python ints and floats (booleans excluded)."""
+    return is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, shortened (its type name when empty), for
+    one-line errors that quote what a library said."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def few(items: Sequence[str], n: int = 4) -> str:
+    """The first ``n`` items joined, with an ellipsis when there are more."""
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def printable(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters (from user input such as a
+    key or a path) escaped, so that an error stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

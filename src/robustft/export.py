@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from robustft.checkpoint import atomic_write_bytes
-from robustft.errors import UserError
+from robustft.errors import UserError, first_line
 
 FORMAT = "robustft-export-v1"
 
@@ -47,8 +47,8 @@ def export_run(run: str | Path, out: str | Path, *, force: bool = False) -> Expo
     """
     from safetensors.torch import save
 
+    from robustft.build import load_trained_model
     from robustft.models import ClassifierModel, export_state_dict
-    from robustft.train import load_trained_model
 
     target = Path(out)
     if target.suffix != ".safetensors":
@@ -94,7 +94,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(p), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as err:  # safetensors raises its own error types
-        raise UserError(f"{p}: not a readable .safetensors file ({_first(err)})") from None
+        raise UserError(f"{p}: not a readable .safetensors file ({first_line(err)})") from None
     if metadata.get("format") != FORMAT:
         raise UserError(f"{p}: not a robustft export (metadata format {metadata.get('format')!r})")
     return dict(metadata)
@@ -114,10 +114,7 @@ def load_exported(path: str | Path) -> Any:
     try:
         model.net.load_state_dict(load_file(str(path)))
     except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit {metadata['model']} ({_first(err)})") from None
+        raise UserError(
+            f"{path}: weights do not fit {metadata['model']} ({first_line(err)})"
+        ) from None
     return model.eval()
-
-
-def _first(err: BaseException, limit: int = 160) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else err.__class__.__name__)[:limit]

@@ -28,14 +28,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from robustft import __version__
 from robustft.checkpoint import atomic_write_json, atomic_write_text, previous
 from robustft.config import RunConfig, build_config, load_yaml
 from robustft.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class RunDir:
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in history))
 
+    def read_metrics(self) -> Metrics:
+        """The rows of ``metrics.jsonl`` (see :func:`read_metrics`)."""
+        return read_metrics(self.metrics)
+
     def read_result(self) -> dict[str, Any] | None:
         if not self.result.is_file():
             return None
@@ -97,6 +102,45 @@ class RunDir:
         except (OSError, json.JSONDecodeError):
             return None
         return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What :func:`read_metrics` found: the readable rows and what was wrong with the file."""
+
+    rows: list[dict[str, Any]]
+    problems: list[str]
+
+
+def read_metrics(path: Path) -> Metrics:
+    """The rows of a ``metrics.jsonl``, tolerantly: a missing file has none; reading stops at
+    the first line that is not a JSON object with an integer ``epoch`` (a torn or hand-edited
+    file), and ``problems`` says so, as it does for a missing final newline and for epochs out
+    of sequence (rows kept). Every reader (sweeps, reports, the demo, the crash trials) uses
+    this one."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return Metrics([], [])
+    except (OSError, UnicodeDecodeError) as err:
+        return Metrics([], [f"{path.name}: unreadable ({err.__class__.__name__})"])
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            problems.append(f"{path.name} line {number}: not a metrics row (torn); read up to it")
+            return Metrics(rows, problems)
+        if epoch != len(rows) + 1:
+            problems.append(f"{path.name} line {number}: epoch {epoch} out of sequence")
+        rows.append(row)  # type: ignore[arg-type]
+    if text and not text.endswith("\n"):
+        problems.append(f"{path.name}: no final newline (torn)")
+    return Metrics(rows, problems)
 
 
 def default_run_dir(config: RunConfig, base: str | Path = "runs") -> Path:
@@ -243,6 +287,7 @@ def locked(run: RunDir) -> Iterator[RunDir]:
 def environment(device: torch.device, argv: list[str] | None = None) -> dict[str, Any]:
     """Provenance: versions, platform, device and command line."""
     import timm
+    import torch
     import torchvision
 
     return {

@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import json
 import logging
 import os
 import signal
@@ -60,8 +59,10 @@ from typing import IO, Any, Literal, Protocol
 
 import yaml
 
+from robustft.callbacks import Callbacks
 from robustft.config import NAME_PATTERN, RunConfig, build_config, load_yaml, read_yaml
 from robustft.errors import UserError, did_you_mean
+from robustft.rundir import RunDir
 from robustft.sweep_store import SweepStore, now
 
 _logger = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ def _lookup(data: Mapping[str, Any], key: str) -> Any:
 
 def _resolve(spec: SweepSpec, method: str, point: Mapping[str, Any]) -> RunConfig:
     """Build and check the config of one (method, grid point)."""
-    from robustft.train import check_config
+    from robustft.build import check_config
 
     data = copy.deepcopy(dict(spec.base))
     layers = (spec.overrides, point, spec.method_settings()[method])
@@ -414,23 +415,6 @@ class NullEvents:
         pass
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (a missing file or a torn last line is tolerated)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
-    return rows
-
-
 @dataclass(frozen=True)
 class _Context:
     sweep: SweepDir
@@ -442,8 +426,6 @@ class _Context:
 
 def _begin(ctx: _Context, run: RunSpec, pid: int) -> RunOutcome | None:
     """Claim ``run``; returns an outcome if there is nothing to run (done earlier, busy)."""
-    from robustft.rundir import RunDir
-
     run_dir = RunDir(ctx.sweep.run_dir(run.run_id))
     done = ctx.store.record(run.run_id).status == "done"
     if done and run_dir.result.is_file():
@@ -454,19 +436,17 @@ def _begin(ctx: _Context, run: RunSpec, pid: int) -> RunOutcome | None:
         return RunOutcome("busy")
     result = run_dir.read_result()  # finished, but killed before it was recorded
     if result is not None:
-        ctx.store.record_done(run.run_id, result, read_metrics(run_dir.metrics), seconds=None)
+        ctx.store.record_done(run.run_id, result, run_dir.read_metrics().rows, seconds=None)
         return RunOutcome("skipped", result=result)
-    ctx.store.record_epochs(run.run_id, read_metrics(run_dir.metrics), replace=True)
+    ctx.store.record_epochs(run.run_id, run_dir.read_metrics().rows, replace=True)
     return None
 
 
 def _finish(ctx: _Context, run: RunSpec, start: float, error: str | None) -> RunOutcome:
     """Record a finished attempt from its run directory; returns its outcome."""
-    from robustft.rundir import RunDir
-
     run_dir = RunDir(ctx.sweep.run_dir(run.run_id))
     seconds = time.monotonic() - start
-    rows = read_metrics(run_dir.metrics)
+    rows = run_dir.read_metrics().rows
     result = run_dir.read_result() if error is None else None
     if result is None:
         error = error or "the run ended without writing result.json"
@@ -476,32 +456,19 @@ def _finish(ctx: _Context, run: RunSpec, start: float, error: str | None) -> Run
     return RunOutcome("done", seconds=seconds, result=result)
 
 
-class _EpochRecorder:
+class _EpochRecorder(Callbacks):
     """Training callbacks of an in-process run: record each finished epoch."""
 
     def __init__(self, ctx: _Context, run: RunSpec) -> None:
         self.ctx, self.run = ctx, run
 
-    def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None:
-        pass
-
-    def on_batch(self, done: int, total: int) -> None:
-        pass
-
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         self.ctx.store.record_epochs(self.run.run_id, [row])
         self.ctx.events.on_epoch(self.run, self.ctx.total, row)
 
-    def on_eval_start(self, total: int) -> None:
-        pass
-
-    def on_eval(self, done: int, total: int) -> None:
-        pass
-
 
 def _run_in_process(ctx: _Context, run: RunSpec) -> RunOutcome:
     """Train one run in this process (sequential sweeps)."""
-    from robustft.rundir import RunDir
     from robustft.train import fit
 
     outcome = _begin(ctx, run, os.getpid())
@@ -509,7 +476,7 @@ def _run_in_process(ctx: _Context, run: RunSpec) -> RunOutcome:
         return outcome
     run_dir = ctx.sweep.run_dir(run.run_id)
     resume = RunDir(run_dir).has_checkpoint()
-    ctx.events.on_run_start(run, ctx.total, len(read_metrics(RunDir(run_dir).metrics)))
+    ctx.events.on_run_start(run, ctx.total, len(RunDir(run_dir).read_metrics().rows))
     start, error = time.monotonic(), None
     try:
         fit(
@@ -555,7 +522,6 @@ class _Worker:
 def _spawn(ctx: _Context, run: RunSpec, threads: int) -> _Worker:
     """Start ``robustft train`` for a claimed run in a subprocess logging to train.log."""
     from robustft.checkpoint import atomic_write_text
-    from robustft.rundir import RunDir
 
     run_dir = RunDir(ctx.sweep.run_dir(run.run_id))
     run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -572,14 +538,14 @@ def _spawn(ctx: _Context, run: RunSpec, threads: int) -> _Worker:
     log.flush()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
     ctx.store.set_pid(run.run_id, proc.pid)
-    seen = len(read_metrics(run_dir.metrics))
+    seen = len(run_dir.read_metrics().rows)
     ctx.events.on_run_start(run, ctx.total, seen)
     return _Worker(run, proc, log, time.monotonic(), seen)
 
 
 def _poll_epochs(ctx: _Context, worker: _Worker) -> None:
     """Record the epochs a worker finished since the last poll."""
-    rows = read_metrics(ctx.sweep.run_dir(worker.run.run_id) / "metrics.jsonl")
+    rows = RunDir(ctx.sweep.run_dir(worker.run.run_id)).read_metrics().rows
     new = rows[worker.seen :]
     if new:
         ctx.store.record_epochs(worker.run.run_id, new)

@@ -127,7 +127,7 @@ _SCHEMA = (
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class StoredRun:
     """One row of the ``runs`` table, plus the number of recorded epochs."""
 
     id: str
@@ -369,7 +369,7 @@ class SweepStore:
                 (error, now(), None if seconds is None else round(seconds, 3), run_id),
             )
 
-    def records(self, *, current_only: bool = False) -> list[RunRecord]:
+    def records(self, *, current_only: bool = False) -> list[StoredRun]:
         """All runs (sweep order first; runs no longer in the sweep last)."""
         where = "WHERE r.position IS NOT NULL" if current_only else ""
         rows = self._conn.execute(
@@ -378,7 +378,7 @@ class SweepStore:
         ).fetchall()
         return [_record(row) for row in rows]
 
-    def record(self, run_id: str) -> RunRecord:
+    def record(self, run_id: str) -> StoredRun:
         """One run's row."""
         row = self._conn.execute(
             "SELECT r.*, (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS n_epochs"
@@ -397,9 +397,9 @@ class SweepStore:
         return [json.loads(r["metrics"]) for r in rows]
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
+def _record(row: sqlite3.Row) -> StoredRun:
     names = row.keys()  # iterating a Row yields values, not names
     data = {k: row[k] for k in names if k != "n_epochs"}
     for key in ("grid", "config", "result"):
         data[key] = json.loads(data[key]) if data[key] is not None else None
-    return RunRecord(**data, epochs=int(row["n_epochs"]))
+    return StoredRun(**data, epochs=int(row["n_epochs"]))

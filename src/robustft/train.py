@@ -10,87 +10,62 @@ numbers as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import copy
 import json
 import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustft import attacks
+from robustft.build import (
+    ONE_STEP_ATTACKS,
+    build_backbone,
+    build_data,
+    build_eval_attack,
+    build_optimizer,
+    build_schedule,
+    build_train_attack,
+    check_base,
+    check_config,
+    derive_seed,
+    eval_grid,
+    overfit_rule,
+    pick_device,
+)
+from robustft.callbacks import Callbacks
 from robustft.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint_with_fallback,
-    load_latest_checkpoint,
     save_checkpoint,
 )
 from robustft.config import RunConfig
-from robustft.cost import PassCount, count_passes
-from robustft.data import DataSpec, DataSplits, build_datasets_from_spec, check_class_set
-from robustft.diagnostics import Finding, diagnose_run, task_adaptation_delay
+from robustft.cost import count_passes
+from robustft.data import DataSplits, check_class_set
 from robustft.errors import NumericalFault, UserError
-from robustft.evaluate import RobustnessCurve, robustness_curve
 from robustft.models import (
     ClassifierModel,
     base_fingerprint,
-    build_model,
     load_trainable_state_dict,
-    mode_options_from_config,
-    param_groups,
-    trainable_parameter_count,
     trainable_state_dict,
 )
-from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, best_pgd, measure
+from robustft.monitor import FGSM_KEY, PGD_KEY, best_pgd, measure
 from robustft.objectives import AdversarialCE
+from robustft.result import run_result
+from robustft.robustness import RobustnessCurve, robustness_curve
 from robustft.rundir import RunDir, check_run_dir, init_run_dir, locked, write_env
-from robustft.schedules import Auto, EpsSchedule, HingeAuto, parse_schedule
+from robustft.schedules import Auto, EpsSchedule, HingeAuto
 from robustft.subset import subset
-from robustft.units import eps_grid
 
 _logger = logging.getLogger(__name__)
-
-
-class Callbacks(Protocol):
-    """Progress hooks the CLI implements; every method is optional in practice."""
-
-    def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None: ...
-    def on_batch(self, done: int, total: int) -> None: ...
-    def on_epoch_end(self, row: dict[str, Any]) -> None: ...
-    def on_eval_start(self, total: int) -> None: ...
-    def on_eval(self, done: int, total: int) -> None: ...
-
-
-class NullCallbacks:
-    """Callbacks that do nothing (library use)."""
-
-    def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None:
-        pass
-
-    def on_batch(self, done: int, total: int) -> None:
-        pass
-
-    def on_epoch_end(self, row: dict[str, Any]) -> None:
-        pass
-
-    def on_eval_start(self, total: int) -> None:
-        pass
-
-    def on_eval(self, done: int, total: int) -> None:
-        pass
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed derived from the parts (stable across runs and platforms)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
@@ -105,37 +80,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
         return 1.0
     span = max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
-
-
-def available_devices() -> list[str]:
-    """The device names this machine accepts: ``cpu``, ``cuda:I`` for each GPU, ``mps``."""
-    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    return names + (["mps"] if mps is not None and mps.is_available() else [])
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The device named ``name`` (``auto``: the first GPU if there is one, else the CPU).
-
-    Raises:
-        UserError: not a device name, or a device this machine does not have.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    have = available_devices()
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UserError(
-            f"--device {name!r}: not a device name; this machine has: auto, {', '.join(have)}"
-        ) from None
-    index = 0 if device.index is None else device.index
-    known = device.type == "cpu" or f"{device.type}:{index}" in have or device.type in have
-    if not known:
-        raise UserError(
-            f"--device {name}: not available; this machine has: auto, {', '.join(have)}"
-        )
-    return device
 
 
 @dataclass
@@ -190,90 +134,24 @@ class TrainState:
         )
 
 
-def build_data(config: RunConfig) -> DataSplits:
-    """The train/val/test splits the config describes (deterministic given train.seed)."""
-    return build_datasets_from_spec(DataSpec(**asdict(config.data), seed=config.train.seed))
-
-
-def eval_grid(config: RunConfig) -> list[float]:
-    """The final evaluation's eps grid: 0, eps_step, ..., eps_max (default eps_g; 8/255 for l-inf
-    or 0.5 for l2 when eps_g is 0, as for standard fine-tuning)."""
-    ecfg = config.eval
-    eps_max = ecfg.eps_max if ecfg.eps_max is not None else config.attack.eps
-    if eps_max == 0:
-        eps_max = 8 / 255 if config.attack.norm == "linf" else 0.5
-    return eps_grid(eps_max, ecfg.eps_step)
-
-
-def check_config(config: RunConfig) -> None:
-    """Fail fast on names and values that only the library can check (schedule, attacks),
-    before anything is written."""
-    EpsSchedule(
-        parse_schedule(config.attack.schedule),
-        eps=config.attack.eps,
-        epochs=config.train.epochs,
-        granularity=config.attack.granularity,
-        seed=config.train.seed,
-    )
-    build_train_attack(config)
-    eval_grid(config)
-    build_attack(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
-
-
-def build_state(config: RunConfig, device: torch.device) -> TrainState:
-    """Build model, data, optimizer, schedule and objective from the config."""
-    torch.manual_seed(derive_seed(config.train.seed, "init"))
-    data = build_data(config)
-    model = build_model(
-        config.model.name,
-        num_classes=data.num_classes,
-        pretrained=config.model.pretrained,
-        weights=config.model.weights,
-        mode=config.model.mode,
-        mode_options=mode_options_from_config(config.model),
-    ).to(device)
+def build_state(
+    config: RunConfig,
+    device: torch.device,
+    *,
+    model: ClassifierModel | None = None,
+    data: DataSplits | None = None,
+) -> TrainState:
+    """The state of a fresh run: ``model`` and ``data`` as given, or built from the config;
+    optimizer, schedule and objective from the config (:mod:`robustft.build`)."""
+    data = build_data(config) if data is None else data
+    model = build_backbone(config, data.num_classes) if model is None else model
+    model = model.to(device)
     optimizer = build_optimizer(config, model)
-    schedule = EpsSchedule(
-        parse_schedule(config.attack.schedule),
-        eps=config.attack.eps,
-        epochs=config.train.epochs,
-        granularity=config.attack.granularity,
-        seed=config.train.seed,
-    )
     objective = AdversarialCE(build_train_attack(config), autocast_bf16=config.train.bf16)
+    schedule = build_schedule(config)
     state = TrainState(config, model, optimizer, data, schedule, objective, device)
     state.base_fingerprint = base_fingerprint(model)
     return state
-
-
-ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")
-
-
-def build_attack(name: str, *, norm: str, steps: int, **hyper: Any) -> attacks.Attack:
-    """``attacks.create`` with a step count that attacks without steps ignore (FGSM, FGSM-RS
-    take one step; Square counts queries)."""
-    spec = attacks.ATTACKS.get(name)
-    if spec is not None and spec.takes_steps:
-        hyper["steps"] = steps
-    return attacks.create(name, norm=norm, **hyper)
-
-
-def build_train_attack(config: RunConfig) -> attacks.Attack:
-    a = config.attack
-    hyper: dict[str, Any] = {"eval_mode": a.eval_mode}
-    if a.rel_step is not None:
-        hyper["rel_step"] = a.rel_step
-    return build_attack(a.name, norm=a.norm, steps=a.steps, **hyper)
-
-
-def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    cfg = config.train
-    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr)
-    for group in groups:
-        group["initial_lr"] = group["lr"]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
 
 def _set_lr(state: TrainState) -> float:
@@ -467,15 +345,11 @@ def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
     return out
 
 
-def overfit_rule(config: RunConfig) -> OverfitRule:
-    return OverfitRule(gap=config.monitor.gap, ratio=config.monitor.ratio)
-
-
-def run_probe(
-    config: RunConfig, epochs: int, device: torch.device, callbacks: Callbacks
-) -> list[float]:
-    """Clean fine-tuning for ``epochs`` epochs (same model, data and optimizer settings, eps 0);
-    returns the validation accuracy after each epoch. Used by ``hinge(auto)`` to choose T1."""
+def run_probe(state: TrainState, epochs: int, callbacks: Callbacks) -> list[float]:
+    """Clean fine-tuning for ``epochs`` epochs of a copy of the run's untrained model (same data
+    and optimizer settings, eps 0); returns the validation accuracy after each epoch. Used by
+    ``hinge(auto)`` to choose T1."""
+    config = state.config
     clean = replace(
         config,
         train=replace(
@@ -483,8 +357,8 @@ def run_probe(
         ),
         attack=replace(config.attack, eps=0.0, schedule="constant"),
     )
-    state = build_state(clean, device)
-    return [train_epoch(state, epoch, callbacks)["val_acc"] for epoch in range(1, epochs + 1)]
+    probe = build_state(clean, state.device, model=copy.deepcopy(state.model), data=state.data)
+    return [train_epoch(probe, epoch, callbacks)["val_acc"] for epoch in range(1, epochs + 1)]
 
 
 def _resolve_probe(state: TrainState, run: RunDir, callbacks: Callbacks) -> None:
@@ -499,7 +373,7 @@ def _resolve_probe(state: TrainState, run: RunDir, callbacks: Callbacks) -> None
         return
     epochs = base.probe_epochs(state.config.train.epochs)
     _logger.info("hinge(auto): clean probe run of %d epochs to choose T1", epochs)
-    state.probe_val_acc = run_probe(state.config, epochs, state.device, callbacks)
+    state.probe_val_acc = run_probe(state, epochs, callbacks)
     atomic_write_json(path, {"epochs": epochs, "val_acc": state.probe_val_acc})
 
 
@@ -530,7 +404,7 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
     """Load a checkpoint payload into ``state`` (same config required)."""
     if payload.get("run_id") != state.config.run_id():
         raise UserError("checkpoint belongs to a different config; use --force to start over")
-    _check_base(payload, state.base_fingerprint, "the resumed run")
+    check_base(payload, state.base_fingerprint, "the resumed run")
     check_class_set(
         payload.get("class_names") or [],
         state.data.class_names,
@@ -548,23 +422,11 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
     torch.set_rng_state(payload["rng_cpu"])
 
 
-def _check_base(payload: dict[str, Any], fingerprint: str, what: str) -> None:
-    """Refuse a trainable-only checkpoint on base weights other than those it was trained on."""
-    saved = payload.get("base_fingerprint")
-    if saved is not None and saved != fingerprint:
-        info = payload.get("model_info") or {}
-        raise UserError(
-            f"checkpoint was trained on different base weights than {what} has "
-            f"({info.get('name')}, {info.get('source')}); load it with the same model.weights "
-            "and package versions it was trained with"
-        )
-
-
 def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve:
     """Robustness curve on the test split (config ``eval`` section)."""
     ecfg = state.config.eval
     grid = eval_grid(state.config)
-    attack = build_attack(ecfg.attack, norm=state.config.attack.norm, steps=ecfg.steps)
+    attack = build_eval_attack(state.config)
     n = (
         len(state.data.test)
         if ecfg.max_examples is None
@@ -584,84 +446,6 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
     )
 
 
-def _result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
-    delay = task_adaptation_delay(state.history, state.data.num_classes)
-    result: dict[str, Any] = {
-        "name": state.config.name,
-        "run_id": state.config.run_id(),
-        "clean_accuracy": curve.clean_accuracy,
-        "robust_accuracy": curve.robust_accuracy,
-        "expected_robustness": curve.expected_robustness,
-        "eps_g": state.config.attack.eps,
-        "norm": state.config.attack.norm,
-        "eval_eps_max": curve.eps_max,
-        "eval_attack": curve.attack,
-        "eval_examples": curve.n_examples,
-        "final_val_acc": state.history[-1]["val_acc"] if state.history else None,
-        "adaptation_delay": delay,
-        "train_seconds": round(state.train_seconds, 3),
-        "eval_seconds": curve.seconds,
-        "epochs": state.config.train.epochs,
-        "num_classes": state.data.num_classes,
-        "schedule": str(state.eps_schedule.schedule),
-        "schedule_resolved": str(state.current_schedule().schedule),
-        "warnings": list(curve.warnings),
-        "stopped": state.stopped,
-        "skipped_images": len(state.data.skipped),
-        "threads": state.threads,
-        "device": str(state.device),
-        "cost": _cost(state, curve),
-    }
-    result["findings"] = [asdict(f) for f in diagnose(result, state.history, state.config)]
-    return result
-
-
-def _cost(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
-    """Compute spent: measured training passes, time per epoch, throughput, trainable size.
-
-    ``train_example_*_passes`` weigh passes by batch size; ``passes_per_step`` is the forward
-    passes of one optimizer step (attack + update: 2 for FGSM, 8 for PGD-7)."""
-    rows = state.history
-    seconds = sum(float(r["seconds"]) for r in rows)
-    steps = sum(int(r.get("steps", 0)) for r in rows)
-    examples = sum(int(r.get("examples", 0)) for r in rows)
-    totals = PassCount(  # the epochs' measured counts (metrics rows), summed
-        *(sum(int(r.get(key, 0)) for r in rows) for key in PassCount().as_dict())
-    )
-    return {
-        **totals.as_dict("train_"),
-        "train_steps": steps,
-        "passes_per_step": round(totals.forward / steps, 3) if steps else None,
-        "train_seconds": round(state.train_seconds, 3),
-        "seconds_per_epoch": round(seconds / len(rows), 3) if rows else None,
-        "examples_per_second": round(examples / seconds, 2) if seconds > 0 else None,
-        "monitor_seconds": round(sum(float(r.get("monitor_seconds", 0)) for r in rows), 3),
-        "eval_seconds": curve.seconds,
-        "trainable_parameters": trainable_parameter_count(state.model),
-        "total_parameters": sum(p.numel() for p in state.model.parameters()),
-    }
-
-
-def diagnose(
-    result: dict[str, Any],
-    history: list[dict[str, Any]],
-    config: RunConfig,
-    reference_clean: float | None = None,
-) -> list[Finding]:
-    """Failure signatures of a finished run (``reference_clean``: standard FT's clean accuracy
-    on the same backbone and data, for the suboptimal-transfer flag)."""
-    return diagnose_run(
-        history,
-        result,
-        num_classes=int(result["num_classes"]),
-        schedule_text=str(result.get("schedule_resolved") or config.attack.schedule),
-        reference_clean=reference_clean,
-        attack_name=config.attack.name,
-        attack_steps=config.attack.steps,
-        overfit_rule=overfit_rule(config),
-    )
-
-
 def fit(
     config: RunConfig,
     run_dir: str | Path,
@@ -670,20 +454,30 @@ def fit(
     force: bool = False,
     callbacks: Callbacks | None = None,
     device: str = "auto",
+    model: ClassifierModel | None = None,
+    data: DataSplits | None = None,
 ) -> dict[str, Any]:
     """Train per ``config`` in ``run_dir``, evaluate on the test split, write ``result.json``.
+
+    Args:
+        config: the run (validated); its hash names the run and guards ``resume``.
+        run_dir: the run directory (:mod:`robustft.rundir`), locked while training.
+        resume: continue from the last checkpoint (a finished run returns its result).
+        force: clear a run directory holding another run.
+        model, data: objects to train and evaluate instead of building them from the config
+            (the Python API's user models and datasets, :func:`robustft.fit`).
 
     Returns:
         The result dict (also written to ``result.json``).
     """
-    cb: Callbacks = callbacks or NullCallbacks()
+    cb = callbacks or Callbacks()
     check_config(config)
     with locked(RunDir(Path(run_dir))) as run:
         check_run_dir(run, config, resume=resume, force=force)
         existing = run.read_result() if resume and not force else None
         if existing is not None:
             return existing
-        state = build_state(config, pick_device(device))
+        state = build_state(config, pick_device(device), model=model, data=data)
         init_run_dir(run, config, force=force)  # only now: a failed setup leaves nothing
         return _train_and_evaluate(state, run, resume=resume, callbacks=cb)
 
@@ -756,7 +550,7 @@ def _run_epochs(
         cb.on_epoch_end(row)
     curve = final_evaluation(state, cb)
     atomic_write_json(run.robustness, curve.to_dict())
-    result = _result(state, curve)
+    result = run_result(state, curve)
     atomic_write_json(run.result, result)
     return result
 
@@ -801,33 +595,3 @@ def _apply_monitor(state: TrainState, run: RunDir) -> None:
             stopped["rolled_back_to"] = int(good["epoch"])
     _logger.warning("catastrophic overfitting at epoch %d: %s", state.epoch, stopped)
     state.stopped = stopped
-
-
-def load_trained_model(
-    path: str | Path, device: str = "auto"
-) -> tuple[ClassifierModel, RunConfig, dict[str, Any]]:
-    """Rebuild a trained model from a run directory or a checkpoint file.
-
-    Returns:
-        (model in eval mode, its config, the checkpoint payload).
-    """
-    from robustft.config import build_config
-
-    p = Path(path)
-    ckpt = RunDir(p).checkpoint if p.is_dir() else p
-    payload = load_latest_checkpoint(ckpt)
-    config = build_config(payload["config"])
-    full = config.model.mode == "full"  # every weight is in the checkpoint: no base needed
-    model = build_model(
-        config.model.name,
-        num_classes=int(payload["num_classes"]),
-        pretrained=config.model.pretrained and not full,
-        weights=None if full else config.model.weights,
-        mode=config.model.mode,
-        mode_options=mode_options_from_config(config.model),
-    )
-    if not full:
-        _check_base(payload, base_fingerprint(model), f"the base model built here for {ckpt}")
-    load_trainable_state_dict(model, payload["model"])
-    model.to(pick_device(device)).eval()
-    return model, config, payload

@@ -35,7 +35,8 @@ def parse_eps(value: object, *, name: str = "eps", upper: float = 1.0) -> float:
     elif isinstance(value, str):
         text = value.strip()
         try:
-            eps = float(Fraction(text)) if "/" in text else float(text)
+            top, slash, bottom = text.partition("/")  # "8/255", and "2.5/255" as format_eps writes
+            eps = float(Fraction(top) / Fraction(bottom)) if slash else float(text)
         except (ValueError, ZeroDivisionError):
             raise UserError(
                 f"{name}: cannot parse {value!r}; write a pixel fraction such as 8/255 or 0.03"

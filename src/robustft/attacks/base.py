@@ -10,7 +10,6 @@ and detaches it.
 from __future__ import annotations
 
 import contextlib
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from robustft.attacks.geometry import Geometry, get_geometry
-from robustft.errors import UserError
+from robustft.errors import UserError, is_int, is_real  # noqa: F401 (the attacks import them)
 
 
 @contextlib.contextmanager
@@ -88,16 +87,6 @@ def check_hyperparameter(name: str, value: object, valid: bool, expected: str) -
     """
     if not valid:
         raise UserError(f"{name} must be {expected}, got {value!r}")
-
-
-def is_int(value: object) -> bool:
-    """True for Python integers (booleans excluded)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_real(value: object) -> bool:
-    """True for finite Python ints and floats (booleans excluded)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def as_eps_tensor(eps: float | Tensor, x: Tensor) -> Tensor:

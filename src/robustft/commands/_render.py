@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from robustft.callbacks import Callbacks
 from robustft.units import format_eps
 
 
@@ -50,7 +51,7 @@ def attack_label(described: dict[str, Any]) -> str:
 EVAL_LINES = 10  # without a terminal, an evaluation prints about this many progress lines
 
 
-class Progress:
+class Progress(Callbacks):
     """Progress callbacks for :func:`robustft.train.fit` rendered on ``stream``; eps in the
     unit of ``norm`` (k/255 for l-inf)."""
 

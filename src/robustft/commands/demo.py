@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -63,13 +62,14 @@ def _setting(config: RunConfig, eps: float) -> str:
 
 def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
     """Diagnoses of each run, with standard fine-tuning as the suboptimal-transfer reference."""
-    from robustft.train import diagnose
+    from robustft.result import diagnose
+    from robustft.rundir import RunDir
 
     reference = runs[0][2]["clean_accuracy"]
     lines = []
     for config, run_dir, result in runs[1:]:
-        history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        for f in diagnose(result, history, config, reference_clean=reference):
+        history = RunDir(run_dir).read_metrics().rows
+        for f in diagnose(result, history, config.to_dict(), reference_clean=reference):
             method = config.name.removeprefix("demo-")
             lines.append(f"  {method}: {f.code}: {f.message} -> {f.suggestion}")
     return lines
@@ -78,7 +78,7 @@ def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from robustft.demo import METHOD_LABELS, demo_configs
     from robustft.diagnostics import adaptation_threshold
-    from robustft.rundir import default_run_dir
+    from robustft.rundir import RunDir, default_run_dir
     from robustft.train import fit
 
     if args.epochs < 2:
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     for config in configs:
         method = config.name.removeprefix("demo-")
         run_dir = default_run_dir(config, Path(args.out))
-        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        resume = RunDir(run_dir).has_checkpoint()
         progress = Progress(label=method)
         result = fit(config, run_dir, resume=resume, callbacks=progress, device=args.device)
         runs.append((config, run_dir, result))

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from robustft.commands._render import Progress, attack_label, pct, table
 from robustft.errors import UserError
-from robustft.evaluate import RobustnessCurve
 from robustft.units import format_eps, parse_eps
 
 if TYPE_CHECKING:
     from robustft.config import RunConfig
     from robustft.data import DataSplits
+    from robustft.robustness import RobustnessCurve
 
 HELP = """\
 Evaluate a trained run (its directory or a checkpoint file) on its test split: accuracy under
@@ -137,7 +137,7 @@ class EvalSettings:
 
 def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
     """Validate the arguments and fill what is missing from the run's config."""
-    from robustft.train import eval_grid
+    from robustft.build import eval_grid
 
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -175,7 +175,7 @@ def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
 
 def differences(chosen: EvalSettings, config: RunConfig) -> list[str]:
     """The settings that differ from the run's own evaluation (which result.json reports)."""
-    from robustft.train import eval_grid
+    from robustft.build import eval_grid
 
     own = EvalSettings(
         attack=config.eval.attack,
@@ -199,9 +199,9 @@ def differences(chosen: EvalSettings, config: RunConfig) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustft.build import build_attack, build_data, load_trained_model, pick_device
     from robustft.checkpoint import atomic_write_json
-    from robustft.evaluate import robustness_curve
-    from robustft.train import build_attack, build_data, load_trained_model, pick_device
+    from robustft.robustness import robustness_curve
     from robustft.units import eps_grid
 
     pick_device(args.device)  # a bad --device fails before the model is built

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from robustft.commands._render import pct, table
 from robustft.errors import UserError
+from robustft.rundir import RunDir
 from robustft.sweep import (
     RunOutcome,
     RunSpec,
@@ -23,12 +24,11 @@ from robustft.sweep import (
     default_sweep_dir,
     expand,
     load_sweep,
-    read_metrics,
     run_sweep,
     short_keys,
     show_value,
 )
-from robustft.sweep_store import RunRecord, SweepStore
+from robustft.sweep_store import StoredRun, SweepStore
 from robustft.units import format_eps
 
 HELP = """\
@@ -126,14 +126,14 @@ class Printer:
         self._line(run, total, text)
 
 
-def _grid_headers(records: Sequence[RunRecord]) -> list[str]:
+def _grid_headers(records: Sequence[StoredRun]) -> list[str]:
     keys: list[str] = []
     for rec in records:
         keys += [k for k in rec.grid if k not in keys]
     return keys
 
 
-def _time(rec: RunRecord) -> float | None:
+def _time(rec: StoredRun) -> float | None:
     """Training + evaluation time of a done run (summed over resumed attempts), the elapsed
     time of a running one, the wall time of a failed attempt."""
     if rec.status == "done" and rec.train_seconds is not None:
@@ -143,7 +143,7 @@ def _time(rec: RunRecord) -> float | None:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(rec.started)).total_seconds()
 
 
-def status_table(records: Sequence[RunRecord]) -> str:
+def status_table(records: Sequence[StoredRun]) -> str:
     """The ``--status`` table: one row per run, then counts and the errors of failed runs."""
     keys = _grid_headers(records)
     names = short_keys(keys)
@@ -174,7 +174,7 @@ def status_table(records: Sequence[RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def counts_line(records: Sequence[RunRecord]) -> str:
+def counts_line(records: Sequence[StoredRun]) -> str:
     statuses = [rec.shown_status for rec in records]
     order = ("done", "running", "interrupted", "failed", "pending")
     parts = [f"{statuses.count(s)} {s}" for s in order if statuses.count(s) or s != "interrupted"]
@@ -210,7 +210,7 @@ def dry_run(runs: Sequence[RunSpec], sweep_dir: Path) -> str:
     rows = []
     for run in runs:
         run_dir = layout.run_dir(run.run_id)
-        done = len(read_metrics(run_dir / "metrics.jsonl"))
+        done = len(RunDir(run_dir).read_metrics().rows)
         if (run_dir / "result.json").is_file():
             plan = "skip (finished)"
         elif done:

@@ -24,15 +24,17 @@ import math
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from robustft.diagnostics import Finding, diagnose_run, task_adaptation_delay
+from robustft.diagnostics import Finding, task_adaptation_delay
 from robustft.errors import UserError
-from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule
+from robustft.monitor import FGSM_KEY, PGD_KEY
+from robustft.result import diagnose
+from robustft.rundir import read_metrics
 
 SKIP_DIRS = frozenset({"checkpoints", "__pycache__"})
 
@@ -177,6 +179,8 @@ class RunRecord:
     findings: tuple[Finding, ...] = ()
     cost: CostRecord | None = None
     stopped: StopRecord | None = None
+    result: Mapping[str, Any] = field(default_factory=dict, compare=False)  # result.json
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False)  # config.yaml
 
     @property
     def mode(self) -> str:
@@ -302,19 +306,15 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_history(path: Path) -> tuple[tuple[EpochRecord, ...], list[str]]:
-    """The rows of ``metrics.jsonl`` up to the first unreadable line, and a warning if any."""
-    if not path.is_file():
-        return (), []
+    """The rows of ``metrics.jsonl`` (:func:`robustft.rundir.read_metrics`) and its problems."""
+    metrics = read_metrics(path)
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for row in metrics.rows:
         try:
-            row = json.loads(line)
             rows.append(_epoch_record(row))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            return tuple(rows), [f"{path.name}: line {number} unreadable, history cut there"]
-    return tuple(rows), []
+        except (KeyError, TypeError, ValueError):
+            return tuple(rows), [*metrics.problems, f"{path.name}: epoch {row['epoch']} unreadable"]
+    return tuple(rows), metrics.problems
 
 
 def _epoch_record(row: Mapping[str, Any]) -> EpochRecord:
@@ -490,6 +490,8 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
         warnings=tuple(str(w) for w in result.get("warnings") or ()) + tuple(history_warnings),
         cost=_read_cost(result.get("cost")),
         stopped=_read_stopped(result.get("stopped")),
+        result=result,
+        config=config,
     )
 
 
@@ -542,50 +544,22 @@ def standard_references(runs: Iterable[RunRecord]) -> dict[tuple[str, str], floa
     return {key: statistics.fmean(v) for key, v in values.items()}
 
 
-def diagnose(runs: Sequence[RunRecord]) -> tuple[RunRecord, ...]:
-    """The runs with their :class:`~robustft.diagnostics.Finding` s filled in.
-
-    The suboptimal-transfer reference of a run is the mean clean accuracy of the eps_g = 0 runs
-    with the same backbone and dataset among ``runs``.
+def with_findings(runs: Sequence[RunRecord]) -> tuple[RunRecord, ...]:
+    """The runs with their :class:`~robustft.diagnostics.Finding` s filled in by
+    :func:`robustft.result.diagnose`, as training diagnosed them, now with a reference: the mean
+    clean accuracy of the eps_g = 0 runs with the same backbone and dataset among ``runs``.
     """
     references = standard_references(runs)
     out = []
     for run in runs:
-        findings = diagnose_run(
+        findings = diagnose(
+            {"num_classes": run.num_classes, **run.result},
             [r.as_row() for r in run.history],
-            _result_view(run),
-            num_classes=max(run.num_classes, 1),
-            schedule_text=run.schedule,
+            run.config,
             reference_clean=references.get((run.backbone, run.dataset)),
-            attack_name=run.attack_name,
-            attack_steps=run.attack_steps,
-            overfit_rule=_overfit_rule(run),
         )
         out.append(replace(run, findings=tuple(findings)))
     return tuple(out)
-
-
-def _overfit_rule(run: RunRecord) -> OverfitRule:
-    """The run's catastrophic-overfitting thresholds (config ``monitor.gap``/``ratio``)."""
-    settings = dict(run.settings)
-    default = OverfitRule()
-    try:
-        return OverfitRule(
-            gap=float(settings.get("monitor.gap", default.gap)),
-            ratio=float(settings.get("monitor.ratio", default.ratio)),
-        )
-    except ValueError:
-        return default
-
-
-def _result_view(run: RunRecord) -> dict[str, Any]:
-    return {
-        "clean_accuracy": run.clean,
-        "robust_accuracy": run.robust,
-        "eps_g": run.eps_g,
-        "eval_eps_max": run.eval_eps,
-        "schedule": run.schedule,
-    }
 
 
 def collect_runs(root: str | Path) -> Collection:
@@ -617,7 +591,7 @@ def collect_runs(root: str | Path) -> Collection:
     if not runs:
         detail = f" ({len(skipped)} skipped: {skipped[0]})" if skipped else ""
         raise UserError(f"{base}: no finished runs (no result.json below it){detail}")
-    return Collection(base, diagnose(sort_runs(label_methods(runs))), tuple(skipped))
+    return Collection(base, with_findings(sort_runs(label_methods(runs))), tuple(skipped))
 
 
 def method_order(runs: Iterable[RunRecord]) -> list[str]:

@@ -1,0 +1,91 @@
+"""Building: :func:`build_model` and :func:`build_model_from_spec`, dispatching on the name.
+
+Model names (``build_model(name, ...)``):
+
+- ``efficientnet_lite0``: the offline default (:mod:`robustft.models.sources.lite0`).
+- ``timm:<name>``: any timm model (:mod:`robustft.models.sources.timm`).
+- ``torchvision:<name>``: any torchvision classification model
+  (:mod:`robustft.models.sources.torchvision`).
+
+``<source>:<name>`` names are looked up in the registry of :mod:`robustft.models.sources`.
+
+The head is initialised from torch's global RNG: call ``torch.manual_seed`` before building.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from robustft.errors import UserError, did_you_mean
+from robustft.models.modes import apply_mode
+from robustft.models.sources import _SOURCES
+from robustft.models.sources.lite0 import _build_lite0
+from robustft.models.spec import DEFAULT_MODEL, ModelSpec, ModeOptions
+from robustft.models.wrapper import ClassifierModel
+
+# the package's logger, as before the split into modules (records keep the name robustft.models)
+logger = logging.getLogger("robustft.models")
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: bool = True,
+    weights: str | None = None,
+    mode: str = "full",
+    mode_options: ModeOptions | None = None,
+) -> ClassifierModel:
+    """Build a classifier for ``[0, 1]`` images with a new ``num_classes`` head.
+
+    Args:
+        name: ``efficientnet_lite0`` (offline default), ``timm:<name>`` or ``torchvision:<name>``.
+        num_classes: classes of the task.
+        pretrained: load pretrained weights when ``weights`` is ``None`` (the hub/torchvision
+            ones need network; ``efficientnet_lite0``'s ship with pip). ``False``: random init.
+        weights: local ``.safetensors``/``.pth``/``.pt`` state dict for the backbone.
+        mode: fine-tuning mode: ``full``, ``linear``, ``lora``, ``bitfit`` or ``partial``.
+        mode_options: the modes' hyperparameters; ``None`` = :class:`ModeOptions` defaults.
+
+    Returns:
+        A :class:`ClassifierModel` mapping ``(B, 3, H, W)`` in ``[0, 1]`` to ``(B, num_classes)``
+        logits, in train mode, with ``info`` describing it.
+
+    Raises:
+        UserError: unknown name or mode, unreadable or mismatching weights file, pretrained
+            weights that cannot be downloaded, or mode options that do not fit the model.
+    """
+    options = ModeOptions() if mode_options is None else mode_options
+    spec = ModelSpec(name, num_classes, pretrained, weights, mode, options)
+    return build_model_from_spec(spec)
+
+
+def build_model_from_spec(spec: ModelSpec) -> ClassifierModel:
+    """Build the model described by ``spec`` (see :func:`build_model`)."""
+    name = spec.name.strip()
+    source, _, arch = name.partition(":")
+    if name == DEFAULT_MODEL:
+        built = _build_lite0(spec)
+    elif arch and source in _SOURCES:
+        built = _SOURCES[source](arch, spec)
+    else:
+        hint = did_you_mean(name, [DEFAULT_MODEL, "timm:" + name, "torchvision:" + name])
+        raise UserError(
+            f"unknown model '{name}'{hint}; use {DEFAULT_MODEL}, timm:<name> or "
+            "torchvision:<name> (e.g. timm:resnet50)"
+        )
+    model = ClassifierModel(
+        built.net,
+        spec=spec,
+        mean=built.mean,
+        std=built.std,
+        input_size=built.input_size,
+        head=built.head,
+        source=built.source,
+    )
+    apply_mode(model, spec.mode, options=spec.options)
+    model.train()
+    logger.info(
+        "built %s (%s), mode=%s, %d classes", name, built.source, spec.mode, spec.num_classes
+    )
+    return model
