@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from robustft.callbacks import Callbacks
+
 torch.set_num_threads(2)
+
+
+class StopAfterFirstEpoch(Callbacks):
+    """Interrupts a run right after its epoch-1 checkpoint, as a kill there would."""
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        raise KeyboardInterrupt
 
 
 class TinyCNN(nn.Module):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from conftest import StopAfterFirstEpoch
 from robustft import cli
 from robustft.config import load_config
 from robustft.train import fit
@@ -82,20 +82,10 @@ def test_rerun_rules(smoke_run: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (smoke_run / "result.json").read_text() == before  # finished run: nothing redone
 
 
-class _StopAfterFirstEpoch:
-    def on_epoch_start(self, *args: Any) -> None: ...
-    def on_batch(self, *args: Any) -> None: ...
-    def on_eval_start(self, *args: Any) -> None: ...
-    def on_eval(self, *args: Any) -> None: ...
-
-    def on_epoch_end(self, row: dict[str, Any]) -> None:
-        raise KeyboardInterrupt  # as if killed right after the epoch-1 checkpoint
-
-
 def test_resume_matches_uninterrupted_run(smoke_run: Path, tmp_path: Path) -> None:
     config = load_config(SMOKE)
     with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "r", callbacks=_StopAfterFirstEpoch())
+        fit(config, tmp_path / "r", callbacks=StopAfterFirstEpoch())
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
     resumed = fit(config, tmp_path / "r", resume=True)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import StopAfterFirstEpoch
 from robustft import cli
 from robustft.checkpoint import save_checkpoint
 from robustft.config import build_config
@@ -91,16 +92,6 @@ def test_export_records_the_trained_input_size(tmp_path: Path) -> None:
     assert meta["pretrained_input_size"] == "224"
 
 
-class _StopAfterFirstEpoch:
-    def on_epoch_start(self, *args: object) -> None: ...
-    def on_batch(self, *args: object) -> None: ...
-    def on_eval_start(self, *args: object) -> None: ...
-    def on_eval(self, *args: object) -> None: ...
-
-    def on_epoch_end(self, row: dict[str, object]) -> None:
-        raise KeyboardInterrupt  # as if killed right after the epoch-1 checkpoint
-
-
 def test_resume_keeps_the_thread_count_the_run_started_with(tmp_path: Path) -> None:
     """Defect 3: float sums depend on the thread count; a run started with 1 thread and resumed
     in a process with 2 must still end as the 1-thread run does, and say how many it used."""
@@ -112,7 +103,7 @@ def test_resume_keeps_the_thread_count_the_run_started_with(tmp_path: Path) -> N
     with cpu_threads(1):
         reference = fit(config, tmp_path / "one-thread")
         with pytest.raises(KeyboardInterrupt):
-            fit(config, tmp_path / "resumed", callbacks=_StopAfterFirstEpoch())
+            fit(config, tmp_path / "resumed", callbacks=StopAfterFirstEpoch())
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["threads"] == 1
     with cpu_threads(2):
         resumed = fit(config, tmp_path / "resumed", resume=True)

@@ -499,6 +499,17 @@ def _check_yaml_size(data: Any, where: str) -> Any:
     return data
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value for every leaf of a nested config mapping (``{"train.epochs": 3}``)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict (empty file -> {})."""
     data = read_yaml(path)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from robustft import __version__
 from robustft.checkpoint import atomic_write_json, atomic_write_text, previous
-from robustft.config import RunConfig, build_config, load_yaml
+from robustft.config import RunConfig, build_config, flatten, load_yaml
 from robustft.errors import UserError
 
 if TYPE_CHECKING:
@@ -178,21 +178,11 @@ def remove_stale_temp_files(run: RunDir) -> list[Path]:
 
 def config_differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
     """The dotted keys whose values differ between two configs, as ``key: old -> new`` text."""
-    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
     keys = [k for k in sorted(set(a) | set(b)) if k != "name" and a.get(k) != b.get(k)]
     shown = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(shown) + more
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def check_run_dir(run: RunDir, config: RunConfig, *, resume: bool, force: bool) -> None:

@@ -142,6 +142,18 @@ def partial_parameter_names(model: ClassifierModel, *, blocks: int) -> list[str]
     return names[starts[-blocks] :]
 
 
+def frozen_batchnorms(model: nn.Module) -> tuple[str, ...]:
+    """Names of the BatchNorm layers whose affine parameters are all frozen (or absent): in train
+    mode they would still replace their running statistics with those of the training batches,
+    silently changing a part of the network the mode means to keep."""
+    return tuple(
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and not any(p.requires_grad for p in module.parameters(recurse=False))
+    )
+
+
 def _frozen_modules(model: ClassifierModel) -> tuple[str, ...]:
     """The largest submodules (names relative to ``model``) whose parameters are all frozen."""
     out: list[str] = []

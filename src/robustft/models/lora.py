@@ -14,8 +14,8 @@
   models: every capable layer outside the head. Never adapted: the head, subclasses with their own
   forward (timm's ``Conv2dSame``, ``StdConv2d``), dilated or non-zero-padded convs, and layers
   whose parent reads their weights directly (``nn.MultiheadAttention.out_proj``, torchvision Swin
-  attention, timm SwinV2/BEiT/EVA ``qkv``), where LoRA would be ignored. BatchNorm statistics
-  follow ``train()`` as in ``full``.
+  attention, timm SwinV2/BEiT/EVA ``qkv``), where LoRA would be ignored. Frozen BatchNorm
+  layers keep their pretrained statistics (:func:`robustft.models.blocks.frozen_batchnorms`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from robustft.config import flatten
 from robustft.diagnostics import Finding, task_adaptation_delay
 from robustft.errors import UserError
 from robustft.monitor import FGSM_KEY, PGD_KEY
@@ -465,7 +466,7 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
         run_id=str(result.get("run_id") or root.name),
         method=name,
         name=name,
-        settings=tuple(sorted(_flatten(config).items())),
+        settings=tuple(sorted((k, _text(v)) for k, v in flatten(config).items())),
         backbone=str(model.get("name", "?")),
         dataset=str(data.get("name", "?")),
         seed=int(train.get("seed", 0)),
@@ -495,15 +496,8 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
     )
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Dotted key -> text for every leaf of a nested config mapping."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
-    return out
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 GROUPING_KEYS = frozenset(
