@@ -536,3 +536,30 @@ def test_cli_empty_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no finished runs" in err
     assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_delay_correlation_section_and_plot(tmp_path: Path) -> None:
+    """The report relates each run's task-adaptation delay to its final clean accuracy
+    (Pearson's r per backbone and dataset; never-adapting runs censored at epochs + 1)."""
+    from robustft.report.delay import delay_correlations, pearson
+
+    # delays 1, 2, 3 (val accuracy crosses 20% at that epoch) and one run that never adapts
+    cases = [
+        ("a", [0.5, 0.6, 0.8, 0.9], 0.9),
+        ("b", [0.1, 0.5, 0.7, 0.8], 0.8),
+        ("c", [0.1, 0.1, 0.3, 0.6], 0.6),
+        ("d", [0.1, 0.1, 0.1, 0.15], 0.15),
+    ]
+    for seed, (method, val, clean) in enumerate(cases):
+        make_run(tmp_path / method, method, clean=clean, robust=0.0, seed=seed, val_acc=val)
+    collection = collect_runs(tmp_path)
+    (corr,) = delay_correlations(collection.runs)
+    assert sorted(p.delay for p in corr.points) == [1, 2, 3, 5] and corr.censored == 1
+    expected = pearson([1, 2, 3, 5], [0.9, 0.8, 0.6, 0.15])
+    assert corr.r == pytest.approx(expected) and expected is not None and expected < -0.9
+    report = build_report(tmp_path)
+    text = (report.out_dir / "report.md").read_text()
+    assert "## Adaptation delay and clean accuracy" in text
+    assert f"| efficientnet_lite0 | digits | 4 | 1 | {expected:+.2f} |" in text
+    assert (report.out_dir / "delay_vs_clean.png").is_file()
+    assert pearson([1, 1, 1], [0.1, 0.2, 0.3]) is None  # no spread: undefined, not 0

@@ -595,6 +595,47 @@ def cost_figure(
     return fig
 
 
+def delay_figure(
+    runs: Sequence[RunRecord], styles: Mapping[str, Style] | None = None
+) -> Figure | None:
+    """Final clean accuracy against the task-adaptation delay, one panel per (backbone,
+    dataset), Pearson's r in the title (:mod:`robustft.report.delay`); None with < 3 runs."""
+    from robustft.report.delay import delay_correlations
+
+    found = [c for c in delay_correlations(runs) if len(c.points) >= 3]
+    if not found:
+        return None
+    styles = styles or method_styles(runs)
+    fig, axes = _new_figure(len(found))
+    for ax, corr in zip(axes, found):
+        for method in method_order([p.run for p in corr.points]):
+            mine = [p for p in corr.points if p.run.method == method]
+            style = styles[method]
+            ax.plot(
+                [p.delay for p in mine],
+                [100 * p.clean for p in mine],
+                style.marker,
+                color=style.color,
+                mec="black",
+                mew=0.6,
+                ms=7,
+                ls="none",
+                label=method,
+            )
+        never = [p for p in corr.points if p.censored]
+        if never:
+            ax.axvline(never[0].delay - 0.5, color="0.6", ls=":", lw=1)
+        r = "undefined" if corr.r is None else f"{corr.r:+.2f}"
+        ax.set_title(f"{corr.backbone} on {corr.dataset}: r = {r} (n = {len(corr.points)})")
+        ax.set_xlabel("task-adaptation delay (epoch; right of the dotted line: never adapted)")
+        ax.set_ylabel("final clean accuracy (%)")
+        _integer_ticks(ax)
+        ax.grid(alpha=0.3)
+        _legend(ax, "below", "method")
+    fit_figure(fig, axes, "Adaptation delay vs final clean accuracy", "below")
+    return fig
+
+
 def _has_cost(run: RunRecord) -> bool:
     return run.cost is not None and run.cost.example_passes > 0
 
@@ -655,6 +696,13 @@ PLOTS = (
         expected_robustness_figure,
         lambda r: True,
         _few_bars,
+    ),
+    PlotSpec(
+        "delay_vs_clean",
+        "Task-adaptation delay vs final clean accuracy (Pearson's r)",
+        delay_figure,
+        lambda r: True,
+        lambda runs: len({(r.backbone, r.dataset) for r in runs}) <= MAX_PANELS,
     ),
     PlotSpec(
         "cost_vs_robustness",

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from robustft import diagnostics
+from robustft.report import delay
 from robustft.report.collect import (
     Cell,
     Collection,
@@ -524,6 +525,8 @@ def render_markdown(collection: Collection, plots: Sequence[tuple[str, str]]) ->
         markdown_results(results_tables(runs)),
         "## Cost\n",
         markdown_cost(runs),
+        "## Adaptation delay and clean accuracy\n",
+        delay.markdown_section(runs),
         "## Runs\n",
         markdown_table(RUN_HEADERS, run_rows(runs)) + "\n",
         "## Findings\n",
