@@ -5,13 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from robustft.build import check_config
 from robustft.config import load_config
 from robustft.demo import demo_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "sweeps")
+
+
+def _is_sweep(path: Path) -> bool:
+    """Sweep files name a base config; run configs never have that key."""
+    return "base" in (yaml.safe_load(path.read_text()) or {})
+
+
+ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if not _is_sweep(p))
+SWEEPS = sorted(p for p in CONFIGS.rglob("*.yaml") if _is_sweep(p))
 
 
 @pytest.mark.parametrize("path", ALL, ids=[str(p.relative_to(CONFIGS)) for p in ALL])
@@ -42,7 +51,11 @@ def test_digits_configs_match_the_demo() -> None:
         assert shipped.run_id() == config.run_id(), method
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_sweep_files_are_found() -> None:
+    assert {p.parent.name for p in SWEEPS} >= {"sweeps", "reproduction"}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[str(p.relative_to(CONFIGS)) for p in SWEEPS])
 def test_sweep_files_expand(path: Path) -> None:
     from robustft.sweep import expand, load_sweep
 

@@ -21,7 +21,13 @@ from robustft.report.collect import Stat, aggregate, collect_runs
 from robustft.report.tables import COST_HEADERS, cost_tables, fmt_stat, results_tables
 
 EPS = 8 / 255
-PLOT_STEMS = ("val_accuracy", "robustness_curves", "expected_robustness", "cost_vs_robustness")
+PLOT_STEMS = (
+    "val_accuracy",
+    "robustness_curves",
+    "expected_robustness",
+    "cost_vs_robustness",
+    "delay_vs_clean",
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS, BATCH, PARAMETERS = 10, 100, 4_000_000  # per synthetic epoch; model size
 

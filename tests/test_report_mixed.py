@@ -110,6 +110,7 @@ def test_long_legends_render_without_matplotlib_warnings(
         "val_accuracy",
         "robustness_curves",
         "expected_robustness",
+        "delay_vs_clean",
         "cost_vs_robustness",
     ]
     assert [str(w.message) for w in caught] == []  # was "constrained_layout not applied" x5
@@ -174,13 +175,15 @@ def _series(stem: str, ax: Axes) -> int:
     if stem.startswith("val_accuracy"):  # accuracy lines; the eps lines are on the twin axes
         solid = [line for line in ax.lines if line.get_linestyle() == "-"]
         return len({(line.get_color(), line.get_marker()) for line in solid}) + 4  # + style keys
+    if stem.startswith("delay_vs_clean"):  # one marker series per method; the axvline is dotted
+        return sum(line.get_linestyle() == "None" for line in ax.lines)
     means = [line for line in ax.lines if line.get_markersize() == 8]  # cost: method means
     return len({(line.get_color(), line.get_marker()) for line in means})
 
 
 def test_every_panel_is_legible_with_a_legend_entry_per_series(mixed_figures: Drawn) -> None:
     figures, _ = mixed_figures
-    assert len(figures) == 13
+    assert len(figures) == 14  # 13 split per dataset/norm + delay
     for plot in figures:
         fig = plot.figure
         renderer = fig.canvas.get_renderer()
