@@ -154,6 +154,16 @@ def frozen_batchnorms(model: nn.Module) -> tuple[str, ...]:
     )
 
 
+def batchnorms(model: nn.Module) -> tuple[str, ...]:
+    """Names of every BatchNorm layer: BitFit trains their affine parameters but keeps their
+    running statistics (eval mode inside ``train()``), see :mod:`robustft.models.modes`."""
+    return tuple(
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    )
+
+
 def _frozen_modules(model: ClassifierModel) -> tuple[str, ...]:
     """The largest submodules (names relative to ``model``) whose parameters are all frozen."""
     out: list[str] = []

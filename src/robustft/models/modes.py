@@ -16,7 +16,9 @@ whole model in every mode.
   letting few-shot batches overwrite them left LoRA at 38.1% clean accuracy; keeping them
   gave 88.9%, against 92.5% for full fine-tuning. Targets: :mod:`robustft.models.lora`.
 - ``bitfit``: only biases and normalisation weights/biases train, plus the head
-  (:mod:`robustft.models.blocks`).
+  (:mod:`robustft.models.blocks`); BatchNorm layers keep their pretrained running statistics
+  (eval mode inside ``model.train()``) while their affine parameters train: measured on the
+  same setting, BitFit reached 46.4% clean with statistics updating and 83.6% with them kept.
 - ``partial``: the last ``blocks`` blocks train, plus everything after them and the head; the
   frozen earlier part is kept in eval mode (:mod:`robustft.models.blocks`).
 
@@ -36,6 +38,7 @@ from robustft.errors import UserError, few, unknown_name
 from robustft.models.blocks import (
     _bias_and_norm_names,
     _frozen_modules,
+    batchnorms,
     frozen_batchnorms,
     partial_parameter_names,
 )
@@ -86,10 +89,12 @@ def _mode_linear(model: ClassifierModel, options: ModeOptions) -> None:
 
 @register_mode("bitfit")
 def _mode_bitfit(model: ClassifierModel, options: ModeOptions) -> None:
-    """BitFit: biases and normalisation weights/biases train, plus the head."""
+    """BitFit: biases and normalisation weights/biases train, plus the head; BatchNorm running
+    statistics stay the pretrained ones (:func:`batchnorms`)."""
     chosen = set(_bias_and_norm_names(model))
     for name, p in model.named_parameters():
         p.requires_grad_(model.is_head(name) or name in chosen)
+    model.eval_modules = batchnorms(model)
 
 
 @register_mode("partial")
