@@ -3,24 +3,48 @@
 Writes go to a temporary file in the same directory, are fsynced, then renamed over the target,
 so a reader (or a resumed run) sees either the old complete file or the new complete file,
 never a torn one. Checkpoints are loaded with ``torch.load(weights_only=True)``: a checkpoint
-cannot execute code. Each checkpoint carries a SHA-256 of its payload, checked on load.
+cannot execute code.
+
+A checkpoint (format ``robustft-checkpoint-v2``) is the payload's ordinary ``torch.save`` zip,
+streamed straight into the temporary file through a writer that hashes the bytes as they pass,
+followed by a fixed-size trailer of :data:`TRAILER_BYTES` bytes naming the format, the zip's
+length and its SHA-256 (``torch.load`` reads the zip and ignores the bytes after it). The state
+is written once and never held in memory as bytes: the file is the state's size and saving
+costs about a chunk of memory beyond the payload itself (the v1 format serialised the payload
+to bytes, then pickled those bytes again inside a second ``torch.save`` with the hash: about
+1.35 times the state on disk and several copies of it in memory). Files of the v1 format are
+still read.
+
+When the disk is full (or a quota is reached) while a file is written, the temporary file is
+removed, the previous file stays as it was, and :class:`DiskFull` (a one-line
+:class:`~robustft.errors.UserError`) names the directory and the space needed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import pickle
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from robustft.errors import UserError, first_line
 
-FORMAT = "robustft-checkpoint-v1"
+FORMAT = "robustft-checkpoint-v2"
+FORMAT_V1 = "robustft-checkpoint-v1"  # {"format", "sha256", "payload": bytes}; read, not written
+TRAILER_BYTES = 128
+_CHUNK = 1 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+    """No space left (or quota exceeded) while writing a file; nothing was replaced."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -42,22 +66,86 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+def _human(nbytes: float) -> str:
+    """``41.2 MB``: a byte count for messages (decimal units)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(nbytes) < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"  # pragma: no cover (the loop returns)
+
+
+def _disk_full(target: Path, needed: int | None) -> DiskFull:
+    """The one-line error for a write that ran out of space: where, how much, what to do."""
+    try:
+        free: int | None = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    need = f"about {_human(needed)}" if needed else "more space"
+    have = f", {_human(free)} free" if free is not None else ""
+    return DiskFull(
+        f"disk full: cannot write {target.name} in {target.parent} (needs {need}{have}); free "
+        "space there, then rerun (a run resumes with --resume; the previous file is kept)"
+    )
+
+
+def _write_atomically(
+    target: Path,
+    write: Callable[[IO[bytes]], object],
+    *,
+    needed: int | None,
+    keep_previous: bool = False,
+) -> None:
+    """Call ``write(handle)`` on a temporary file next to ``target``, fsync it, then rename it
+    over ``target`` (first moving an existing ``target`` to ``<target>.prev`` when
+    ``keep_previous``). On any failure the temporary file is removed and ``target`` is left as
+    it was.
+
+    Raises:
+        DiskFull: no space left or quota exceeded (``needed``: the bytes the file needs).
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        if _out_of_space(err):
+            raise _disk_full(target, needed) from None
+        raise
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone to read
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous and target.exists():
+            os.replace(target, previous(target))
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(err):
+            raise _disk_full(target, needed) from None
         raise
     _fsync_dir(target.parent)
+
+
+def _out_of_space(err: BaseException | None) -> bool:
+    """Whether ``err`` or an exception it was raised from is ENOSPC or EDQUOT (``torch.save``
+    re-raises a failed write of its file object as a RuntimeError)."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename).
+
+    Raises:
+        DiskFull: the disk filled up; ``path`` keeps its old content.
+    """
+    _write_atomically(Path(path), lambda handle: handle.write(data), needed=len(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -68,34 +156,98 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def _serialize(obj: Any) -> bytes:
+class _HashingWriter:
+    """A write-only file object that passes bytes on to ``handle`` and hashes them on the way
+    (``torch.save`` needs only ``write`` and ``flush``)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.sha256, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.size += view.nbytes
+        self.handle.write(view)
+        return view.nbytes
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _trailer(size: int, digest: str) -> bytes:
+    line = f"\n{FORMAT} size={size} sha256={digest}".ljust(TRAILER_BYTES - 1) + "\n"
+    return line.encode("ascii")
+
+
+def _read_trailer(handle: IO[bytes], source: Path) -> tuple[int, str] | None:
+    """(zip length, SHA-256) from a v2 checkpoint's trailer; None when the file has none."""
+    total = os.fstat(handle.fileno()).st_size
+    if total < TRAILER_BYTES:
+        return None
+    handle.seek(total - TRAILER_BYTES)
+    text = handle.read(TRAILER_BYTES).decode("ascii", errors="replace")
+    if FORMAT not in text:
+        return None
+    words = text.split()
+    fields = dict(w.partition("=")[::2] for w in words[1:])
+    size, digest = fields.get("size", ""), fields.get("sha256", "")
+    if (
+        len(words) != 3
+        or words[0] != FORMAT
+        or not size.isdigit()
+        or int(size) + TRAILER_BYTES != total
+        or len(digest) != 64
+    ):
+        raise UserError(f"checkpoint {source}: corrupt or truncated (its trailer is damaged)")
+    return int(size), digest
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) payload: about the size of its checkpoint."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Save ``payload`` (tensors, numbers, strings, lists, dicts) with an integrity hash.
 
-    The file is ``{"format", "sha256", "payload": bytes}``; the hash covers the serialised
-    payload. If a checkpoint already exists at ``path`` it is kept as ``<path>.prev`` first, so
-    a fallback survives a corrupt newest file.
+    The payload is streamed once into a temporary file (``torch.save`` through a hashing
+    writer), the trailer appended, the file fsynced and renamed over ``path``; an existing
+    checkpoint at ``path`` becomes ``<path>.prev`` at that moment, so a fallback survives a
+    corrupt newest file. The older ``.prev`` is deleted before writing: the disk holds at most
+    two checkpoints and the temporary file.
+
+    Raises:
+        DiskFull: the disk filled up while writing; ``path`` still holds the previous
+            checkpoint.
     """
-    blob = _serialize(payload)
-    wrapper = {"format": FORMAT, "sha256": hashlib.sha256(blob).hexdigest(), "payload": blob}
+    import torch
+
     target = Path(path)
+
+    def write(handle: IO[bytes]) -> None:
+        writer = _HashingWriter(handle)
+        torch.save(payload, writer)  # type: ignore[arg-type]
+        handle.write(_trailer(writer.size, writer.sha256.hexdigest()))
+
     if target.exists():
-        os.replace(target, target.with_name(target.name + ".prev"))
-    atomic_write_bytes(target, _serialize(wrapper))
+        previous(target).unlink(missing_ok=True)
+    needed = _tensor_bytes(payload) + (1 << 16)
+    _write_atomically(target, write, needed=needed, keep_previous=True)
 
 
-def _safe_load(data: bytes, source: Path) -> Any:
+def _safe_load(data: IO[bytes], source: Path) -> Any:
     import torch
 
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(data, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UserError(
             f"checkpoint {source}: refused to load unsafe or foreign content "
@@ -108,8 +260,33 @@ def _safe_load(data: bytes, source: Path) -> Any:
         ) from None
 
 
+def _chunks(handle: IO[bytes], size: int) -> Iterator[bytes]:
+    handle.seek(0)
+    left = size
+    while left > 0:
+        chunk = handle.read(min(_CHUNK, left))
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
+
+
+def _load_v1(handle: IO[bytes], source: Path) -> Any:
+    """The payload of a ``robustft-checkpoint-v1`` file (a ``torch.save`` of ``{"format",
+    "sha256", "payload": bytes}``)."""
+    handle.seek(0)
+    wrapper = _safe_load(handle, source)
+    if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT_V1:
+        raise UserError(f"checkpoint {source}: not a robustft checkpoint (unknown format)")
+    blob = wrapper.get("payload")
+    if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != wrapper.get("sha256"):
+        raise UserError(f"checkpoint {source}: integrity hash mismatch (file damaged)")
+    return _safe_load(io.BytesIO(blob), source)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and verify a checkpoint written by :func:`save_checkpoint`.
+    """Load and verify a checkpoint written by :func:`save_checkpoint` (or by robustft
+    versions that wrote the v1 format).
 
     Raises:
         UserError: missing, corrupt, unsafe, or failing its integrity hash.
@@ -117,13 +294,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     source = Path(path)
     if not source.is_file():
         raise UserError(f"checkpoint not found: {source}")
-    wrapper = _safe_load(source.read_bytes(), source)
-    if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
-        raise UserError(f"checkpoint {source}: not a robustft checkpoint (unknown format)")
-    blob = wrapper.get("payload")
-    if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != wrapper.get("sha256"):
-        raise UserError(f"checkpoint {source}: integrity hash mismatch (file damaged)")
-    payload = _safe_load(blob, source)
+    with source.open("rb") as handle:  # one open file: a concurrent rename cannot swap it
+        trailer = _read_trailer(handle, source)
+        if trailer is None:
+            payload = _load_v1(handle, source)
+        else:
+            size, digest = trailer
+            sha256 = hashlib.sha256()
+            for chunk in _chunks(handle, size):
+                sha256.update(chunk)
+            if sha256.hexdigest() != digest:
+                raise UserError(f"checkpoint {source}: integrity hash mismatch (file damaged)")
+            handle.seek(0)
+            payload = _safe_load(handle, source)
     if not isinstance(payload, dict):
         raise UserError(f"checkpoint {source}: unexpected content")
     return payload
