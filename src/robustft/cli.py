@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from robustft import __version__
-from robustft.errors import NumericalFault, UserError, printable
+from robustft.errors import NumericalFault, PeerFailed, UserError, printable
 
 FIRST_COMMANDS = ("schedule", "train", "eval", "demo")
 
@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.verbose:  # the commands print each curve's warnings themselves, once
             logging.getLogger("robustft.robustness").setLevel(logging.ERROR)
         return int(args.handler(args))
+    except PeerFailed:  # another rank of a torchrun run failed; rank 0 prints the reason
+        return 2
     except NumericalFault as err:
         print(f"robustft: run failed: {err}", file=sys.stderr)
         return 1

@@ -140,7 +140,9 @@ class TrainConfig:
     (``torch.set_num_threads``; null = the process default: the cores, or ``OMP_NUM_THREADS``).
     Float sums depend on the thread count, so a run's numbers are bitwise reproducible only at
     the same count: it is recorded in checkpoints and ``result.json``, and ``--resume`` keeps
-    the count the run started with."""
+    the count the run started with. ``batch_size`` is the global batch: under ``torchrun`` it is
+    split across the processes (a multiple of their number). ``sync_bn``: BatchNorm statistics
+    of the global batch (SyncBatchNorm, GPUs only) instead of each process's shard."""
 
     epochs: int = 50
     batch_size: int = 64
@@ -157,6 +159,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")

@@ -104,3 +104,8 @@ class NumericalFault(UserError):
     def __init__(self, message: str, *, kind: str, epoch: int, step: int, value: float) -> None:
         super().__init__(message)
         self.kind, self.epoch, self.step, self.value = kind, epoch, step, value
+
+
+class PeerFailed(UserError):
+    """Another process of a distributed run failed (rank 0 reports the cause; the CLI prints
+    nothing more for this one, so a misconfiguration is one line however many ranks see it)."""

@@ -48,11 +48,23 @@ class AdversarialCE:
         eps: float,
         *,
         generator: torch.Generator | None = None,
+        x_init: Tensor | None = None,
+        crafting_model: nn.Module | None = None,
     ) -> ObjectiveOutput:
+        """The loss of ``model`` on adversarial examples of ``x`` at ``eps``.
+
+        Args:
+            generator: the attack's source of random starts.
+            x_init: the attack's starting points instead of a random start.
+            crafting_model: the module the attack runs through, when not ``model`` (a
+                data-parallel run crafts through the unwrapped module, without DDP's
+                gradient all-reduce).
+        """
         steps = 0
         if eps > 0:
+            crafter = model if crafting_model is None else crafting_model
             with self._autocast(x.device):
-                x = self.attack(model, x, y, eps, generator=generator)
+                x = self.attack(crafter, x, y, eps, x_init=x_init, generator=generator)
             steps = int(getattr(self.attack, "steps", 1)) * int(getattr(self.attack, "restarts", 1))
         with self._autocast(x.device):
             logits = model(x)

@@ -43,6 +43,7 @@ def run_result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "skipped_images": len(state.data.skipped),
         "threads": state.threads,
         "device": str(state.device),
+        "world_size": state.world.size,
         "cost": run_cost(state, curve),
     }
     findings = diagnose(result, state.history, state.config.to_dict())

@@ -16,6 +16,11 @@ Two modes:
   never report a higher robust accuracy, and it costs far less. With ``warm_start=True`` an
   example is instead attacked from its adversarial point at the previous eps (usually
   stronger, but the guarantee above becomes empirical).
+
+Random starts are seeded per batch of ``batch_size`` examples and grid point, so a
+data-parallel evaluation (under ``torchrun``: rank r evaluates whole batches r, r + N, ...)
+gives every example the start a one-process evaluation gives it, and the gathered curve equals
+the one-process curve example for example.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from robustft import distributed
 from robustft.attacks import Attack
 from robustft.attacks.base import evaluation_mode
+from robustft.distributed import SINGLE, World
 from robustft.errors import UserError
 from robustft.subset import select, subset
 
@@ -246,6 +253,67 @@ def _attack_batch(
     return result
 
 
+@dataclass
+class _Batches:
+    """Per-batch results gathered in batch order: correctness per grid point, examples
+    attacked per grid point, a sample of logits per batch."""
+
+    correct: list[Tensor]  # K tensors of (N,) bool
+    attacked: list[int]
+    samples: list[Tensor]
+
+
+def _attack_batches(
+    model: nn.Module,
+    attack: Attack,
+    dataset: Dataset,
+    grid: tuple[float, ...],
+    *,
+    mode: str,
+    seed: int,
+    batch_size: int,
+    warm_start: bool,
+    progress: ProgressFn | None,
+    world: World,
+) -> _Batches:
+    """:func:`_attack_batch` over the dataset's consecutive batches: all of them in one
+    process; across ``world``'s ranks, rank r takes batches r, r + N, ... and the results are
+    gathered (on every rank) in batch order."""
+    total = len(dataset)  # type: ignore[arg-type]
+    device = _model_device(model)
+    starts = list(range(0, total, batch_size))
+    mine = [b for b in range(len(starts)) if b % world.size == world.rank]
+    batches = [list(range(starts[b], min(total, starts[b] + batch_size))) for b in mine]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=0)
+    parts: list[tuple[int, list[Tensor], list[int], Tensor]] = []
+    done = 0
+    for b, (x, y) in zip(mine, loader):
+        x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
+        res = _attack_batch(
+            model,
+            attack,
+            x,
+            y,
+            grid,
+            mode=mode,
+            seed=seed,
+            batch_index=b,
+            warm_start=warm_start,
+        )
+        parts.append((b, [c.cpu() for c in res.correct], res.attacked, res.logits_sample))
+        done += len(x)
+        if progress is not None:
+            progress(min(total, done * world.size), total)
+    if world.active:
+        gathered = [p for rank in distributed.all_gather(parts, world) for p in rank]
+        parts = sorted(gathered, key=lambda p: p[0])
+    return _Batches(
+        correct=[torch.cat([p[1][k] for p in parts]) for k in range(len(grid))],
+        attacked=[sum(p[2][k] for p in parts) for k in range(len(grid))],
+        samples=[p[3] for p in parts],
+    )
+
+
 def _model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
@@ -354,6 +422,7 @@ def robustness_curve(
     gradient_free_examples: int = GRADIENT_FREE_EXAMPLES,
     gradient_free_queries: int = GRADIENT_FREE_QUERIES,
     progress: ProgressFn | None = None,
+    world: World = SINGLE,
 ) -> RobustnessCurve:
     """Evaluate accuracy under ``attack`` at every eps of ``eps_grid``.
 
@@ -377,6 +446,9 @@ def robustness_curve(
             (``gradient_free_queries`` queries) and warn if it breaks clearly more (0 = skip;
             l-inf only, recorded as skipped for l2). Costs little unless ``attack`` is weak.
         progress: called as ``progress(done_examples, total_examples)`` after each batch.
+        world: the ranks of a data-parallel run (every rank calls this): each attacks its
+            share of the batches, rank 0 runs the sanity checks, every rank returns rank 0's
+            curve.
 
     Returns:
         A :class:`RobustnessCurve` with sanity-check warnings attached.
@@ -388,36 +460,26 @@ def robustness_curve(
     total = len(dataset)  # type: ignore[arg-type]
     if total == 0:
         raise UserError("evaluation data is empty; check the dataset split or max_examples")
-    device = _model_device(model)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    rows: list[list[Tensor]] = [[] for _ in grid]
-    attacked = [0] * len(grid)
-    samples: list[Tensor] = []
     start_time = time.perf_counter()
     # every submodule's own mode is restored afterwards (see evaluation_mode)
     with evaluation_mode(model):
-        done = 0
-        for b, (x, y) in enumerate(loader):
-            x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
-            res = _attack_batch(
-                model,
-                attack,
-                x,
-                y,
-                grid,
-                mode=mode,
-                seed=seed,
-                batch_index=b,
-                warm_start=warm_start,
-            )
-            for k in range(len(grid)):
-                rows[k].append(res.correct[k].cpu())
-                attacked[k] += res.attacked[k]
-            samples.append(res.logits_sample)
-            done += len(x)
-            if progress is not None:
-                progress(done, total)
-        correct = [torch.cat(r) for r in rows]
+        found = _attack_batches(
+            model,
+            attack,
+            dataset,
+            grid,
+            mode=mode,
+            seed=seed,
+            batch_size=batch_size,
+            warm_start=warm_start,
+            progress=progress,
+            world=world,
+        )
+        if not world.is_main:  # rank 0 checks and builds the curve; the others receive it
+            received: RobustnessCurve | None = distributed.broadcast(None, world)
+            assert received is not None
+            return received
+        correct, attacked = found.correct, found.attacked
         masking = _masking(
             model,
             attack,
@@ -452,7 +514,7 @@ def robustness_curve(
         gradient_free_check=gradient_free,
         examples=chosen.to_dict(),
     )
-    warnings = curve_warnings(curve, torch.cat(samples))
+    warnings = curve_warnings(curve, torch.cat(found.samples))
     for w in warnings:
         _logger.warning("robustness check: %s", w)
-    return replace(curve, warnings=tuple(warnings))
+    return distributed.broadcast(replace(curve, warnings=tuple(warnings)), world)

@@ -5,12 +5,17 @@ starts are seeded from ``(train.seed, epoch)``. With the checkpoint saved at eve
 (model, optimizer, epoch, history, RNG states, resolved config), a run killed at any moment and
 resumed with ``--resume`` continues from the last complete epoch and, on CPU, ends with the same
 numbers as an uninterrupted run.
+
+Under ``torchrun`` the same loop trains data-parallel: each rank trains its shard of every
+global batch through DistributedDataParallel, metrics are summed across ranks and only rank 0
+writes the run directory (:mod:`robustft.distributed` says what is guaranteed and how).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
@@ -24,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustft import attacks
+from robustft import attacks, distributed
 from robustft.build import (
     ONE_STEP_ATTACKS,
     build_backbone,
@@ -38,7 +43,6 @@ from robustft.build import (
     derive_seed,
     eval_grid,
     overfit_rule,
-    pick_device,
 )
 from robustft.callbacks import Callbacks
 from robustft.checkpoint import (
@@ -50,6 +54,7 @@ from robustft.checkpoint import (
 from robustft.config import RunConfig
 from robustft.cost import count_passes
 from robustft.data import DataSplits, check_class_set
+from robustft.distributed import SINGLE, ShardBatches, World
 from robustft.errors import NumericalFault, UserError
 from robustft.models import (
     ClassifierModel,
@@ -101,6 +106,8 @@ class TrainState:
     base_fingerprint: str = ""  # hash of the frozen base weights (models.base_fingerprint)
     stopped: dict[str, Any] | None = None  # set when the overfitting monitor ended training
     threads: int = 1  # CPU threads the run trains with (recorded; kept on resume)
+    world: World = SINGLE  # the ranks of a data-parallel run (torchrun); one process by default
+    net: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when world.active
 
     def current_schedule(self) -> EpsSchedule:
         """The eps schedule in force now: the configured one, or for an adaptive schedule
@@ -118,12 +125,17 @@ class TrainState:
     @property
     def steps_per_epoch(self) -> int:
         n, bs = len(self.data.train), self.config.train.batch_size  # type: ignore[arg-type]
-        return n // bs if n % bs == 1 else math.ceil(n / bs)
+        return distributed.batches_per_epoch(n, bs, self.world.size)
 
     def train_loader(self, epoch: int) -> DataLoader:
+        """The epoch's batches (this rank's shards of them in a data-parallel run, in the same
+        global order, :class:`robustft.distributed.ShardBatches`)."""
         cfg = self.config.train
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "order", epoch))
         n = len(self.data.train)  # type: ignore[arg-type]
+        if self.world.active:
+            shards = ShardBatches(n, cfg.batch_size, cfg.seed, epoch, self.world)
+            return DataLoader(self.data.train, batch_sampler=shards, num_workers=cfg.num_workers)
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "order", epoch))
         return DataLoader(
             self.data.train,
             batch_size=cfg.batch_size,
@@ -140,9 +152,11 @@ def build_state(
     *,
     model: ClassifierModel | None = None,
     data: DataSplits | None = None,
+    world: World = SINGLE,
 ) -> TrainState:
     """The state of a fresh run: ``model`` and ``data`` as given, or built from the config;
-    optimizer, schedule and objective from the config (:mod:`robustft.build`)."""
+    optimizer, schedule and objective from the config (:mod:`robustft.build`); wrapped for
+    data-parallel training when ``world`` has several ranks (:func:`distribute`)."""
     data = build_data(config) if data is None else data
     model = build_backbone(config, data.num_classes) if model is None else model
     model = model.to(device)
@@ -151,7 +165,18 @@ def build_state(
     schedule = build_schedule(config)
     state = TrainState(config, model, optimizer, data, schedule, objective, device)
     state.base_fingerprint = base_fingerprint(model)
+    distribute(state, world)
     return state
+
+
+def distribute(state: TrainState, world: World) -> None:
+    """Make ``state`` one rank of a data-parallel run over ``world`` (a collective: every rank
+    calls it): the model wrapped in DistributedDataParallel, rank 0's weights everywhere."""
+    if world.active:
+        state.world = world
+        state.net = distributed.wrap(
+            state.model, state.device, world, sync_bn=state.config.train.sync_bn
+        )
 
 
 def _set_lr(state: TrainState) -> float:
@@ -178,8 +203,7 @@ def _fault(state: TrainState, kind: str, value: float, what: str) -> NumericalFa
     )
 
 
-def _check_loss(state: TrainState, loss: torch.Tensor) -> None:
-    value = float(loss.detach())
+def _check_loss(state: TrainState, value: float) -> None:
     if not math.isfinite(value):
         kind = "nan_loss" if math.isnan(value) else "inf_loss"
         raise _fault(state, kind, value, f"training loss is {value}")
@@ -209,32 +233,76 @@ def _clip_and_check_gradients(state: TrainState) -> None:
 
 
 def _train_step(
-    state: TrainState, x: torch.Tensor, y: torch.Tensor, eps: float, gen: torch.Generator
-) -> tuple[float, int]:
-    """One optimizer step; returns (summed loss, correct count) on the trained inputs.
+    state: TrainState,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    gen: torch.Generator,
+    bounds: tuple[int, int] | None = None,
+) -> tuple[float, int, int]:
+    """One optimizer step; returns (summed loss, correct count, examples) on the trained
+    inputs: of the global batch in a data-parallel run, whose rank holds rows ``bounds`` =
+    (first, global batch size) of it.
 
     Raises:
         NumericalFault: non-finite loss or gradient norm, or one above the limit (before any
             parameter is updated).
     """
     _set_lr(state)
+    if bounds is not None:
+        return _data_parallel_step(state, x, y, eps, gen, bounds)
     out = state.objective(state.model, x, y, eps, generator=gen)
-    _check_loss(state, out.loss)
+    _check_loss(state, float(out.loss.detach()))
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     _clip_and_check_gradients(state)
     state.optimizer.step()
     state.step += 1
     correct = int((out.logits.argmax(1) == y).sum())
-    return float(out.loss.detach()) * len(y), correct
+    return float(out.loss.detach()) * len(y), correct, len(y)
+
+
+def _data_parallel_step(
+    state: TrainState,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    gen: torch.Generator,
+    bounds: tuple[int, int],
+) -> tuple[float, int, int]:
+    """:func:`_train_step` of one rank: crafted through the unwrapped model from this shard's
+    rows of the global batch's random start; the loss weighted by the shard's share so that
+    DDP's gradient average is the global batch's; loss and accuracy summed across ranks before
+    the fault check (every rank stops together); BatchNorm statistics averaged after."""
+    world = state.world
+    start = distributed.shard_start(state.objective.attack, x, eps, gen, bounds)
+    net = state.net if state.net is not None else state.model
+    out = state.objective(net, x, y, eps, generator=gen, x_init=start, crafting_model=state.model)
+    correct = int((out.logits.argmax(1) == y).sum())
+    loss_sum, correct_sum, seen = distributed.all_sum(
+        [float(out.loss.detach()) * len(y), correct, len(y)], world
+    )
+    _check_loss(state, loss_sum / seen)
+    share = len(y) * world.size / bounds[1]  # 1 for equal shards
+    state.optimizer.zero_grad(set_to_none=True)
+    (out.loss if share == 1 else out.loss * share).backward()
+    _clip_and_check_gradients(state)
+    state.optimizer.step()
+    if not state.config.train.sync_bn:
+        distributed.average_buffers(state.model, world)
+    state.step += 1
+    return loss_sum, int(correct_sum), int(seen)
 
 
 def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str, Any]:
     """Run epoch ``epoch`` (1-based) and return its metrics row (validation included)."""
-    cfg = state.config
-    torch.manual_seed(derive_seed(cfg.train.seed, "epoch", epoch))
+    cfg, world = state.config, state.world
+    # rank 0 draws augmentation and dropout as a one-process run; the other ranks their own
+    rank = () if world.rank == 0 else ("rank", world.rank)
+    torch.manual_seed(derive_seed(cfg.train.seed, "epoch", epoch, *rank))
     attack_gen = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "attack", epoch))
     loader = state.train_loader(epoch)
+    shards = loader.batch_sampler if isinstance(loader.batch_sampler, ShardBatches) else None
     spe = len(loader)
     schedule = state.current_schedule()
     callbacks.on_epoch_start(epoch, cfg.train.epochs, schedule.eps_at(epoch, spe - 1, spe), spe)
@@ -245,9 +313,10 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
         for i, (x, y) in enumerate(loader):
             x, y = x.to(state.device).float(), y.to(state.device)
             eps = schedule.eps_at(epoch, i, spe)
-            batch_loss, batch_correct = _train_step(state, x, y, eps, attack_gen)
-            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
-            eps_sum += eps * len(y)
+            bounds = None if shards is None else shards.bounds[i]
+            batch_loss, batch_correct, n = _train_step(state, x, y, eps, attack_gen, bounds)
+            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + n
+            eps_sum += eps * n
             callbacks.on_batch(i + 1, spe)
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {
@@ -260,7 +329,7 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
         "examples_per_second": round(seen / seconds, 2) if seconds > 0 else None,
         "steps": spe,
         "examples": seen,
-        **passes.as_dict(),
+        **_global_passes(passes.as_dict(), world),
     }
     row.update(validate(state, epoch))
     row["val_seconds"] = round(time.perf_counter() - start - seconds, 3)
@@ -268,21 +337,41 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
     return row
 
 
+def _global_passes(counts: dict[str, int], world: World) -> dict[str, int]:
+    """An epoch's pass counts across ranks: batched passes as on each rank (they run side by
+    side, as many on every rank), example-weighted ones summed."""
+    keys = [k for k in counts if k.startswith("example_")]
+    sums = distributed.all_sum([counts[k] for k in keys], world)
+    return {**counts, **{k: int(v) for k, v in zip(keys, sums)}}
+
+
 @torch.no_grad()
 def clean_accuracy(
-    model: nn.Module, data: Dataset, device: torch.device, limit: int | None, seed: int = 0
+    model: nn.Module,
+    data: Dataset,
+    device: torch.device,
+    limit: int | None,
+    seed: int = 0,
+    world: World = SINGLE,
 ) -> float:
     """Clean accuracy (fraction) of ``model`` in eval mode on a seeded, stratified sample of
-    ``limit`` examples (all when None; :mod:`robustft.subset`)."""
+    ``limit`` examples (all when None; :mod:`robustft.subset`); across ``world``'s ranks,
+    each counts whole batches r, r + N, ... and the counts are summed."""
     was_training = model.training
     model.eval()
     sample, _ = subset(data, limit, seed)
     n = len(sample)  # type: ignore[arg-type]
-    loader = DataLoader(sample, batch_size=256)
+    if world.active:
+        batches = [list(range(i, min(n, i + 256))) for i in range(0, n, 256)]
+        loader = DataLoader(sample, batch_sampler=batches[world.rank :: world.size])
+    else:
+        loader = DataLoader(sample, batch_size=256)
     correct = 0
     for x, y in loader:
         correct += int((model(x.to(device).float()).argmax(1) == y.to(device)).sum())
     model.train(was_training)
+    if world.active:
+        correct = int(distributed.all_sum([correct], world)[0])
     return correct / max(n, 1)
 
 
@@ -296,6 +385,7 @@ def validate(state: TrainState, epoch: int) -> dict[str, Any]:
             state.device,
             vcfg.max_examples,
             seed=derive_seed(state.config.train.seed, "val"),
+            world=state.world,
         )
     }
     eps_g = state.config.attack.eps
@@ -310,6 +400,7 @@ def validate(state: TrainState, epoch: int) -> dict[str, Any]:
             seed=derive_seed(state.config.train.seed, "val"),
             masking_check_examples=0,  # sanity checks belong to the final evaluation
             gradient_free_examples=0,
+            world=state.world,
         )
         out["val_robust_acc"] = curve.robust_accuracy
     return out
@@ -357,7 +448,9 @@ def run_probe(state: TrainState, epochs: int, callbacks: Callbacks) -> list[floa
         ),
         attack=replace(config.attack, eps=0.0, schedule="constant"),
     )
-    probe = build_state(clean, state.device, model=copy.deepcopy(state.model), data=state.data)
+    probe = build_state(
+        clean, state.device, model=copy.deepcopy(state.model), data=state.data, world=state.world
+    )
     return [train_epoch(probe, epoch, callbacks)["val_acc"] for epoch in range(1, epochs + 1)]
 
 
@@ -368,13 +461,16 @@ def _resolve_probe(state: TrainState, run: RunDir, callbacks: Callbacks) -> None
     if not isinstance(base, HingeAuto):
         return
     path = run.root / "probe.json"
-    if path.is_file():
-        state.probe_val_acc = [float(a) for a in json.loads(path.read_text())["val_acc"]]
+    saved = path.is_file() and json.loads(path.read_text())["val_acc"]
+    saved = distributed.broadcast(saved if state.world.is_main else None, state.world)
+    if saved:
+        state.probe_val_acc = [float(a) for a in saved]
         return
     epochs = base.probe_epochs(state.config.train.epochs)
     _logger.info("hinge(auto): clean probe run of %d epochs to choose T1", epochs)
     state.probe_val_acc = run_probe(state, epochs, callbacks)
-    atomic_write_json(path, {"epochs": epochs, "val_acc": state.probe_val_acc})
+    probe = {"epochs": epochs, "val_acc": state.probe_val_acc}
+    distributed.on_main(state.world, lambda: atomic_write_json(path, probe))
 
 
 def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
@@ -394,6 +490,7 @@ def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
         "class_names": list(state.data.class_names),
         "rng_cpu": torch.get_rng_state(),
         "threads": state.threads,
+        "world_size": state.world.size,
     }
     if torch.cuda.is_available():
         payload["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -443,6 +540,7 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
         batch_size=ecfg.batch_size,
         max_examples=ecfg.max_examples,
         progress=callbacks.on_eval,
+        world=state.world,
     )
 
 
@@ -467,29 +565,64 @@ def fit(
         model, data: objects to train and evaluate instead of building them from the config
             (the Python API's user models and datasets, :func:`robustft.fit`).
 
+    Under ``torchrun`` every rank calls this; rank 0 alone locks and writes ``run_dir`` and
+    reports to ``callbacks``. After an elastic restart (``torchrun --max-restarts``) the run
+    resumes from its last checkpoint by itself (and ``force`` no longer applies).
+
     Returns:
         The result dict (also written to ``result.json``).
     """
-    cb = callbacks or Callbacks()
     check_config(config)
-    with locked(RunDir(Path(run_dir))) as run:
-        check_run_dir(run, config, resume=resume, force=force)
-        existing = run.read_result() if resume and not force else None
-        if existing is not None:
-            return existing
-        state = build_state(config, pick_device(device), model=model, data=data)
-        init_run_dir(run, config, force=force)  # only now: a failed setup leaves nothing
-        return _train_and_evaluate(state, run, resume=resume, callbacks=cb)
+    if distributed.restart_count() > 0:
+        _logger.warning("torchrun restarted the workers: resuming %s", run_dir)
+        resume, force = True, False
+    world, rank_device, created = distributed.join(device)
+    try:
+        cb = (callbacks or Callbacks()) if world.is_main else Callbacks()
+        batch_size = config.train.batch_size
+        distributed.on_main(world, lambda: distributed.check_batch_size(batch_size, world))
+        with _locked_on_main(RunDir(Path(run_dir)), world) as run:
+            distributed.on_main(
+                world, lambda: check_run_dir(run, config, resume=resume, force=force)
+            )
+            existing = distributed.broadcast(
+                run.read_result() if resume and not force and world.is_main else None, world
+            )
+            if existing is not None:
+                return existing
+            state = distributed.agree(
+                world, lambda: build_state(config, rank_device, model=model, data=data)
+            )
+            distribute(state, world)
+            # only now: a failed setup leaves nothing
+            distributed.on_main(world, lambda: init_run_dir(run, config, force=force))
+            return _train_and_evaluate(state, run, resume=resume, callbacks=cb)
+    finally:
+        distributed.leave(created)
+
+
+@contextlib.contextmanager
+def _locked_on_main(run: RunDir, world: World) -> Iterator[RunDir]:
+    """:func:`robustft.rundir.locked` held by rank 0 (the one writer) for the whole block; the
+    other ranks wait for it and fail with it."""
+    with contextlib.ExitStack() as stack:
+        distributed.on_main(world, lambda: stack.enter_context(locked(run)))
+        yield run
 
 
 def _train_and_evaluate(
     state: TrainState, run: RunDir, *, resume: bool, callbacks: Callbacks
 ) -> dict[str, Any]:
     """The body of :func:`fit` once the run directory is locked and initialised."""
-    cb, config = callbacks, state.config
+    cb, config, world = callbacks, state.config, state.world
     payload = None
-    if resume and run.has_checkpoint():
-        payload = load_checkpoint_with_fallback(run.checkpoint, _logger.warning)
+    # rank 0 decides whether to resume; every rank then reads the checkpoint itself (a rank on
+    # a node that cannot see it stops them all with the reason)
+    has_checkpoint = distributed.broadcast(resume and run.has_checkpoint(), world)
+    if has_checkpoint:
+        payload = distributed.agree(
+            world, lambda: load_checkpoint_with_fallback(run.checkpoint, _logger.warning)
+        )
     elif resume:
         _logger.info("no checkpoint in %s yet: starting from the first epoch", run.root)
     state.threads = thread_count(config, payload)
@@ -526,33 +659,44 @@ def _run_epochs(
     state: TrainState, run: RunDir, payload: dict[str, Any] | None, cb: Callbacks
 ) -> dict[str, Any]:
     config = state.config
-    write_env(run, state.device)
-    if state.data.skipped:  # data.bad_images=skip left these out
-        atomic_write_text(run.root / "skipped_images.txt", "\n".join(state.data.skipped) + "\n")
+    main = functools.partial(distributed.on_main, state.world)  # rank 0 writes, the rest wait
+    main(lambda: _write_start(state, run))
     if payload is not None:
         restore(state, payload)
         _logger.info("resumed %s at epoch %d", run.root, state.epoch)
     _resolve_probe(state, run, cb)
-    run.write_metrics(state.history)
-    run.failure.unlink(missing_ok=True)
+    main(lambda: _write_metrics(state, run, clear_failure=True))
     while state.epoch < config.train.epochs and state.stopped is None:
         try:
             row = train_epoch(state, state.epoch + 1, cb)
         except NumericalFault as fault:
-            _record_failure(run, state, fault)
+            main(functools.partial(_record_failure, run, state, fault))
             raise
         state.epoch += 1
         state.train_seconds += row["seconds"]
         state.history.append(row)
         _apply_monitor(state, run)
-        save_checkpoint(run.checkpoint, _checkpoint_payload(state))
-        run.write_metrics(state.history)
+        main(lambda: save_checkpoint(run.checkpoint, _checkpoint_payload(state)))
+        main(lambda: _write_metrics(state, run))
         cb.on_epoch_end(row)
     curve = final_evaluation(state, cb)
-    atomic_write_json(run.robustness, curve.to_dict())
     result = run_result(state, curve)
-    atomic_write_json(run.result, result)
+    main(lambda: atomic_write_json(run.robustness, curve.to_dict()))
+    main(lambda: atomic_write_json(run.result, result))
     return result
+
+
+def _write_start(state: TrainState, run: RunDir) -> None:
+    """The files a (re)started run writes first: ``env.json``, the skipped images."""
+    write_env(run, state.device)
+    if state.data.skipped:  # data.bad_images=skip left these out
+        atomic_write_text(run.root / "skipped_images.txt", "\n".join(state.data.skipped) + "\n")
+
+
+def _write_metrics(state: TrainState, run: RunDir, *, clear_failure: bool = False) -> None:
+    run.write_metrics(state.history)
+    if clear_failure:
+        run.failure.unlink(missing_ok=True)
 
 
 def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault) -> None:
@@ -581,7 +725,7 @@ def _apply_monitor(state: TrainState, run: RunDir) -> None:
     if not row.get("co_flagged"):
         if action == "rollback" and monitor_enabled(state.config):
             snapshot = {"epoch": state.epoch, "model": trainable_state_dict(state.model)}
-            save_checkpoint(run.good, snapshot)
+            distributed.on_main(state.world, lambda: save_checkpoint(run.good, snapshot))
         return
     if action == "flag":
         return

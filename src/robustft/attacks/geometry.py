@@ -106,6 +106,22 @@ class Geometry(ABC):
         delta = self._random_delta(tuple(x.shape), eps, generator, x.device)
         return self.project(x + delta.to(x.dtype), x, eps)
 
+    def random_init_rows(
+        self, x: Tensor, eps_all: Tensor, generator: torch.Generator | None, *, first: int
+    ) -> Tensor:
+        """Rows ``first .. first + len(x)`` of the start :meth:`random_init` would draw for a
+        batch of ``len(eps_all)`` examples: the same values, and the generator advanced the
+        same way (a rank of a data-parallel run starts its shard as one process would).
+
+        Args:
+            x: this shard's clean inputs (b, ...) in [0, 1].
+            eps_all: (B,) budgets of the whole batch, B >= first + b.
+        """
+        rows = slice(first, first + len(x))
+        shape = (len(eps_all), *x.shape[1:])
+        delta = self._random_delta(shape, eps_all, generator, x.device)[rows]
+        return self.project(x + delta.to(x.dtype), x, eps_all[rows])
+
     def project(self, x_adv: Tensor, x: Tensor, eps: Tensor) -> Tensor:
         """Project ``x_adv`` into the eps-ball around ``x`` intersected with [0, 1].
 

@@ -13,6 +13,7 @@ from robustft.units import format_eps, parse_eps
 if TYPE_CHECKING:
     from robustft.config import RunConfig
     from robustft.data import DataSplits
+    from robustft.distributed import World
     from robustft.robustness import RobustnessCurve
 
 HELP = """\
@@ -31,6 +32,7 @@ examples:
   robustft eval runs/demo-sched-1a2b3c4d5e
   robustft eval runs/x/checkpoints/last.pt --eps-max 16/255 --mode independent --json curve.json
   robustft eval runs/x --data imagefolder:/data/birds-shifted --bad-images skip
+  torchrun --nproc_per_node=4 -m robustft eval runs/x --json curve.json   # batches sharded
 """
 
 
@@ -199,17 +201,28 @@ def differences(chosen: EvalSettings, config: RunConfig) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustft.build import build_attack, build_data, load_trained_model, pick_device
+    from robustft import distributed
+
+    # under torchrun every rank evaluates whole batches of its own; rank 0 reports and writes
+    world, device, created = distributed.join(args.device)  # a bad --device fails first
+    try:
+        return _evaluate(args, world, str(device))
+    finally:
+        distributed.leave(created)
+
+
+def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
+    from robustft.build import build_attack, build_data, load_trained_model
     from robustft.checkpoint import atomic_write_json
     from robustft.robustness import robustness_curve
     from robustft.units import eps_grid
 
-    pick_device(args.device)  # a bad --device fails before the model is built
-    model, config, payload = load_trained_model(args.run, device=args.device)
+    say = print if world.is_main else _quiet
+    model, config, payload = load_trained_model(args.run, device=device)
     chosen = settings(args, config)
     changed = differences(chosen, config)
     if changed:
-        print(f"note: not the run's own evaluation settings: {', '.join(changed)}")
+        say(f"note: not the run's own evaluation settings: {', '.join(changed)}")
     config = with_data_overrides(config, args.data, args.bad_images)
     grid = eps_grid(chosen.eps_max, chosen.eps_step)
     attack = build_attack(chosen.attack, norm=chosen.norm, steps=chosen.steps)
@@ -217,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
     check_checkpoint_classes(payload, data, run=args.run, data_given=args.data is not None)
     progress = Progress(label="eval", norm=chosen.norm)
     n = len(data.test) if chosen.max_examples is None else min(chosen.max_examples, len(data.test))
-    progress.on_eval_start(n)
+    if world.is_main:
+        progress.on_eval_start(n)
     curve = robustness_curve(
         model,
         data.test,
@@ -227,23 +241,28 @@ def run(args: argparse.Namespace) -> int:
         seed=chosen.seed,
         batch_size=chosen.batch_size,
         max_examples=chosen.max_examples,
-        progress=progress.on_eval,
+        progress=progress.on_eval if world.is_main else None,
+        world=world,
     )
-    print(curve_table(curve))
+    say(curve_table(curve))
     sample = curve.examples or {}
     examples = f"{curve.n_examples} examples" + (
         f" (stratified sample of {sample['of']}, seed {sample['seed']})"
         if sample.get("method", "all") != "all"
         else ""
     )
-    print(
+    say(
         f"expected robustness on [0, {format_eps(chosen.eps_max, chosen.norm)}]: "
         f"{pct(curve.expected_robustness)}% ({attack_label(curve.attack)}, {chosen.norm}, "
         f"{chosen.mode}, {examples}, {curve.seconds:.1f}s)"
     )
     for warning in curve.warnings:
-        print(f"warning: {warning}")
-    if args.json_path:
+        say(f"warning: {warning}")
+    if args.json_path and world.is_main:
         atomic_write_json(args.json_path, curve.to_dict())
-        print(f"curve written to {args.json_path}")
+        say(f"curve written to {args.json_path}")
     return 0
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    """``print`` of the ranks other than 0 of a torchrun evaluation: nothing."""

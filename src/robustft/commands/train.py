@@ -8,6 +8,7 @@ from typing import Any
 
 from robustft.commands._render import Progress, pct, table
 from robustft.config import load_config
+from robustft.errors import PeerFailed, UserError
 from robustft.rundir import RunDir, default_run_dir
 from robustft.units import format_eps
 
@@ -20,6 +21,10 @@ examples:
   robustft train configs/digits_sched.yaml
   robustft train configs/digits_sched.yaml --set train.epochs=5 --set attack.eps=4/255
   robustft train configs/digits_sched.yaml --run-dir runs/mine --resume
+  torchrun --nproc_per_node=4 -m robustft train configs/digits_sched.yaml   # 4 GPUs, one run
+
+Under torchrun (docs/scaling.md) train.batch_size is the global batch, split across the
+processes; rank 0 writes the run directory and prints; --max-restarts resumes by itself.
 """
 
 
@@ -70,11 +75,19 @@ def print_findings(result: dict[str, Any], label: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    from robustft.distributed import env_world
+
+    main = env_world().is_main  # under torchrun, rank 0 alone reports
+    try:
+        config = load_config(args.config, args.overrides)
+    except UserError as err:
+        if main:
+            raise
+        raise PeerFailed(str(err)) from None  # rank 0 prints the same line
     from robustft.train import fit
 
     run_dir = args.run_dir or default_run_dir(config)
-    if args.resume and not RunDir(Path(run_dir)).has_checkpoint():
+    if main and args.resume and not RunDir(Path(run_dir)).has_checkpoint():
         print(f"note: nothing to resume in {run_dir} (no checkpoint yet): starting at epoch 1")
     result = fit(
         config,
@@ -84,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         callbacks=Progress(label=config.name, norm=config.attack.norm),
         device=args.device,
     )
-    print(summary(result))
-    print_findings(result)
-    print(f"run directory: {run_dir}")
+    if main:
+        print(summary(result))
+        print_findings(result)
+        print(f"run directory: {run_dir}")
     return 0
