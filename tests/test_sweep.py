@@ -24,6 +24,7 @@ import yaml
 from robustft import cli
 from robustft.config import build_config
 from robustft.demo import demo_configs
+from robustft.launchers.local import LocalLauncher, gpu_for_slot, visible_gpus
 from robustft.sweep import (
     RunOutcome,
     RunSpec,
@@ -464,3 +465,89 @@ def test_concurrent_processes_claim_each_run_once(tmp_path: Path) -> None:
     with SweepStore(db) as store:
         assert {r.status for r in store.records()} == {"done"}
         assert all(r.epochs == 1 for r in store.records())
+
+
+# ------------------------------------------- launchers, --index, --collect, the journal
+
+
+def test_local_workers_get_a_gpu_each_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [gpu_for_slot(s, ["3", "5"]) for s in range(4)] == ["3", "5", "3", "5"]
+    assert gpu_for_slot(0, []) is None
+    launcher = LocalLauncher(3, "auto", gpus=["3", "5"])
+    envs = [launcher.assignment(slot) for slot in range(3)]
+    assert [(e["CUDA_VISIBLE_DEVICES"], d) for e, d in envs] == [
+        ("3", "cuda"),
+        ("5", "cuda"),
+        ("3", "cuda"),
+    ]
+    env, device = LocalLauncher(2, "cpu").assignment(1)  # CPU sweeps hand out no GPU
+    assert "CUDA_VISIBLE_DEVICES" not in env and device == "cpu" and env["OMP_NUM_THREADS"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 7")
+    assert visible_gpus() == ["2", "7"]  # only the GPUs this process may use
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == [] and LocalLauncher(2, "auto").gpus == []
+
+
+def test_journal_falls_back_from_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustft import sweep_store
+
+    mounts = "/dev/vda / ext4 rw 0 0\nserver:/export /shared nfs4 rw 0 0\n"
+    assert sweep_store.filesystem_type("/shared/sweeps/x/sweep.db", mounts) == "nfs4"
+    assert sweep_store.filesystem_type("/sharedness/x", mounts) == "ext4"
+    monkeypatch.setattr(sweep_store, "filesystem_type", lambda path, mounts=None: "nfs4")
+    assert sweep_store.journal_mode(tmp_path / "sweep.db") == "delete"
+    monkeypatch.setenv(sweep_store.JOURNAL_ENV, "wal")
+    assert sweep_store.journal_mode(tmp_path / "sweep.db") == "wal"
+    monkeypatch.setenv(sweep_store.JOURNAL_ENV, "delete")  # forced, as on a network filesystem
+    one = {"train.threads": 1}  # 2 threads crawl on a busy 2-core machine
+    path = sweep_file(tmp_path, methods={"fix": {}}, grid={"train.seed": [0]}, settings=one)
+    out = tmp_path / "out"
+    assert run_sweep(load_sweep(path), out).done == 1
+    with sqlite3.connect(out / "sweep.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not (out / "sweep.db-wal").exists()
+    again = run_sweep(load_sweep(path), out)
+    assert (again.done, again.skipped) == (0, 1)
+    with SweepStore(out / "sweep.db") as store:
+        assert store.journal == "delete" and [r.status for r in store.records()] == ["done"]
+
+
+def test_index_runs_one_run_and_collect_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = sweep_file(tmp_path, settings={"train.threads": 1})
+    out = tmp_path / "out"
+    runs = expand(load_sweep(path))
+    code, text, _ = run_cli(capsys, "sweep", str(path), "--dry-run", "--out", str(out))
+    assert code == 0 and "4 runs: --index 0 to 3 (Slurm: sbatch --array=0-3" in text
+    code, _, err = run_cli(capsys, "sweep", str(path), "--index", "4", "--out", str(out))
+    assert code == 2 and "--index 4: the sweep has 4 runs, numbered 0 to 3" in err
+    assert err.count("\n") == 1 and not out.exists()
+    code, text, _ = run_cli(capsys, "sweep", str(path), "--index", "2", "--out", str(out))
+    assert code == 0 and f"[3/4] standard seed=1 ({runs[2].run_id})" in text
+    assert "clean accuracy" in text
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [runs[2].run_id]
+    assert (out / "runs" / runs[2].run_id / "result.json").is_file()
+    assert not (out / "sweep.db").exists()  # array tasks leave the database alone
+    mtime = (out / "runs" / runs[2].run_id / "result.json").stat().st_mtime_ns
+    code, text, _ = run_cli(capsys, "sweep", str(path), "--index", "2", "--out", str(out))
+    assert code == 0 and "skipped (finished earlier)" in text
+    assert (out / "runs" / runs[2].run_id / "result.json").stat().st_mtime_ns == mtime
+    code, text, _ = run_cli(capsys, "sweep", str(path), "--collect", "--out", str(out))
+    assert code == 0 and "4 runs: 1 done, 0 running, 0 failed, 3 pending" in text
+    with SweepStore(out / "sweep.db") as store:
+        rec = store.record(runs[2].run_id)
+        assert rec.status == "done" and rec.epochs == 1 and rec.result is not None
+
+
+def test_launcher_options_that_do_not_go_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = sweep_file(tmp_path)
+    for argv, words in [
+        (["--gpus-per-run", "1"], "--gpus-per-run is for --launcher ray"),
+        (["--launcher", "ray", "--jobs", "2"], "--jobs is for the local launcher"),
+        (["--index", "0", "--jobs", "2"], "--index runs one run in this process"),
+    ]:
+        code, _, err = run_cli(capsys, "sweep", str(path), *argv)
+        assert code == 2 and err.count("\n") == 1 and words in err, (argv, err)

@@ -45,9 +45,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 import traceback
 import typing
@@ -55,7 +52,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import yaml
 
@@ -63,7 +60,10 @@ from robustft.callbacks import Callbacks
 from robustft.config import NAME_PATTERN, RunConfig, build_config, load_yaml, read_yaml
 from robustft.errors import UserError, did_you_mean
 from robustft.rundir import RunDir
-from robustft.sweep_store import SweepStore, now
+from robustft.sweep_store import SweepStore
+
+if TYPE_CHECKING:
+    from robustft.launchers import Launcher
 
 _logger = logging.getLogger(__name__)
 
@@ -500,136 +500,80 @@ def _run_in_process(ctx: _Context, run: RunSpec) -> RunOutcome:
     return _finish(ctx, run, start, error)
 
 
-# ----------------------------------------------------------------------- worker processes
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+# -------------------------------------------------------------------- launched runs
 
 
 @dataclass
-class _Worker:
+class _Active:
+    """A run started through a launcher: its handle, start time, epochs recorded so far."""
+
     run: RunSpec
-    proc: subprocess.Popen[bytes]
-    log: IO[bytes]
+    handle: Any
     start: float
     seen: int
 
 
-def _spawn(ctx: _Context, run: RunSpec, threads: int) -> _Worker:
-    """Start ``robustft train`` for a claimed run in a subprocess logging to train.log."""
+def _launch(ctx: _Context, run: RunSpec, launcher: Launcher) -> _Active:
+    """Start a claimed run through ``launcher`` (its config written into its run directory)."""
     from robustft.checkpoint import atomic_write_text
 
     run_dir = RunDir(ctx.sweep.run_dir(run.run_id))
     run_dir.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.config, run.config.to_yaml())
-    cmd = [sys.executable, "-m", "robustft.cli", "train", str(run_dir.config)]
-    cmd += ["--run-dir", str(run_dir.root), "--device", ctx.device]
-    if run_dir.has_checkpoint():
-        cmd.append("--resume")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
-    log = (run_dir.root / "train.log").open("ab")
-    log.write(f"=== {now()} {' '.join(cmd)}\n".encode())
-    log.flush()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-    ctx.store.set_pid(run.run_id, proc.pid)
+    handle = launcher.start(run_dir.root)
+    pid = launcher.pid(handle)
+    if pid is not None:
+        ctx.store.set_pid(run.run_id, pid)
     seen = len(run_dir.read_metrics().rows)
     ctx.events.on_run_start(run, ctx.total, seen)
-    return _Worker(run, proc, log, time.monotonic(), seen)
+    return _Active(run, handle, time.monotonic(), seen)
 
 
-def _poll_epochs(ctx: _Context, worker: _Worker) -> None:
-    """Record the epochs a worker finished since the last poll."""
-    rows = RunDir(ctx.sweep.run_dir(worker.run.run_id)).read_metrics().rows
-    new = rows[worker.seen :]
+def _poll_epochs(ctx: _Context, active: _Active) -> None:
+    """Record the epochs a launched run finished since the last poll."""
+    rows = RunDir(ctx.sweep.run_dir(active.run.run_id)).read_metrics().rows
+    new = rows[active.seen :]
     if new:
-        ctx.store.record_epochs(worker.run.run_id, new)
+        ctx.store.record_epochs(active.run.run_id, new)
         for row in new:
-            ctx.events.on_epoch(worker.run, ctx.total, row)
-    worker.seen = len(rows)
+            ctx.events.on_epoch(active.run, ctx.total, row)
+    active.seen = len(rows)
 
 
-def worker_error(log_path: Path, returncode: int) -> str:
-    """One line saying why a ``robustft train`` worker failed, from its exit code and log."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"worker killed by {name} (out of memory, or killed by hand); rerun to resume"
-    try:
-        with log_path.open("rb") as handle:
-            handle.seek(max(0, log_path.stat().st_size - 8192))
-            lines = handle.read().decode(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in reversed(lines):
-        for prefix in ("robustft: error: ", "robustft: run failed: "):
-            if line.startswith(prefix):
-                return line.removeprefix(prefix).strip()
-    if returncode == 130:
-        return "worker interrupted; rerun to resume"
-    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-    return f"{last} (exit code {returncode}; see {log_path})" if last else f"exit code {returncode}"
-
-
-def _reap(ctx: _Context, worker: _Worker) -> RunOutcome:
-    worker.log.close()
-    code = worker.proc.returncode
-    log_path = ctx.sweep.run_dir(worker.run.run_id) / "train.log"
-    error = None if code == 0 else worker_error(log_path, code)
-    return _finish(ctx, worker.run, worker.start, error)
-
-
-def _stop_workers(ctx: _Context, workers: Sequence[_Worker]) -> None:
-    """Stop workers (interrupt, then kill) and put their runs back to pending."""
-    for worker in workers:
-        if worker.proc.poll() is None:
-            worker.proc.send_signal(signal.SIGINT)
-    for worker in workers:
-        try:
-            worker.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            worker.proc.wait()
-        worker.log.close()
-        _poll_epochs(ctx, worker)
-        ctx.store.release(worker.run.run_id)
-
-
-def _run_workers(
-    ctx: _Context, runs: Sequence[RunSpec], jobs: int, poll_seconds: float
+def _run_launched(
+    ctx: _Context, runs: Sequence[RunSpec], launcher: Launcher, poll_seconds: float
 ) -> list[RunOutcome]:
-    """Run ``runs`` in up to ``jobs`` ``robustft train`` subprocesses at a time."""
-    threads = max(1, available_cores() // jobs)
+    """Run ``runs`` through ``launcher``, as many at a time as it has room for; this process
+    alone records them (claims, epochs, outcomes)."""
     queue: deque[RunSpec] = deque(runs)
-    active: list[_Worker] = []
+    active: list[_Active] = []
     outcomes: list[RunOutcome] = []
     try:
         while queue or active:
-            while queue and len(active) < jobs:
+            while queue and (not active or len(active) < launcher.capacity()):
                 run = queue.popleft()
                 early = _begin(ctx, run, os.getpid())
                 if early is not None:
                     outcomes.append(early)
                     ctx.events.on_run_end(run, ctx.total, early)
                     continue
-                active.append(_spawn(ctx, run, threads))
+                active.append(_launch(ctx, run, launcher))
             time.sleep(poll_seconds if active else 0)
-            for worker in list(active):
-                _poll_epochs(ctx, worker)
-                if worker.proc.poll() is not None:
-                    active.remove(worker)
-                    outcome = _reap(ctx, worker)
-                    outcomes.append(outcome)
-                    ctx.events.on_run_end(worker.run, ctx.total, outcome)
+            for item in list(active):
+                _poll_epochs(ctx, item)
+                ended = launcher.poll(item.handle)
+                if ended is None:
+                    continue
+                active.remove(item)
+                _poll_epochs(ctx, item)
+                outcome = _finish(ctx, item.run, item.start, ended.error)
+                outcomes.append(outcome)
+                ctx.events.on_run_end(item.run, ctx.total, outcome)
     except BaseException:
-        _stop_workers(ctx, active)
+        launcher.stop([item.handle for item in active])
+        for item in active:
+            _poll_epochs(ctx, item)
+            ctx.store.release(item.run.run_id)
         raise
     return outcomes
 
@@ -643,6 +587,7 @@ def run_sweep(
     events: SweepEvents | None = None,
     runs: Sequence[RunSpec] | None = None,
     poll_seconds: float = 1.0,
+    launcher: Launcher | None = None,
 ) -> SweepSummary:
     """Run every run of ``spec`` not finished yet; record everything in ``sweep.db``.
 
@@ -653,12 +598,15 @@ def run_sweep(
     Args:
         spec: the sweep.
         sweep_dir: its directory (created if missing).
-        jobs: runs at a time; 1 trains in this process, more start ``robustft train`` worker
-            subprocesses with ``cores // jobs`` threads each.
-        device: passed to :func:`robustft.train.fit`.
+        jobs: runs at a time without a ``launcher``; 1 trains in this process, more start
+            ``robustft train`` worker subprocesses (:class:`robustft.launchers.local.
+            LocalLauncher`: cores // jobs threads and a GPU in turn each).
+        device: passed to :func:`robustft.train.fit` (and to local workers).
         events: progress reports.
         runs: ``expand(spec)`` if already computed.
-        poll_seconds: how often workers' progress is collected.
+        poll_seconds: how often launched runs' progress is collected.
+        launcher: where the runs execute instead (e.g. :class:`robustft.launchers.ray.
+            RayLauncher`); closed at the end.
 
     Returns:
         Counts of done, skipped, failed and busy runs.
@@ -673,19 +621,57 @@ def run_sweep(
     header = f"# sweep {spec.name}, as run from {spec.source} (base inlined)\n"
     atomic_write_text(layout.spec, header + yaml.safe_dump(spec.to_dict(), sort_keys=False))
     start = time.monotonic()
-    with SweepStore(layout.db) as store:
-        stale = store.register(runs)
-        if stale:
-            _logger.warning("%s holds %d runs no longer in the sweep file", layout.db, stale)
-        ctx = _Context(layout, store, events or NullEvents(), len(runs), device)
-        if jobs == 1:
-            outcomes = []
-            for run in runs:
-                outcome = _run_in_process(ctx, run)
-                outcomes.append(outcome)
-                ctx.events.on_run_end(run, ctx.total, outcome)
-        else:
-            outcomes = _run_workers(ctx, runs, max(1, min(jobs, len(runs))), poll_seconds)
+    if launcher is None and jobs > 1:
+        from robustft.launchers.local import LocalLauncher
+
+        launcher = LocalLauncher(max(1, min(jobs, len(runs))), device)
+    try:
+        with SweepStore(layout.db) as store:
+            stale = store.register(runs)
+            if stale:
+                _logger.warning("%s holds %d runs no longer in the sweep file", layout.db, stale)
+            ctx = _Context(layout, store, events or NullEvents(), len(runs), device)
+            if launcher is None:
+                outcomes = []
+                for run in runs:
+                    outcome = _run_in_process(ctx, run)
+                    outcomes.append(outcome)
+                    ctx.events.on_run_end(run, ctx.total, outcome)
+            else:
+                outcomes = _run_launched(ctx, runs, launcher, poll_seconds)
+    finally:
+        if launcher is not None:
+            launcher.close()
+    return _summary(runs, outcomes, time.monotonic() - start)
+
+
+def _summary(
+    runs: Sequence[RunSpec], outcomes: Sequence[RunOutcome], seconds: float
+) -> SweepSummary:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     busy = sum(o.status == "busy" for o in outcomes)
-    return SweepSummary(len(runs), **counts, busy=busy, seconds=time.monotonic() - start)
+    return SweepSummary(len(runs), **counts, busy=busy, seconds=seconds)
+
+
+def collect(
+    spec: SweepSpec, sweep_dir: str | Path, runs: Sequence[RunSpec] | None = None
+) -> SweepSummary:
+    """Record in ``sweep.db`` what the run directories hold (finished runs done, the epochs of
+    unfinished ones), training nothing: after a Slurm array of ``--index`` runs, which do not
+    write the database."""
+    runs = list(runs) if runs is not None else expand(spec)
+    layout = SweepDir(Path(sweep_dir))
+    start = time.monotonic()
+    outcomes = []
+    with SweepStore(layout.db) as store:
+        store.register(runs)
+        for run in runs:
+            run_dir = RunDir(layout.run_dir(run.run_id))
+            result = run_dir.read_result()
+            rows = run_dir.read_metrics().rows
+            if result is not None:
+                store.record_done(run.run_id, result, rows, seconds=None)
+                outcomes.append(RunOutcome("skipped", result=result))
+            elif rows:
+                store.record_epochs(run.run_id, rows, replace=True)
+    return _summary(runs, outcomes, time.monotonic() - start)

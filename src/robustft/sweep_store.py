@@ -15,9 +15,17 @@ Tables (schema version 1, in ``PRAGMA user_version``):
   (JSON: the whole ``metrics.jsonl`` row).
 
 The database runs in WAL mode with a busy timeout, and every write is one ``BEGIN IMMEDIATE``
-transaction: concurrent processes (a sweep's workers, ``--status`` readers, a second sweep
-process on the same directory) never see a half-recorded run, and a run is marked done in the
-same transaction that stores all its epochs.
+transaction: concurrent processes (``--status`` readers, a second sweep process on the same
+directory) never see a half-recorded run, and a run is marked done in the same transaction that
+stores all its epochs. Only the sweep process (the driver) writes it, never its workers or Ray
+tasks.
+
+WAL needs memory shared between the processes using the file, which a network filesystem
+(NFS, Lustre, GPFS, CIFS...) cannot give: there, found in ``/proc/mounts``, or when WAL cannot
+be switched on, or with ``ROBUSTFT_SQLITE_JOURNAL=delete``, the database uses the rollback
+journal (``journal_mode=DELETE``, ``synchronous=FULL``) instead, with a warning. Even so, keep
+one driver per sweep directory on such a filesystem: its locks are only as good as the
+filesystem's.
 """
 
 from __future__ import annotations
@@ -42,6 +50,31 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+JOURNAL_ENV = "ROBUSTFT_SQLITE_JOURNAL"  # "wal" or "delete": overrides the detection
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "fuse.ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.sshfs",
+        "9p",
+        "afs",
+        "panfs",
+        "wekafs",
+        "fuse.juicefs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+    }
+)
 STATUSES = ("pending", "running", "done", "failed")
 HOST = socket.gethostname()
 
@@ -72,6 +105,36 @@ def process_alive(pid: int, start: str | None = None) -> bool:
     except OSError:
         return False
     return start is None or _process_start(pid) in (None, start)
+
+
+def filesystem_type(path: str | Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (the longest mount point above it in
+    ``/proc/mounts``, or in ``mounts``, text in that format); None when unknown."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def journal_mode(path: str | Path) -> str:
+    """``wal``, or ``delete`` on a network filesystem or when ``ROBUSTFT_SQLITE_JOURNAL`` says
+    so."""
+    forced = os.environ.get(JOURNAL_ENV, "").strip().lower()
+    if forced in ("wal", "delete"):
+        return forced
+    return "delete" if filesystem_type(Path(path).parent) in NETWORK_FILESYSTEMS else "wal"
 
 
 _EPOCH_COLUMNS = ("eps", "lr", "train_loss", "train_acc", "val_acc", "val_robust_acc", "seconds")
@@ -184,7 +247,7 @@ class SweepStore:
         self._conn.row_factory = sqlite3.Row
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         try:  # the first statement that reads the file
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            self.journal = self._set_journal(journal_mode(self.path))
         except sqlite3.DatabaseError as err:
             self._conn.close()
             if isinstance(err, sqlite3.OperationalError):  # locked, read-only: not the file's fault
@@ -193,10 +256,9 @@ class SweepStore:
                 f"sweep database {path}: {err}; move it away and rerun the sweep to rebuild it "
                 "from the run directories"
             ) from None
-        if str(mode).lower() != "wal":
-            _logger.warning("sweep database %s: WAL unavailable (journal mode %s)", path, mode)
         self._conn.execute("PRAGMA foreign_keys = ON")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
+        sync = "NORMAL" if self.journal == "wal" else "FULL"  # NORMAL is safe with WAL only
+        self._conn.execute(f"PRAGMA synchronous = {sync}")
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             self._conn.close()
@@ -209,6 +271,32 @@ class SweepStore:
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _set_journal(self, wanted: str) -> str:
+        """Switch to journal mode ``wanted`` (falling back from WAL to DELETE where WAL does
+        not work); returns the mode in force."""
+        if wanted == "wal":
+            try:
+                mode = str(self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as err:
+                if "locked" in str(err):
+                    raise
+                mode = f"error: {err}"
+            if mode == "wal":
+                return "wal"
+            _logger.warning(
+                "sweep database %s: WAL unavailable (%s); using journal_mode=DELETE",
+                self.path,
+                mode,
+            )
+        else:
+            _logger.warning(
+                "sweep database %s: on a network filesystem or %s=delete: using "
+                "journal_mode=DELETE (no WAL)",
+                self.path,
+                JOURNAL_ENV,
+            )
+        return str(self._conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]).lower()
 
     @classmethod
     def open_existing(cls, path: str | Path) -> SweepStore:

@@ -13,14 +13,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from robustft.commands._render import pct, table
+from robustft.commands._render import Progress, pct, table
 from robustft.errors import UserError
 from robustft.rundir import RunDir
 from robustft.sweep import (
     RunOutcome,
     RunSpec,
     SweepDir,
-    available_cores,
+    collect,
     default_sweep_dir,
     expand,
     load_sweep,
@@ -34,9 +34,17 @@ from robustft.units import format_eps
 HELP = """\
 Expand a sweep file (a base config, named methods and a grid of dotted keys) into runs, then
 train and evaluate every run not finished yet, one at a time in this process or N at a time in
-worker processes (--jobs N). Re-running a sweep skips finished runs, resumes interrupted ones
-from their checkpoints and retries failed ones. Everything is recorded in SWEEP_DIR/sweep.db
-(SQLite: runs and per-epoch metrics); run directories are SWEEP_DIR/runs/<run id>.
+worker processes (--jobs N, each with its own GPU in turn when there are several), or as tasks
+of a Ray cluster (--launcher ray). Re-running a sweep skips finished runs, resumes interrupted
+ones from their checkpoints and retries failed ones. Everything is recorded in
+SWEEP_DIR/sweep.db (SQLite: runs and per-epoch metrics), written by this process alone; run
+directories are SWEEP_DIR/runs/<run id>.
+
+Ray: every run is a task with --cpus-per-run CPUs and --gpus-per-run GPUs (several: torchrun
+inside the task); --out must be on a filesystem every node sees. A task whose node died is
+retried and resumes from its checkpoint. Slurm arrays: --index I runs only the I-th run
+(0-based; --dry-run prints the count) and leaves sweep.db alone; --collect records the run
+directories in it afterwards. See docs/scaling.md.
 
 sweep file:
   name: demo                          # default sweep directory: sweeps/<name>
@@ -53,6 +61,10 @@ examples:
   robustft sweep configs/sweeps/demo.yaml --jobs 2
   robustft sweep configs/sweeps/demo.yaml --status
   robustft sweep --status sweeps/demo
+  robustft sweep configs/sweeps/demo.yaml --launcher ray --address auto --gpus-per-run 1 \
+      --out /shared/sweeps/demo
+  robustft sweep configs/sweeps/demo.yaml --index $SLURM_ARRAY_TASK_ID --out /shared/sweeps/demo
+  robustft sweep configs/sweeps/demo.yaml --collect --out /shared/sweeps/demo
 
 exit codes: 0 all runs done, 1 a run failed, 2 bad input, 130 interrupted (re-run to resume).
 """
@@ -66,12 +78,29 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", help="sweep YAML file; with --status also a sweep directory")
-    p.add_argument("--jobs", "-j", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="local runs at a time (default 1)")
     p.add_argument("--out", help="sweep directory (default: sweeps/<name>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     mode.add_argument("--status", action="store_true", help="show done/running/failed runs")
+    mode.add_argument(
+        "--collect",
+        action="store_true",
+        help="record what the run directories hold in sweep.db (after --index runs)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1")
+    p.add_argument(
+        "--launcher",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process or --jobs workers (default); ray: Ray tasks",
+    )
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--cpus-per-run", type=int, help="Ray: CPUs of each run's task (default 1)")
+    p.add_argument("--gpus-per-run", type=int, help="Ray: GPUs of each run's task (default 0)")
+    p.add_argument(
+        "--index", type=int, metavar="I", help="run only the I-th run (0-based), e.g. in arrays"
+    )
     p.set_defaults(handler=run)
 
 
@@ -243,9 +272,52 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_arguments(args: argparse.Namespace) -> None:
+    """One line for options that do not go together."""
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    ray_only = [
+        name
+        for name, value in (
+            ("--address", args.address),
+            ("--cpus-per-run", args.cpus_per_run),
+            ("--gpus-per-run", args.gpus_per_run),
+        )
+        if value is not None
+    ]
+    if args.launcher == "local" and ray_only:
+        raise UserError(f"{ray_only[0]} is for --launcher ray (the local launcher uses --jobs)")
+    if args.launcher == "ray" and args.jobs > 1:
+        raise UserError(
+            "--jobs is for the local launcher; Ray runs as many runs as the cluster has room for "
+            "(--cpus-per-run, --gpus-per-run)"
+        )
+    if args.index is not None and (args.launcher == "ray" or args.jobs > 1 or args.collect):
+        raise UserError("--index runs one run in this process: drop --launcher, --jobs, --collect")
+
+
+def _launcher(args: argparse.Namespace, runs: int) -> Any:
+    """The launcher the options ask for (None: sequential in this process), announced."""
+    if args.launcher == "ray":
+        from robustft.launchers.ray import RayLauncher
+
+        cpus, gpus = args.cpus_per_run or 1, args.gpus_per_run or 0
+        where = args.address or "RAY_ADDRESS or a local instance"
+        print(f"Ray ({where}): each run a task of {cpus} CPU(s) and {gpus} GPU(s)", flush=True)
+        return RayLauncher(args.address, cpus_per_run=cpus, gpus_per_run=gpus)
+    if args.jobs == 1:
+        return None
+    from robustft.launchers.local import LocalLauncher
+
+    local = LocalLauncher(min(args.jobs, runs), args.device)
+    plural = "s" if local.threads > 1 else ""
+    gpus = f", each on its own GPU in turn ({', '.join(local.gpus)})" if local.gpus else ""
+    print(f"{local.jobs} runs at a time, {local.threads} thread{plural} each{gpus}", flush=True)
+    return local
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
     sweep_dir = _sweep_dir(args)
     if args.status:
         return show_status(sweep_dir)
@@ -259,19 +331,34 @@ def run(args: argparse.Namespace) -> int:
         f"sweep {spec.name}: {len(runs)} runs ({len(spec.method_settings())} methods x "
         f"{_grid_points(spec.grid)} grid points{collapsed}) in {sweep_dir}"
     )
+    if args.index is not None:
+        from robustft.launchers.index import pick
+
+        pick(runs, args.index)  # a bad index fails before anything else
     if args.dry_run:
-        print(dry_run(runs, sweep_dir))
-        return 0
-    if args.jobs > 1:
-        threads = max(1, available_cores() // min(args.jobs, len(runs)))
-        plural = "s" if threads > 1 else ""
+        print(dry_run(runs if args.index is None else [runs[args.index]], sweep_dir))
         print(
-            f"{min(args.jobs, len(runs))} runs at a time, {threads} thread{plural} each", flush=True
+            f"{len(runs)} runs: --index 0 to {len(runs) - 1} (Slurm: sbatch "
+            f"--array=0-{len(runs) - 1} ... --index $SLURM_ARRAY_TASK_ID)"
         )
+        return 0
+    if args.collect:
+        summary = collect(spec, sweep_dir, runs)
+        show_status(sweep_dir)
+        print(f"recorded {summary.skipped} finished runs of {summary.total} from {sweep_dir}")
+        return 0
+    if args.index is not None:
+        return run_one(args, spec, sweep_dir, runs)
+    launcher = _launcher(args, len(runs))
     start = time.perf_counter()
     with _sigterm_as_interrupt():
         summary = run_sweep(
-            spec, sweep_dir, jobs=args.jobs, device=args.device, events=Printer(), runs=runs
+            spec,
+            sweep_dir,
+            device=args.device,
+            events=Printer(),
+            runs=runs,
+            launcher=launcher,
         )
     show_status(sweep_dir)
     print(
@@ -280,6 +367,27 @@ def run(args: argparse.Namespace) -> int:
         f"in {_duration(time.perf_counter() - start)}"
     )
     return 0 if summary.ok else 1
+
+
+def run_one(args: argparse.Namespace, spec: Any, sweep_dir: Path, runs: list[RunSpec]) -> int:
+    """``--index I``: train (skip, resume) the I-th run here, without touching sweep.db."""
+    from robustft.commands.train import print_findings, summary
+    from robustft.launchers.index import run_index
+
+    run = runs[args.index]
+    label = f"[{args.index + 1}/{len(runs)}] {run.label} ({run.run_id})"
+    print(f"{label} in {SweepDir(sweep_dir).run_dir(run.run_id)}", flush=True)
+    progress = Progress(label=run.method, norm=run.config.attack.norm)
+    with _sigterm_as_interrupt():
+        _, outcome = run_index(
+            spec, sweep_dir, args.index, runs=runs, device=args.device, callbacks=progress
+        )
+    if outcome.status == "skipped":
+        print(f"{label} skipped (finished earlier)")
+    elif outcome.result is not None:
+        print(summary(dict(outcome.result)))
+        print_findings(dict(outcome.result), run.method)
+    return 0
 
 
 def _grid_points(grid: Mapping[str, Sequence[Any]]) -> int:
