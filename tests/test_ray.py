@@ -1,0 +1,167 @@
+"""Ray: a sweep as Ray tasks and ASHA tuning through Ray Tune, on a local Ray instance with 2
+CPUs started here (``ray.init(num_cpus=2)``), both run again to check that finished work is
+skipped.
+
+The sweep has two tiny runs of 3 epochs; the Ray worker process running one of them is
+SIGKILLed after its first epoch (as if its node died): Ray retries the task, which resumes the
+run from its checkpoint, and the run ends with the numbers of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from robustft import cli
+from robustft.config import load_config
+from robustft.sweep import expand, load_sweep
+from robustft.sweep_store import SweepStore
+from robustft.train import fit
+
+ray = pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+TINY: dict[str, Any] = {
+    "model.name": "timm:test_efficientnet",
+    "model.pretrained": False,
+    "data.image_size": 16,
+    "data.max_train_per_class": 4,
+    "train.epochs": 3,
+    "train.threads": 1,
+    "attack.schedule": "constant",
+    "attack.steps": 1,
+    "eval.max_examples": 16,
+    "eval.steps": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Any:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def kill_ray_worker_after_epoch_1(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the Ray worker running ``robustft train`` in ``run_dir`` once epoch 1 is done
+    (the train process is the lock holder; its parent is the worker)."""
+    while not stop.is_set():
+        try:
+            done = (run_dir / "metrics.jsonl").read_text().count("\n") >= 1
+            pid = int((run_dir / ".lock").read_text().split()[1])
+        except (FileNotFoundError, IndexError, ValueError):
+            done = False
+        if done:
+            worker = parent_pid(pid)
+            assert "ray" in Path(f"/proc/{worker}/cmdline").read_text().lower()
+            os.kill(worker, signal.SIGKILL)
+            killed.append(worker)
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sweep_as_ray_tasks_survives_a_dead_worker_and_reruns_skip(
+    local_ray: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = {
+        "name": "raysweep",
+        "base": str(SMOKE),
+        "set": TINY,
+        "methods": {"standard": {"attack.eps": 0}, "fix": {}},
+    }
+    path = tmp_path / "raysweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    runs = expand(load_sweep(path))
+    out = tmp_path / "out"
+    victim = out / "runs" / runs[1].run_id
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_ray_worker_after_epoch_1, args=(victim, killed, stop))
+    killer.start()
+    try:
+        code = cli.main(["sweep", str(path), "--launcher", "ray", "--out", str(out)])
+    finally:
+        stop.set()
+        killer.join()
+    text, err = capsys.readouterr()
+    assert code == 0, err
+    assert killed, "the run finished before its worker could be killed"
+    assert "2 runs: 2 done, 0 running, 0 failed, 0 pending" in text
+    log = (victim / "train.log").read_text()
+    attempts = [line for line in log.splitlines() if "ray task on" in line]
+    assert len(attempts) == 2 and attempts[1].endswith("--resume"), attempts  # Ray's retry
+    reference = fit(runs[1].config, tmp_path / "reference")  # uninterrupted, in this process
+    resumed = json.loads((victim / "result.json").read_text())
+    for key in ("clean_accuracy", "robust_accuracy", "expected_robustness", "final_val_acc"):
+        assert resumed[key] == reference[key], key
+    with SweepStore(out / "sweep.db") as store:
+        assert [(r.status, r.epochs, r.pid) for r in store.records()] == [
+            ("done", 3, os.getpid()),  # claimed and recorded by the driver alone
+            ("done", 3, os.getpid()),
+        ]
+    # again: nothing left to run, no task started
+    assert cli.main(["sweep", str(path), "--launcher", "ray", "--out", str(out)]) == 0
+    _, err = capsys.readouterr()
+    assert err.count("skipped (finished earlier)") == 2 and "started" not in err
+    assert (victim / "train.log").read_text() == log
+
+
+@pytest.mark.slow
+def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
+    local_ray: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    data = load_config(SMOKE, [f"{k}={v}" for k, v in TINY.items()]).to_dict()
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "tune"
+    argv = ["tune", str(config), "--search", "train.lr=loguniform(1e-4,1e-1)"]
+    argv += ["--search", "train.weight_decay=loguniform(1e-4,0.1)", "--trials", "3"]
+    argv += ["--out", str(out)]
+    assert cli.main(argv) == 0
+    text, err = capsys.readouterr()
+    table = (out / "trials.md").read_text().splitlines()
+    assert table[0].startswith("| trial | run id | lr | weight_decay | status | epochs | val_acc")
+    rows = [line.strip("|").split("|") for line in table[2:]]
+    assert len(rows) == 3 and "\n".join(table) in text
+    for row in rows:
+        number, run_id, status, epochs = row[0].strip(), row[1].strip(), row[4].strip(), row[5]
+        run = out / "trials" / run_id
+        assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+        assert status in ("done", "early-stopped"), row
+        if status == "done":
+            assert (run / "result.json").is_file() and int(epochs) == 3
+        else:  # ASHA stopped it at a rung: marked, no final evaluation
+            assert json.loads((run / "early_stopped.json").read_text())["after_epoch"] < 3
+            assert not (run / "result.json").exists()
+        assert f"[trial {number}] {run_id} epoch 1 val_acc" in err
+    best = load_config(out / "best.yaml")
+    assert best.run_id() == rows[0][1].strip()  # the first row is the best finished trial
+    assert f"{best.train.lr:.4g}" == rows[0][2].strip()
+    results = sorted(out.glob("trials/*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    assert cli.main(argv) == 0  # resumed by Ray Tune: every trial ended, nothing runs
+    _, err = capsys.readouterr()
+    assert "epoch" not in err
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+    assert (out / "trials.md").read_text().splitlines() == table
