@@ -175,6 +175,15 @@ def lock_pid(run_dir: Path) -> int | None:
     return int(words[1]) if len(words) > 1 and words[1].isdigit() else None
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def wait_for(
     condition: Any, proc: subprocess.Popen[bytes], what: str, timeout: float = 240
 ) -> None:
@@ -243,7 +252,7 @@ def test_gathered_curve_equals_one_process_curve(two_process_run: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux /proc")
 def test_killed_run_restarts_elastically_then_resumes(
     two_process_run: Path, tmp_path: Path
 ) -> None:
@@ -258,10 +267,17 @@ def test_killed_run_restarts_elastically_then_resumes(
         wait_for(lambda: lock_pid(run_dir) not in (None, first), proc, "the restart")
         wait_for(lambda: rows(run_dir) >= 2, proc, "an epoch after the restart")
         assert not (run_dir / "result.json").exists()
+        worker = lock_pid(run_dir)
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # then the whole run is killed
+            os.killpg(proc.pid, signal.SIGKILL)  # then torchrun is killed, mid-epoch
         proc.wait()
+    # torchrun starts its workers in sessions of their own: they must die with it, not train
+    # on (orphans finishing the run would make the resume below a no-op)
+    deadline = time.monotonic() + 20
+    while worker is not None and alive(worker):
+        assert time.monotonic() < deadline, "a worker outlived torchrun"
+        time.sleep(0.05)
     assert not (run_dir / "result.json").exists(), "finished before it could be killed"
     assert "restart" in log.read_text().lower()
     finish(torchrun([*args, "--resume"], log), log)

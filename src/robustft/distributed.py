@@ -160,6 +160,7 @@ def join(device_name: str) -> tuple[World, torch.device, bool]:
     device = rank_device(device_name, world)
     if not world.active or dist.is_initialized():
         return world, device, False
+    _die_with_agent()
     # gloo carries the CPU collectives (object exchange, checks) on every rank, NCCL the CUDA
     # tensors: a rank on another device type still joins, and the check below names it
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
@@ -180,6 +181,25 @@ def join(device_name: str) -> tuple[World, torch.device, bool]:
         raise UserError(problem) if world.is_main else PeerFailed(problem)
     _logger.info("rank %d of %d on %s (%s)", world.rank, world.size, device, backend)
     return world, device, True
+
+
+def _die_with_agent() -> None:
+    """Under a torchrun agent, die with it: the agent starts its workers in sessions of their
+    own, so a SIGKILL to the agent (or its process group: a killed job, a dead Ray worker)
+    left them training, holding the run directory's lock, and writing into it after the run
+    looked dead (seen when killing a 2-process run to resume it).
+
+    Raises:
+        PeerFailed: the agent is already gone.
+    """
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:  # not started by a torchrun agent
+        return
+    from robustft.launchers import die_with_parent
+
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the agent died before the request took effect
+        raise PeerFailed("torchrun's agent process is gone: stopping this worker")
 
 
 def _attempt_store(world: World) -> Any:

@@ -16,6 +16,8 @@ a retried task picks up where its killed attempt stopped.
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,3 +75,16 @@ def train_command(run_dir: Path, device: str, *, processes: int = 1) -> list[str
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
         return [sys.executable, *launcher, "-m", "robustft", *args]
     return [sys.executable, "-m", "robustft.cli", *args]
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere nothing).
+
+    For a process whose parent supervises it and would leave it orphaned when killed: a run's
+    ``robustft train`` under a Ray worker, a torchrun worker under its agent (torchrun starts
+    workers in sessions of their own, so a SIGKILL to the agent or its process group alone left
+    them training and holding the run directory). Safe between fork and exec.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -19,18 +19,15 @@ instance on this machine.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustft.errors import UserError, first_line
-from robustft.launchers import Ended, train_command
+from robustft.launchers import Ended, die_with_parent, train_command
 from robustft.launchers.local import worker_error
 from robustft.sweep_store import now
 
@@ -78,13 +75,6 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
-    """Ask the kernel to SIGKILL this process when its parent (the Ray worker) dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def train_task(run_dir: str, device: str, processes: int, threads: int) -> int:
     """The body of a run's Ray task: ``robustft train`` of ``run_dir`` in a subprocess tied to
     this worker; returns its exit code."""
@@ -103,7 +93,7 @@ def train_task(run_dir: str, device: str, processes: int, threads: int) -> int:
             stdout=log,
             stderr=log,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,  # dies with the Ray worker
         )
         return proc.wait()
 
