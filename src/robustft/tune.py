@@ -168,6 +168,11 @@ class TuneSpec:
             raise UserError("--grace must be >= 1 and --reduction-factor >= 2")
         if self.cpus < 1 or self.gpus < 0:
             raise UserError("--cpus-per-trial must be >= 1 and --gpus-per-trial >= 0")
+        if self.gpus > 1:  # run_trial trains in the trial's own process: one device
+            raise UserError(
+                f"--gpus-per-trial {self.gpus}: a trial trains in one process on one GPU; use 0 "
+                "or 1 (several GPUs per run: robustft sweep --launcher ray --gpus-per-run N)"
+            )
         base = self.base()
         for search in self.searches:  # every bound (every choice) must make a valid config
             for value in search.args:

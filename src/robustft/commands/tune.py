@@ -67,7 +67,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor (2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled configurations")
     p.add_argument("--cpus-per-trial", type=int, default=1, help="default 1")
-    p.add_argument("--gpus-per-trial", type=int, default=0, help="default 0")
+    p.add_argument("--gpus-per-trial", type=int, default=0, help="0 (default) or 1")
     p.add_argument("--launcher", choices=["ray"], default="ray", help="Ray Tune (the only one)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--out", help="tune directory (default: tunes/<config name>)")
