@@ -520,6 +520,8 @@ def test_index_runs_one_run_and_collect_records_it(
     runs = expand(load_sweep(path))
     code, text, _ = run_cli(capsys, "sweep", str(path), "--dry-run", "--out", str(out))
     assert code == 0 and "4 runs: --index 0 to 3 (Slurm: sbatch --array=0-3" in text
+    row = next(line for line in text.splitlines() if runs[2].run_id in line)
+    assert row.split()[:3] == ["3", "2", runs[2].run_id]  # "#" counts from 1, --index from 0
     code, _, err = run_cli(capsys, "sweep", str(path), "--index", "4", "--out", str(out))
     assert code == 2 and "--index 4: the sweep has 4 runs, numbered 0 to 3" in err
     assert err.count("\n") == 1 and not out.exists()

@@ -247,8 +247,8 @@ def dry_run(runs: Sequence[RunSpec], sweep_dir: Path) -> str:
         else:
             plan = "train"
         grid = [show_value(run.grid[k]) for k in keys]
-        rows.append([run.index + 1, run.run_id, run.method, *grid, plan])
-    headers = ["#", "run id", "method", *(names[k] for k in keys), "plan"]
+        rows.append([run.index + 1, run.index, run.run_id, run.method, *grid, plan])
+    headers = ["#", "--index", "run id", "method", *(names[k] for k in keys), "plan"]
     out = [table(headers, rows)]
     out += [f"{run.label} also stands for: {', '.join(run.aliases)}" for run in runs if run.aliases]
     return "\n".join(out)
