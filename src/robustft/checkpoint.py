@@ -222,7 +222,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     writer), the trailer appended, the file fsynced and renamed over ``path``; an existing
     checkpoint at ``path`` becomes ``<path>.prev`` at that moment, so a fallback survives a
     corrupt newest file. The older ``.prev`` is deleted before writing: the disk holds at most
-    two checkpoints and the temporary file.
+    two checkpoint files at any moment (the current one, and its ``.prev`` or the temporary
+    file), so a run needs room for twice its checkpoint.
 
     Raises:
         DiskFull: the disk filled up while writing; ``path`` still holds the previous
