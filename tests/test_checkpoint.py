@@ -9,6 +9,10 @@ import io
 import json
 import os
 import pickle
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +233,55 @@ def test_train_on_a_full_disk_ends_in_one_line_and_resumes(
     resumed = json.loads((run / "result.json").read_text())
     for key in ("clean_accuracy", "robust_accuracy", "expected_robustness", "final_val_acc"):
         assert resumed[key] == reference[key], key
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    """Whether ``unshare -rm`` (a private user and mount namespace) can mount a tmpfs here:
+    root, or unprivileged user namespaces allowed."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = f"mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(where))}"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", probe], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_real_small_filesystem_fills_then_the_run_resumes(tmp_path: Path) -> None:
+    """The issue's scenario on a real filesystem: a 2 MB tmpfs (in a private mount namespace)
+    holds epoch 1's 1.3 MB checkpoint but not epoch 2's; the run ends with the one line and
+    exit code 2, epoch 1's checkpoint intact; grown to 16 MB, --resume finishes the run."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if not _can_mount_tmpfs(mnt):
+        pytest.skip("cannot mount a tmpfs (needs root or unprivileged user namespaces)")
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    train = [sys.executable, "-m", "robustft", "train", str(smoke), "--run-dir", f"{mnt}/run"]
+    train += ["--device", "cpu", *TINY]
+    check = [
+        sys.executable,
+        "-c",
+        "import sys; from robustft.checkpoint import load_checkpoint; "
+        "print('epoch', load_checkpoint(sys.argv[1])['epoch'])",
+        f"{mnt}/run/checkpoints/last.pt",
+    ]
+    q = shlex.join
+    script = "\n".join(
+        [
+            f"mount -t tmpfs -o size=2m tmpfs {q([str(mnt)])}",
+            f"{q(train)}; echo exit=$?",
+            f"{q(check)}",
+            f"mount -o remount,size=16m {q([str(mnt)])}",
+            f"{q([*train, '--resume'])} >/dev/null; echo exit=$?",
+            f"ls {q([str(mnt)])}/run",
+        ]
+    )
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    out = done.stdout + done.stderr
+    errors = [line for line in out.splitlines() if line.startswith("robustft: error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out
+    assert errors[0].startswith(f"robustft: error: disk full: cannot write last.pt in {mnt}/run"), (
+        out
+    )
+    assert "needs about 1.3 MB" in errors[0], out
+    assert out.count("exit=2") == 1 and "epoch 1\n" in out and out.count("exit=0") == 1, out
+    assert "result.json" in out.split("exit=0")[1], out
