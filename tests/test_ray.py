@@ -129,7 +129,10 @@ def test_sweep_as_ray_tasks_survives_a_dead_worker_and_reruns_skip(
 
 @pytest.mark.slow
 def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
-    local_ray: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    local_ray: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = tmp_path / "tiny.yaml"
     data = load_config(SMOKE, [f"{k}={v}" for k, v in TINY.items()]).to_dict()
@@ -138,7 +141,25 @@ def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
     argv = ["tune", str(config), "--search", "train.lr=loguniform(1e-4,1e-1)"]
     argv += ["--search", "train.weight_decay=loguniform(1e-4,0.1)", "--trials", "3"]
     argv += ["--out", str(out)]
-    assert cli.main(argv) == 0
+    # interrupted at the first epoch's report, as Ctrl-C would (SIGINT): exit 130 with one
+    # line, no table written
+    from robustft.commands import tune as tune_command
+
+    report, sent = tune_command._Lines.__call__, []
+
+    def interrupt(self: Any, trial_id: str, result: dict[str, Any]) -> None:
+        report(self, trial_id, result)
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(tune_command._Lines, "__call__", interrupt)
+    assert cli.main(argv) == 130
+    _, err1 = capsys.readouterr()
+    assert err1.splitlines()[-1].startswith("robustft: tuning interrupted (") and "again" in err1
+    assert not (out / "trials.md").exists() and not (out / "best.yaml").exists()
+    monkeypatch.undo()
+    assert cli.main(argv) == 0  # resumed: the interrupted trials continue from checkpoints
     text, err = capsys.readouterr()
     table = (out / "trials.md").read_text().splitlines()
     assert table[0].startswith("| trial | run id | lr | weight_decay | status | epochs | val_acc")
@@ -151,10 +172,14 @@ def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
         assert status in ("done", "early-stopped"), row
         if status == "done":
             assert (run / "result.json").is_file() and int(epochs) == 3
+            assert not (run / "early_stopped.json").exists()
         else:  # ASHA stopped it at a rung: marked, no final evaluation
             assert json.loads((run / "early_stopped.json").read_text())["after_epoch"] < 3
             assert not (run / "result.json").exists()
-        assert f"[trial {number}] {run_id} epoch 1 val_acc" in err
+        rows_epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").open()]
+        assert rows_epochs == list(range(1, int(epochs) + 1))  # each epoch once, resumed or not
+        # each trial's reports are printed (a report due as the tuning stopped may be lost)
+        assert f"[trial {number}] {run_id} epoch " in err1 + err
     best = load_config(out / "best.yaml")
     assert best.run_id() == rows[0][1].strip()  # the first row is the best finished trial
     assert f"{best.train.lr:.4g}" == rows[0][2].strip()

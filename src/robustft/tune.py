@@ -23,6 +23,7 @@ trial resumes its run directory from the last checkpoint; finished trials are no
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -30,7 +31,9 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,6 +323,8 @@ def tune_runs(
 
     Raises:
         UserError: Ray missing, the directory holds another tuning, no trial finished.
+        KeyboardInterrupt: interrupted (Ray Tune saved its state: call again to resume); no
+            trial is marked and no table written.
     """
     from robustft.checkpoint import atomic_write_text
     from robustft.launchers.ray import connect, require_ray
@@ -384,13 +389,49 @@ def tune_runs(
                     failure_config=tune.FailureConfig(max_failures=2),
                 ),
             )
-        grid = tuner.fit()
+        with _stop_gracefully() as received:
+            grid = tuner.fit()
     finally:
         if started:
             ray.shutdown()
+    if received:  # Ray Tune returns normally from an interrupted tuning too
+        raise KeyboardInterrupt(f"{signal.Signals(received[0]).name}; Ray Tune saved its state")
     trials = collect_trials(spec, layout, grid)
     write_outputs(spec, layout, trials)
     return trials
+
+
+@contextlib.contextmanager
+def _stop_gracefully() -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM (Ctrl-C, a batch scheduler) are recorded in the
+    yielded list and passed on to Ray Tune as SIGUSR1, on which it ends the tuning with its
+    state saved; a second one interrupts at once. Ray Tune's own SIGINT handler is switched
+    off: it returns from an interrupted ``Tuner.fit()`` as from a finished one (interrupted
+    trials even count as terminated), so the caller could not tell them apart. Outside the
+    main thread (signals cannot be handled there) nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) > 1 or not callable(signal.getsignal(signal.SIGUSR1)):
+            raise KeyboardInterrupt  # a second signal, or Ray Tune's loop not started yet
+        os.kill(os.getpid(), signal.SIGUSR1)  # Ray Tune's handler: stop, save, return
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
 
 
 class _Relay:
@@ -453,6 +494,7 @@ def collect_trials(spec: TuneSpec, layout: TuneDir, grid: Any) -> list[Trial]:
         metric = rows[-1].get(spec.metric) if rows else None
         if done is not None:
             status = "done"
+            (run.root / EARLY_STOPPED).unlink(missing_ok=True)  # stale: it finished after all
         elif result.error is not None:
             status = "failed"
         elif rows:  # ended by Ray Tune without a result: ASHA stopped it at a rung

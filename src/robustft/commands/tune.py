@@ -133,9 +133,17 @@ def run(args: argparse.Namespace) -> int:
         f"{spec.reduction}, up to {spec.base().train.epochs} epochs; in {out}",
         flush=True,
     )
-    trials = tune_runs(
-        spec, out, address=args.address, on_result=_Lines(spec.metric), force=args.force
-    )
+    try:
+        trials = tune_runs(
+            spec, out, address=args.address, on_result=_Lines(spec.metric), force=args.force
+        )
+    except KeyboardInterrupt as err:
+        ended = f" ({err})" if str(err) else ""
+        print(
+            f"robustft: tuning interrupted{ended}; run the same command again to resume it",
+            file=sys.stderr,
+        )
+        return 130
     headers, rows = trials_table(spec, trials)
     print(markdown(headers, rows))
     layout = TuneDir(out.resolve())
