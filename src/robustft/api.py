@@ -280,10 +280,12 @@ def evaluate(
     max_examples: int | None = None,
     seed: int = 0,
     batch_size: int = 128,
+    early_stop: bool = True,
 ) -> RobustnessCurve:
     """The robustness curve of ``model`` (any ``nn.Module`` mapping ``[0, 1]`` images to logits)
     on ``data`` over the grid ``0, eps_step, ..., eps_max`` (pixel units; ``"8/255"`` accepted),
-    with expected robustness and sanity warnings; see :func:`robustft.robustness.robustness_curve`.
+    with expected robustness and sanity warnings; see :func:`robustft.robustness.robustness_curve`
+    (``early_stop``: settle each example at its first fooling iterate).
     """
     from robustft.build import build_attack
     from robustft.robustness import robustness_curve
@@ -308,6 +310,7 @@ def evaluate(
         seed=seed,
         batch_size=batch_size,
         max_examples=max_examples,
+        early_stop=bool(early_stop),
     )
 
 

@@ -265,7 +265,10 @@ class MonitorConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """Final robustness curve on the test split: ``attack`` with ``steps`` on the grid
-    0, eps_step, ..., eps_max (eps_max null = attack.eps)."""
+    0, eps_step, ..., eps_max (eps_max null = attack.eps). ``early_stop``: settle an example at
+    the first iterate that fools the model (same accuracies for APGD, the same or lower for PGD,
+    fewer passes; see :mod:`robustft.robustness`); false runs every step and judges the last
+    point."""
 
     attack: str = "apgd-ce"
     steps: int = 10
@@ -275,6 +278,7 @@ class EvalConfig:
     max_examples: int | None = None
     batch_size: int = 128
     seed: int = 0
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         if self.eps_max is not None:

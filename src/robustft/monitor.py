@@ -104,7 +104,8 @@ def attack_accuracy(
 ) -> float:
     """Accuracy (fraction) of ``model`` in eval mode under ``attack`` at ``eps`` on a seeded,
     stratified sample of ``examples`` items of ``data`` (:mod:`robustft.subset`; the sample and
-    the random starts are drawn from ``seed``)."""
+    the random starts are drawn from ``seed``), with early exit
+    (:meth:`~robustft.attacks.base.Attack.evaluate`)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -120,9 +121,9 @@ def attack_accuracy(
     with evaluation_mode(model):
         for x, y in loader:
             x, y = x.to(device).float(), y.to(device)
-            x_adv = attack(model, x, y, eps, generator=generator)
-            with torch.no_grad():
-                correct += int((model(x_adv).argmax(1) == y).sum())
+            # early exit: an example is settled at its first fooling iterate
+            verdict = attack.evaluate(model, x, y, eps, generator=generator)
+            correct += int((~verdict.fooled).sum())
     return correct / max(n, 1)
 
 

@@ -541,6 +541,7 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
         max_examples=ecfg.max_examples,
         progress=callbacks.on_eval,
         world=state.world,
+        early_stop=ecfg.early_stop,
     )
 
 

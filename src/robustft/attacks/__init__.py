@@ -3,7 +3,8 @@ the gradient-free Square attack (l-inf) for checking evaluations.
 
 Every attack is called as ``attack(model, x, y, eps, *, x_init=None, generator=None)`` on images
 in ``[0, 1]`` and returns examples inside the eps-ball and ``[0, 1]``; see
-:class:`~robustft.attacks.base.Attack` for the full contract.
+:class:`~robustft.attacks.base.Attack` for the full contract. ``attack.evaluate(...)`` also
+judges each point, with early exit: an example is settled at its first fooling iterate.
 
 Example:
     >>> from robustft import attacks
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 from robustft.attacks.apgd import APGD
-from robustft.attacks.base import Attack, crafting_mode
+from robustft.attacks.base import Attack, Verdict, crafting_mode
 from robustft.attacks.geometry import GEOMETRIES, Geometry, get_geometry
 from robustft.attacks.pgd import PGD
 from robustft.attacks.square import Square
@@ -135,6 +136,7 @@ __all__ = [
     "AttackSpec",
     "Geometry",
     "Square",
+    "Verdict",
     "crafting_mode",
     "create",
     "get_geometry",

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
 
 from robustft.attacks.base import (
     Attack,
+    Outcome,
+    Settled,
     check_hyperparameter,
     input_gradient,
     is_int,
@@ -134,6 +136,10 @@ class _Search:
     increases: Tensor
     loss_best_at_check: Tensor
     halved_at_check: Tensor
+
+    def select(self, keep: Tensor) -> _Search:
+        """The state of the examples at positions ``keep`` only (early exit's compaction)."""
+        return _Search(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
 
 def _per_example(values: Tensor, like: Tensor) -> Tensor:
@@ -295,15 +301,22 @@ class APGD(Attack):
         eps: Tensor,
         x_init: Tensor | None,
         generator: torch.Generator | None,
-    ) -> Tensor:
+        *,
+        early_stop: bool = False,
+    ) -> Outcome:
         loss_fn = get_loss(self.loss)
+        settled = Settled(x) if early_stop else None
         x_adv = x.clone()
         best_loss = torch.full_like(eps, -torch.inf)
         fooled = torch.zeros_like(y, dtype=torch.bool)
         for restart in range(self.restarts):
-            todo = (
-                torch.arange(len(x), device=x.device) if restart == 0 else (~fooled).nonzero()[:, 0]
-            )
+            # the examples not yet misclassified: the same set with and without early exit
+            if settled is not None:
+                todo = settled.rows
+            elif restart == 0:
+                todo = torch.arange(len(x), device=x.device)
+            else:
+                todo = (~fooled).nonzero()[:, 0]
             if len(todo) == 0:
                 break
             x_sub, eps_sub = x[todo], eps[todo]
@@ -312,33 +325,56 @@ class APGD(Attack):
                 if restart == 0 and x_init is not None
                 else self.geometry.random_init(x_sub, eps_sub, generator)
             )
-            search = self._run_once(model, x_sub, y[todo], eps_sub, start, loss_fn)
+            search = self._run_once(model, x_sub, y[todo], eps_sub, start, loss_fn, settled)
+            if settled is not None:
+                todo = settled.rows  # the examples this run did not settle, in search's order
             better = search.fooled | (search.loss_best > best_loss[todo])
             result = torch.where(
-                _per_example(search.fooled, x_sub), search.x_fooling, search.x_best
+                _per_example(search.fooled, search.x_best), search.x_fooling, search.x_best
             )
-            x_adv[todo] = torch.where(_per_example(better, x_sub), result, x_adv[todo])
+            x_adv[todo] = torch.where(_per_example(better, result), result, x_adv[todo])
             best_loss[todo] = torch.where(better, search.loss_best, best_loss[todo])
             fooled[todo] = search.fooled
             if logger.isEnabledFor(logging.DEBUG):
+                done = fooled if settled is None else fooled | settled.fooled
                 logger.debug(
-                    "%s restart %d: fooled %d/%d", self.name, restart, int(fooled.sum()), len(x)
+                    "%s restart %d: fooled %d/%d", self.name, restart, int(done.sum()), len(x)
                 )
-        return x_adv
+        if settled is not None:
+            return settled.outcome(x_adv[settled.rows])
+        return Outcome(x_adv)
 
     def _run_once(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, start: Tensor, loss_fn: LossFn
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: Tensor,
+        start: Tensor,
+        loss_fn: LossFn,
+        settled: Settled | None = None,
     ) -> _Search:
-        """One APGD run of ``steps`` iterations from ``start`` (``steps + 1`` gradient passes)."""
+        """One APGD run of ``steps`` iterations from ``start`` (``steps + 1`` gradient passes).
+
+        With ``settled`` (early exit; ``x``, ``y``, ``eps`` and ``start`` are its ``rows``), an
+        example misclassified at an iterate is settled there and dropped from the state: the
+        returned state holds only the examples left (``settled.rows`` after the call)."""
         geometry = self.geometry
         checkpoints = checkpoint_iterations(self.steps, self.checkpoints)
         search = _start_search(model, start, y, eps, loss_fn)
         last_checkpoint = 0
-        for iteration in range(1, self.steps + 1):
-            momentum = 1.0 if iteration == 1 else self.momentum
-            x_next = _momentum_step(search, x, eps, geometry, momentum)
-            loss, grad, logits = input_gradient(model, x_next, y, loss_fn)
-            _record_iterate(search, x_next, loss, grad, logits, y)
+        for iteration in range(self.steps + 1):
+            if iteration > 0:
+                momentum = 1.0 if iteration == 1 else self.momentum
+                x_next = _momentum_step(search, x, eps, geometry, momentum)
+                loss, grad, logits = input_gradient(model, x_next, y, loss_fn)
+                _record_iterate(search, x_next, loss, grad, logits, y)
+            if settled is not None:
+                keep = settled.settle(search.x_fooling, search.fooled)
+                if keep is not None:
+                    search, x, y, eps = search.select(keep), x[keep], y[keep], eps[keep]
+                    if len(keep) == 0:
+                        break
             if iteration in checkpoints:
                 _adapt_step_size(search, iteration - last_checkpoint, self.rho)
                 last_checkpoint = iteration

@@ -5,6 +5,13 @@ An attack object holds only hyperparameters and is never mutated by a call. The 
 in eval mode with parameter gradients off (restored on exit), calls the subclass's
 ``_perturb``, projects the result into the eps-ball intersected with ``[0, 1]`` (a safety net)
 and detaches it.
+
+Evaluation asks a different question than training: not "where is a strong point?" but "is
+this example still classified correctly under attack?". :meth:`Attack.evaluate` answers it
+with *early exit* (``early_stop=True``): an example misclassified at any iterate is settled
+(:class:`Settled`), its fooling point is its result, and the attack stops working on it (the
+batch is compacted), so the remaining passes go to the examples still undecided. Training calls
+the attack without early exit: the objective needs the point after every step.
 """
 
 from __future__ import annotations
@@ -133,6 +140,92 @@ def input_gradient(
     return losses.detach(), grad.float(), logits.detach()
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one attack run crafted (the return value of ``_perturb``).
+
+    Attributes:
+        x_adv: (B, C, H, W) adversarial points, inside the eps-ball and [0, 1].
+        fooled: (B,) bool, the model misclassifies ``x_adv`` (judged by the attack's own
+            forward passes), or None where the attack did not judge its points (training calls,
+            and evaluation without early exit: the caller judges them with one forward pass).
+    """
+
+    x_adv: Tensor
+    fooled: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :meth:`Attack.evaluate` returns: the adversarial points and the judgement on each.
+
+    Attributes:
+        x_adv: (B, C, H, W) adversarial points, inside the eps-ball and [0, 1].
+        fooled: (B,) bool, the model misclassifies ``x_adv``: the example is not robust.
+    """
+
+    x_adv: Tensor
+    fooled: Tensor
+
+
+class Settled:
+    """Early-exit bookkeeping of one evaluation call (made per call, never kept on an attack).
+
+    An example misclassified at some iterate is *settled*: that iterate is its result, and the
+    attack drops it from the batch it keeps working on. Its verdict cannot change afterwards,
+    since the fooling point is already in hand; the examples still attacked follow exactly the
+    iterates they would have followed in the full batch, because every attack's state is per
+    example (random starts are drawn for the full batch before any example is dropped).
+
+    Attributes:
+        x_adv: (B, C, H, W) the fooling point of each settled example (``x`` elsewhere).
+        fooled: (B,) bool, settled.
+        rows: (A,) int64 positions in the batch of the examples still attacked, in order.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.x_adv = x.clone()
+        self.fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.rows = torch.arange(len(x), device=x.device)
+
+    def settle(self, x_now: Tensor, misclassified: Tensor) -> Tensor | None:
+        """Settle the examples of the current sub-batch (the ``rows``) misclassified at
+        ``x_now``.
+
+        Args:
+            x_now: (A, C, H, W) the current iterates of the examples still attacked.
+            misclassified: (A,) bool, the model misclassifies ``x_now``.
+
+        Returns:
+            None when no example settled (nothing to compact), else the (A',) positions within
+            the sub-batch of the examples still attacked, to index every per-example tensor
+            with. (Asking whether any settled is one device-to-host copy per step: evaluation
+            only, and the price of knowing the new batch size.)
+        """
+        if not bool(misclassified.any()):
+            return None
+        settled = self.rows[misclassified]
+        self.x_adv[settled] = x_now[misclassified]
+        self.fooled[settled] = True
+        keep = (~misclassified).nonzero().flatten()
+        self.rows = self.rows[keep]
+        return keep
+
+    def outcome(self, x_adv: Tensor) -> Outcome:
+        """The full batch: fooling points where settled, ``x_adv`` (the final points of the
+        examples still attacked, in ``rows`` order) elsewhere, judged not fooled."""
+        result = self.x_adv.clone()
+        result[self.rows] = x_adv
+        return Outcome(result, self.fooled.clone())
+
+
+@torch.no_grad()
+def misclassified(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """(B,) bool: ``model`` (in its current mode) misclassifies ``x`` (one forward pass)."""
+    result: Tensor = model(x).argmax(dim=1) != y
+    return result
+
+
 @dataclass(frozen=True, kw_only=True)
 class Attack(ABC):
     """Base class of all attacks. Subclasses are frozen dataclasses of hyperparameters.
@@ -164,6 +257,7 @@ class Attack(ABC):
         *,
         x_init: Tensor | None = None,
         generator: torch.Generator | None = None,
+        early_stop: bool = False,
     ) -> Tensor:
         """Craft adversarial examples.
 
@@ -176,23 +270,77 @@ class Attack(ABC):
                 smaller eps; projected into the ball first. Replaces the random start.
             generator: CPU ``torch.Generator`` for random starts and restarts; with the same
                 seed the result is the same.
+            early_stop: evaluation's early exit (see :meth:`evaluate`): an example misclassified
+                at any iterate is returned at that point and no longer attacked. Off by default:
+                training needs the point after the full step count.
 
         Returns:
             x_adv (B, C, H, W), detached, inside the eps-ball around x and in [0, 1]; equal to
             ``x`` (the same values) wherever ``eps == 0``.
         """
+        return self._attack(model, x, y, eps, x_init, generator, early_stop).x_adv
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: float | Tensor,
+        *,
+        x_init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        early_stop: bool = True,
+    ) -> Verdict:
+        """Attack and judge: the adversarial points and whether the model misclassifies each.
+
+        With ``early_stop`` (the default) an example misclassified at any iterate is settled
+        there: its fooling point is returned, it is no longer attacked, and its verdict comes
+        from that iterate's forward pass; the examples still attacked run the full step count
+        exactly as without early exit, and are judged at the point the attack returns. So the
+        accuracy reported can only be lower than or equal to that of the final points alone:
+        for APGD (which returns a fooling iterate whenever it found one) it is the same, for
+        PGD an example fooled at an intermediate iterate counts as fooled even if a later step
+        left the misclassified region. Without ``early_stop`` the attack runs to the end on
+        every example and the points are judged with one more forward pass (the classic
+        "attack, then predict", in eval mode).
+
+        Args:
+            model, x, y, eps, x_init, generator: as for :meth:`__call__`.
+            early_stop: settle examples as soon as they are misclassified.
+
+        Returns:
+            A :class:`Verdict`.
+        """
+        outcome = self._attack(model, x, y, eps, x_init, generator, early_stop)
+        if outcome.fooled is not None:
+            return Verdict(outcome.x_adv, outcome.fooled)
+        with evaluation_mode(model):
+            return Verdict(outcome.x_adv, misclassified(model, outcome.x_adv, y))
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: float | Tensor,
+        x_init: Tensor | None,
+        generator: torch.Generator | None,
+        early_stop: bool,
+    ) -> Outcome:
+        """Validate, skip examples with ``eps == 0`` and run the attack on the others."""
         _check_inputs(x, y, x_init)
         eps_t = as_eps_tensor(eps, x)
         active = eps_t > 0
         if not bool(active.any()):
-            return x.detach()
+            return Outcome(x.detach())
         x = x.detach()
         if bool(active.all()):
-            return self._run(model, x, y, eps_t, x_init, generator)
+            return self._run(model, x, y, eps_t, x_init, generator, early_stop)
         x_adv = x.clone()
         sub_init = None if x_init is None else x_init[active]
-        x_adv[active] = self._run(model, x[active], y[active], eps_t[active], sub_init, generator)
-        return x_adv
+        sub = self._run(model, x[active], y[active], eps_t[active], sub_init, generator, early_stop)
+        x_adv[active] = sub.x_adv
+        return Outcome(x_adv)  # the eps == 0 examples were not judged
 
     def _run(
         self,
@@ -202,12 +350,14 @@ class Attack(ABC):
         eps: Tensor,
         x_init: Tensor | None,
         generator: torch.Generator | None,
-    ) -> Tensor:
+        early_stop: bool,
+    ) -> Outcome:
         if x_init is not None:
             x_init = self.geometry.project(x_init.detach().to(x.device, x.dtype), x, eps)
         with crafting_mode(model, eval_mode=self.eval_mode):
-            x_adv = self._perturb(model, x, y, eps, x_init, generator)
-        return self.geometry.project(x_adv.detach(), x, eps)
+            outcome = self._perturb(model, x, y, eps, x_init, generator, early_stop=early_stop)
+        # the safety net leaves feasible points bit for bit unchanged, so verdicts stay valid
+        return Outcome(self.geometry.project(outcome.x_adv.detach(), x, eps), outcome.fooled)
 
     @abstractmethod
     def _perturb(
@@ -218,8 +368,14 @@ class Attack(ABC):
         eps: Tensor,
         x_init: Tensor | None,
         generator: torch.Generator | None,
-    ) -> Tensor:
-        """Return adversarial examples for examples with eps > 0 (eps is (B,), all positive)."""
+        *,
+        early_stop: bool = False,
+    ) -> Outcome:
+        """Adversarial examples for examples with eps > 0 (eps is (B,), all positive).
+
+        With ``early_stop``, settle examples as they are misclassified (:class:`Settled`) and
+        return their verdicts; without it, run every example to the end and leave ``fooled``
+        None (the training path: no extra forward pass)."""
 
     def describe(self) -> dict[str, object]:
         """A JSON-serialisable description: the attack's registry name and hyperparameters."""

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from robustft.attacks.base import (
     Attack,
+    Outcome,
+    Settled,
     check_hyperparameter,
     input_gradient,
     is_int,
@@ -96,17 +98,39 @@ class PGD(Attack):
         eps: Tensor,
         x_init: Tensor | None,
         generator: torch.Generator | None,
-    ) -> Tensor:
+        *,
+        early_stop: bool = False,
+    ) -> Outcome:
         loss_fn = get_loss(self.loss)
-        best: tuple[Tensor, Tensor, Tensor] | None = None
+        settled = Settled(x) if early_stop else None
+        best: tuple[Tensor, Tensor, Tensor] | None = None  # without early exit: (x, fooled, loss)
+        best_x, best_loss = x.clone(), torch.full_like(eps, -torch.inf)  # with it: survivors'
         for restart in range(self.restarts):
+            # drawn for the full batch: a start never depends on which examples are settled
             start = self._starting_point(x, eps, x_init if restart == 0 else None, generator)
-            x_adv = self._ascend(model, x, y, eps, start, loss_fn)
-            if self.restarts == 1:
-                return x_adv
-            best = _keep_stronger(best, x_adv, *_judge(model, x_adv, y, loss_fn))
+            x_end = self._ascend(model, x, y, eps, start, loss_fn, settled)
+            if settled is not None and len(settled.rows) == 0:
+                break
+            if settled is None:
+                if self.restarts == 1:
+                    return Outcome(x_end)
+                best = _keep_stronger(best, x_end, *_judge(model, x_end, y, loss_fn))
+                continue
+            # early exit: judge the final iterates of the examples still attacked; settle the
+            # fooled ones, keep the highest-loss final point of the others over the restarts
+            rows = settled.rows
+            fooled, loss = _judge(model, x_end, y[rows], loss_fn)
+            settled.settle(x_end, fooled)
+            alive = ~fooled
+            rows, x_end, loss = rows[alive], x_end[alive], loss[alive]
+            better = loss > best_loss[rows]
+            best_x[rows[better]], best_loss[rows[better]] = x_end[better], loss[better]
+            if len(settled.rows) == 0:
+                break
+        if settled is not None:
+            return settled.outcome(best_x[settled.rows])
         assert best is not None
-        return best[0]
+        return Outcome(best[0])
 
     def _starting_point(
         self, x: Tensor, eps: Tensor, x_init: Tensor | None, generator: torch.Generator | None
@@ -119,14 +143,36 @@ class PGD(Attack):
         return x
 
     def _ascend(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, start: Tensor, loss_fn: LossFn
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: Tensor,
+        start: Tensor,
+        loss_fn: LossFn,
+        settled: Settled | None,
     ) -> Tensor:
-        """The shared gradient loop: ``steps`` projected steps of ``rel_step * eps`` each."""
+        """The shared gradient loop: ``steps`` projected steps of ``rel_step * eps`` each.
+
+        With ``settled`` only its ``rows`` are attacked, and an example misclassified at an
+        iterate (judged by the forward pass that gives the gradient there) is settled at it
+        and dropped. Returns the final iterates of the examples still attacked (all of them
+        without ``settled``)."""
         geometry = self.geometry
+        if settled is not None:
+            rows = settled.rows
+            x, y, eps, start = x[rows], y[rows], eps[rows], start[rows]
         step_size = (self.rel_step * eps).view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         x_adv = start
         for _ in range(self.steps):
-            _, grad, _ = input_gradient(model, x_adv, y, loss_fn)
+            _, grad, logits = input_gradient(model, x_adv, y, loss_fn)
+            if settled is not None:
+                keep = settled.settle(x_adv, logits.argmax(dim=1) != y)
+                if keep is not None:
+                    if len(keep) == 0:
+                        break
+                    x, y, eps, x_adv = x[keep], y[keep], eps[keep], x_adv[keep]
+                    grad, step_size = grad[keep], step_size[keep]
             x_adv = geometry.project(x_adv + step_size * geometry.ascent_direction(grad), x, eps)
         return x_adv
 

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from robustft.attacks.base import Attack, check_hyperparameter, is_int, is_real
+from robustft.attacks.base import Attack, Outcome, check_hyperparameter, is_int, is_real
 from robustft.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,11 @@ class Square(Attack):
         eps: Tensor,
         x_init: Tensor | None,
         generator: torch.Generator | None,
-    ) -> Tensor:
+        *,
+        early_stop: bool = False,
+    ) -> Outcome:
+        # the search always stops querying an example once it is misclassified (early exit is
+        # built in); with early_stop its verdicts are returned too
         radius = eps.to(x.dtype).view(-1, 1, 1, 1)
         if x_init is None:
             stripes = _random_signs((len(x), x.shape[1], 1, x.shape[3]), generator, x)
@@ -170,7 +174,7 @@ class Square(Attack):
             fooled[todo] = fooled[todo] | (better & (logits.argmax(dim=1) != y[todo]))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("square: fooled %d/%d", int(fooled.sum()), len(x))
-        return x_best
+        return Outcome(x_best, fooled if early_stop else None)
 
     @staticmethod
     def _candidate(

@@ -64,6 +64,14 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
     p.add_argument("--seed", type=int, help="seed of the random starts and of the sample")
+    p.add_argument(
+        "--early-stop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="settle an example at the first iterate that fools the model (same accuracies for "
+        "APGD, fewer passes); --no-early-stop runs every step (default: the run's "
+        "eval.early_stop)",
+    )
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write the curve as JSON")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1")
     p.add_argument(
@@ -135,6 +143,7 @@ class EvalSettings:
     max_examples: int | None
     batch_size: int
     seed: int
+    early_stop: bool
 
 
 def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
@@ -172,6 +181,7 @@ def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
         max_examples=args.max_examples if args.max_examples is not None else ecfg.max_examples,
         batch_size=args.batch_size or ecfg.batch_size,
         seed=args.seed if args.seed is not None else ecfg.seed,
+        early_stop=args.early_stop if args.early_stop is not None else ecfg.early_stop,
     )
 
 
@@ -189,6 +199,7 @@ def differences(chosen: EvalSettings, config: RunConfig) -> list[str]:
         max_examples=config.eval.max_examples,
         batch_size=chosen.batch_size,  # resources, not results
         seed=config.eval.seed,
+        early_stop=config.eval.early_stop,
     )
     out = []
     for f in dataclasses.fields(EvalSettings):
@@ -243,6 +254,7 @@ def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
         max_examples=chosen.max_examples,
         progress=progress.on_eval if world.is_main else None,
         world=world,
+        early_stop=chosen.early_stop,
     )
     say(curve_table(curve))
     sample = curve.examples or {}
