@@ -142,7 +142,16 @@ class TrainConfig:
     the same count: it is recorded in checkpoints and ``result.json``, and ``--resume`` keeps
     the count the run started with. ``batch_size`` is the global batch: under ``torchrun`` it is
     split across the processes (a multiple of their number). ``sync_bn``: BatchNorm statistics
-    of the global batch (SyncBatchNorm, GPUs only) instead of each process's shard."""
+    of the global batch (SyncBatchNorm, GPUs only) instead of each process's shard.
+
+    Speed (see :mod:`robustft.loader` and the README's Performance section): ``num_workers``
+    loader processes (null = 0 on CPU, one per core but one, at most 8, on a GPU; workers
+    augment each image from its own seed, so any positive count gives the same numbers, which
+    differ from those of 0), ``pin_memory`` (null = on with CUDA), ``bf16`` (autocast for
+    crafting and the update), ``channels_last`` (NHWC memory format for the model's weights and
+    activations: faster convolutions on GPUs and on CPUs with AVX-512, different float
+    rounding), ``compile`` (``torch.compile`` the network for the update and for crafting;
+    the first steps pay the compilation)."""
 
     epochs: int = 50
     batch_size: int = 64
@@ -157,9 +166,12 @@ class TrainConfig:
     grad_norm_limit: float | None = 1e5
     bf16: bool = False
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = None
     threads: int | None = None
     sync_bn: bool = False
+    pin_memory: bool | None = None
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -186,7 +198,13 @@ class TrainConfig:
                 self.grad_norm_limit,
                 "a number > 0 or null",
             )
-        _check(self.num_workers >= 0, "train.num_workers", self.num_workers, "an integer >= 0")
+        if self.num_workers is not None:
+            _check(
+                self.num_workers >= 0,
+                "train.num_workers",
+                self.num_workers,
+                "an integer >= 0 or null (auto)",
+            )
         if self.threads is not None:
             _check(self.threads >= 1, "train.threads", self.threads, "an integer >= 1 or null")
 
@@ -292,7 +310,9 @@ class EvalConfig:
         _choice("eval.mode", self.mode, ("cascade", "independent"))
 
 
-RESOURCE_KEYS = (("train", "num_workers"), ("eval", "batch_size"))  # not in the run id
+# not in the run id: they change how fast a run goes, not its numbers (train.num_workers only
+# between positive counts; see robustft.loader)
+RESOURCE_KEYS = (("train", "num_workers"), ("eval", "batch_size"), ("train", "pin_memory"))
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ from torch.utils.data import Dataset
 
 from robustft.config import AUGMENTS
 from robustft.errors import UserError, first_line, unknown_name
+from robustft.loader import cpu_count
 
 logger = logging.getLogger(__name__)
 
@@ -206,13 +207,17 @@ class DataSplits:
 # ----------------------------------------------------------------------------- transforms
 
 
-def build_transform(image_size: int, augment: str = "none", *, flip: bool = True) -> Transform:
+def build_transform(
+    image_size: int, augment: str = "none", *, flip: bool = True, resize: bool = True
+) -> Transform:
     """Transform a PIL image or a float tensor ``(C, H, W)`` in ``[0, 1]`` to ``(3, S, S)``.
 
     Args:
         image_size: output side ``S`` in pixels.
         augment: ``none`` (resize only, used for evaluation), ``basic`` or ``paper``.
         flip: allow random horizontal flips (``basic`` and ``paper``).
+        resize: start with the resize to ``S`` x ``S``; False for inputs that went through
+            :func:`resize_transform` already (the preprocessed cache of in-memory images).
 
     Returns:
         A callable returning a float32 tensor ``(3, S, S)`` in ``[0, 1]``.
@@ -222,7 +227,7 @@ def build_transform(image_size: int, augment: str = "none", *, flip: bool = True
     if augment not in AUGMENTS:
         raise unknown_name("augmentation preset", augment, AUGMENTS)
     size = (image_size, image_size)
-    steps: list[Any] = [v2.ToImage(), v2.Resize(size, antialias=True)]
+    steps: list[Any] = [v2.ToImage()] + ([v2.Resize(size, antialias=True)] if resize else [])
     if augment == "basic":
         steps.append(v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True))
     if augment in ("basic", "paper") and flip:
@@ -231,6 +236,20 @@ def build_transform(image_size: int, augment: str = "none", *, flip: bool = True
         steps += [v2.ColorJitter(0.25, 0.25, 0.25), v2.RandomRotation(2)]
     steps.append(v2.ToDtype(torch.float32, scale=True))
     return _ToUnitTensor(v2.Compose(steps))
+
+
+def resize_transform(image_size: int) -> Callable[[RawImage], Tensor]:
+    """The first, deterministic steps of every :func:`build_transform` pipeline (to an image,
+    resize to ``S`` x ``S``): what the preprocessed cache stores for training images, whose
+    random augmentation then runs per epoch from ``build_transform(..., resize=False)``."""
+    from torchvision.transforms import v2
+
+    pipeline = v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)])
+
+    def resize(image: RawImage) -> Tensor:
+        return torch.as_tensor(pipeline(image)).as_subclass(Tensor)
+
+    return resize
 
 
 class _ToUnitTensor:
@@ -260,6 +279,49 @@ class _TensorSource:
 
     def load(self, index: int) -> RawImage:
         return self.images[index]
+
+
+class _CachedSource:
+    """Some images of another source, each preprocessed once and held as one float tensor.
+
+    ``load(j)`` takes the same pool positions as the source it was made from (``labels`` is
+    that source's), so the splits' indices do not change.
+    """
+
+    def __init__(self, images: Tensor, positions: np.ndarray, labels: np.ndarray) -> None:
+        self.images = images
+        self.labels = labels
+        self.row = np.full(len(labels), -1, dtype=np.int64)
+        self.row[positions] = np.arange(len(positions))
+
+    def load(self, index: int) -> RawImage:
+        return self.images[int(self.row[index])]
+
+
+def _identity(image: RawImage) -> Tensor:
+    assert isinstance(image, Tensor)
+    return image
+
+
+CACHE_BYTES = 512 * 2**20
+"""In-memory sources (digits) whose preprocessed split images fit in this many bytes are
+resized once instead of every epoch (:func:`_preprocess`)."""
+
+
+def _preprocess(
+    source: _Source, indices: np.ndarray, transform: Callable[[RawImage], Tensor]
+) -> _CachedSource:
+    """``transform`` applied once to each image of ``source`` at ``indices`` (one at a time,
+    exactly as the per-item pipeline would, so the values are the same bit for bit)."""
+    images = torch.stack([transform(source.load(int(j))) for j in indices])
+    return _CachedSource(images, indices, source.labels)
+
+
+def _fits_cache(source: _Source, indices: dict[str, np.ndarray], image_size: int) -> bool:
+    """Whether ``source`` is held in memory and its split images, preprocessed, fit
+    :data:`CACHE_BYTES` (float32, 3 channels)."""
+    count = sum(len(i) for i in indices.values())
+    return isinstance(source, _TensorSource) and count * 3 * image_size**2 * 4 <= CACHE_BYTES
 
 
 class _FileSource:
@@ -371,7 +433,16 @@ def build_datasets_from_spec(spec: DataSpec) -> DataSplits:
     splits = {}
     for split, idx in indices.items():
         part = _train_part(raw) if split not in raw.parts else split
-        splits[split] = ImageSplit(raw.parts[part], idx, train_tf if split == "train" else eval_tf)
+        source, transform = raw.parts[part], train_tf if split == "train" else eval_tf
+        if _fits_cache(source, indices, spec.image_size):
+            # resized once, not every epoch: training images keep their per-epoch augmentation
+            # (the same random draws, the same values), evaluation images are final
+            if split == "train":
+                source = _preprocess(source, idx, resize_transform(spec.image_size))
+                transform = build_transform(spec.image_size, spec.augment, flip=flip, resize=False)
+            else:
+                source, transform = _preprocess(source, idx, eval_tf), _identity
+        splits[split] = ImageSplit(source, idx, transform)
     out = DataSplits(
         splits["train"],
         splits["val"],
@@ -643,7 +714,7 @@ def find_unreadable_images(
     """
     files = list(paths)
     if threads is None:
-        threads = min(8, _cpu_count(), len(files) // 64)
+        threads = min(8, cpu_count(), len(files) // 64)
     if threads <= 1 or len(files) < 2:
         problems = [_decode_problem(p) for p in files]
     else:
@@ -664,13 +735,6 @@ def _decode_problem(path: Path) -> str | None:
     except _DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {first_line(exc, 200)}"
     return None
-
-
-def _cpu_count() -> int:
-    """CPUs this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _scan_classes(folder: Path) -> tuple[tuple[str, ...], list[Path], list[int]]:

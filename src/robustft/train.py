@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from robustft.cost import count_passes
 from robustft.data import DataSplits, check_class_set
 from robustft.distributed import SINGLE, ShardBatches, World
 from robustft.errors import NumericalFault, UserError
+from robustft.loader import TrainBatches, default_workers
 from robustft.models import (
     ClassifierModel,
     base_fingerprint,
@@ -108,6 +109,7 @@ class TrainState:
     threads: int = 1  # CPU threads the run trains with (recorded; kept on resume)
     world: World = SINGLE  # the ranks of a data-parallel run (torchrun); one process by default
     net: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when world.active
+    batches: TrainBatches | None = None  # the training split's loader (made on first use)
 
     def current_schedule(self) -> EpsSchedule:
         """The eps schedule in force now: the configured one, or for an adaptive schedule
@@ -127,23 +129,40 @@ class TrainState:
         n, bs = len(self.data.train), self.config.train.batch_size  # type: ignore[arg-type]
         return distributed.batches_per_epoch(n, bs, self.world.size)
 
-    def train_loader(self, epoch: int) -> DataLoader:
-        """The epoch's batches (this rank's shards of them in a data-parallel run, in the same
-        global order, :class:`robustft.distributed.ShardBatches`)."""
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked batches and non-blocking copies (``train.pin_memory``; null: on CUDA)."""
+        pin = self.config.train.pin_memory
+        return self.device.type == "cuda" if pin is None else bool(pin)
+
+    @property
+    def workers(self) -> int:
+        """Loader processes: ``train.num_workers``, or the device's default when null."""
+        workers = self.config.train.num_workers
+        return default_workers(self.device) if workers is None else workers
+
+    def train_loader(self, epoch: int) -> Iterable[Any]:
+        """The batches of epoch ``epoch``, shuffled from ``(train.seed, epoch)``: in a
+        data-parallel run this rank's shards of them in the same global order
+        (:class:`robustft.distributed.ShardBatches`)."""
         cfg = self.config.train
-        n = len(self.data.train)  # type: ignore[arg-type]
         if self.world.active:
+            n = len(self.data.train)  # type: ignore[arg-type]
             shards = ShardBatches(n, cfg.batch_size, cfg.seed, epoch, self.world)
-            return DataLoader(self.data.train, batch_sampler=shards, num_workers=cfg.num_workers)
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "order", epoch))
-        return DataLoader(
-            self.data.train,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=cfg.num_workers,
-            drop_last=n % cfg.batch_size == 1,  # a batch of 1 breaks BatchNorm in train mode
-        )
+            return DataLoader(
+                self.data.train,
+                batch_sampler=shards,
+                num_workers=self.workers,
+                pin_memory=self.pin_memory,
+            )
+        if self.batches is None:
+            self.batches = TrainBatches(
+                self.data.train,
+                batch_size=cfg.batch_size,
+                num_workers=self.workers,
+                pin_memory=self.pin_memory,
+            )
+        return self.batches.epoch(derive_seed(cfg.seed, "order", epoch))
 
 
 def build_state(
@@ -160,6 +179,12 @@ def build_state(
     data = build_data(config) if data is None else data
     model = build_backbone(config, data.num_classes) if model is None else model
     model = model.to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if config.train.compile:
+        # compiled in place: the update and the crafting call the compiled network, while the
+        # module, its state dict (checkpoints) and the pass-counting hooks stay as they are
+        model.net.compile()
     optimizer = build_optimizer(config, model)
     objective = AdversarialCE(build_train_attack(config), autocast_bf16=config.train.bf16)
     schedule = build_schedule(config)
@@ -209,14 +234,16 @@ def _check_loss(state: TrainState, value: float) -> None:
         raise _fault(state, kind, value, f"training loss is {value}")
 
 
-def _clip_and_check_gradients(state: TrainState) -> None:
-    """Gradient norm over the trainable parameters: a fault if non-finite or above
-    ``train.grad_norm_limit``; clipped to ``train.grad_clip`` when set."""
+def _gradient_norm(state: TrainState) -> torch.Tensor | None:
+    """The total gradient norm over the trainable parameters (None without gradients)."""
     grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    norm = nn.utils.get_total_norm(grads)
-    value, cfg = float(norm), state.config.train
+    return nn.utils.get_total_norm(grads) if grads else None
+
+
+def _clip_and_check_gradients(state: TrainState, norm: torch.Tensor, value: float) -> None:
+    """Given the gradient norm (``value`` = its host copy): a fault if non-finite or above
+    ``train.grad_norm_limit``; clipped to ``train.grad_clip`` when set."""
+    cfg = state.config.train
     if not math.isfinite(value):
         raise _fault(state, "nonfinite_grad", value, f"gradient norm is {value}")
     if cfg.grad_norm_limit is not None and value > cfg.grad_norm_limit:
@@ -239,10 +266,12 @@ def _train_step(
     eps: float,
     gen: torch.Generator,
     bounds: tuple[int, int] | None = None,
-) -> tuple[float, int, int]:
+) -> tuple[float, torch.Tensor | int, int]:
     """One optimizer step; returns (summed loss, correct count, examples) on the trained
     inputs: of the global batch in a data-parallel run, whose rank holds rows ``bounds`` =
-    (first, global batch size) of it.
+    (first, global batch size) of it. In one process the correct count stays a device tensor
+    and the loss and the gradient norm reach the host in one copy, the only wait for the
+    device in a step (the attack's loop has none).
 
     Raises:
         NumericalFault: non-finite loss or gradient norm, or one above the limit (before any
@@ -252,14 +281,19 @@ def _train_step(
     if bounds is not None:
         return _data_parallel_step(state, x, y, eps, gen, bounds)
     out = state.objective(state.model, x, y, eps, generator=gen)
-    _check_loss(state, float(out.loss.detach()))
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    _clip_and_check_gradients(state)
+    norm = _gradient_norm(state)
+    loss = out.loss.detach()
+    values = (loss if norm is None else torch.stack([loss, norm.to(loss)])).tolist()
+    loss_value = values if isinstance(values, float) else values[0]
+    _check_loss(state, loss_value)
+    if norm is not None:
+        _clip_and_check_gradients(state, norm, values[1])
     state.optimizer.step()
     state.step += 1
-    correct = int((out.logits.argmax(1) == y).sum())
-    return float(out.loss.detach()) * len(y), correct, len(y)
+    correct = (out.logits.argmax(1) == y).sum()
+    return loss_value * len(y), correct, len(y)
 
 
 def _data_parallel_step(
@@ -286,7 +320,9 @@ def _data_parallel_step(
     share = len(y) * world.size / bounds[1]  # 1 for equal shards
     state.optimizer.zero_grad(set_to_none=True)
     (out.loss if share == 1 else out.loss * share).backward()
-    _clip_and_check_gradients(state)
+    norm = _gradient_norm(state)
+    if norm is not None:
+        _clip_and_check_gradients(state, norm, float(norm))
     state.optimizer.step()
     if not state.config.train.sync_bn:
         distributed.average_buffers(state.model, world)
@@ -302,16 +338,19 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
     torch.manual_seed(derive_seed(cfg.train.seed, "epoch", epoch, *rank))
     attack_gen = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "attack", epoch))
     loader = state.train_loader(epoch)
-    shards = loader.batch_sampler if isinstance(loader.batch_sampler, ShardBatches) else None
-    spe = len(loader)
+    sampler = getattr(loader, "batch_sampler", None)
+    shards = sampler if isinstance(sampler, ShardBatches) else None
+    spe = state.steps_per_epoch if shards is None else len(shards)
     schedule = state.current_schedule()
     callbacks.on_epoch_start(epoch, cfg.train.epochs, schedule.eps_at(epoch, spe - 1, spe), spe)
     start = time.perf_counter()
     state.model.train()
-    loss_sum, correct, seen, eps_sum = 0.0, 0, 0, 0.0
+    loss_sum, seen, eps_sum = 0.0, 0, 0.0
+    correct = torch.zeros((), dtype=torch.int64, device=state.device)
+    copy = {"non_blocking": state.pin_memory}  # pinned batches: the copy overlaps compute
     with count_passes(state.model) as passes:
         for i, (x, y) in enumerate(loader):
-            x, y = x.to(state.device).float(), y.to(state.device)
+            x, y = x.to(state.device, **copy).float(), y.to(state.device, **copy)
             eps = schedule.eps_at(epoch, i, spe)
             bounds = None if shards is None else shards.bounds[i]
             batch_loss, batch_correct, n = _train_step(state, x, y, eps, attack_gen, bounds)
@@ -324,7 +363,7 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
         "eps": eps_sum / max(seen, 1),
         "lr": float(state.optimizer.param_groups[0]["lr"]),
         "train_loss": loss_sum / max(seen, 1),
-        "train_acc": correct / max(seen, 1),
+        "train_acc": int(correct) / max(seen, 1),
         "seconds": round(seconds, 3),
         "examples_per_second": round(seen / seconds, 2) if seconds > 0 else None,
         "steps": spe,

@@ -17,6 +17,7 @@ the attack without early exit: the objective needs the point after every step.
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -329,6 +330,14 @@ class Attack(ABC):
     ) -> Outcome:
         """Validate, skip examples with ``eps == 0`` and run the attack on the others."""
         _check_inputs(x, y, x_init)
+        if is_real(eps):  # one budget (training): checked on the host, no wait for the device
+            value = float(eps)  # type: ignore[arg-type]
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"eps must be finite and >= 0, got {value}")
+            if value == 0:
+                return Outcome(x.detach())
+            eps_t = torch.full((len(x),), value, dtype=torch.float32, device=x.device)
+            return self._run(model, x.detach(), y, eps_t, x_init, generator, early_stop)
         eps_t = as_eps_tensor(eps, x)
         active = eps_t > 0
         if not bool(active.any()):

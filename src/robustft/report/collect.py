@@ -502,7 +502,7 @@ def _text(value: Any) -> str:
 
 GROUPING_KEYS = frozenset(
     {"name", "train.seed", "eval.seed", "model.name", "data.name", "eval.eps_max"}
-    | {"train.num_workers", "eval.batch_size", "data.root", "data.download"}
+    | {"train.num_workers", "train.pin_memory", "eval.batch_size", "data.root", "data.download"}
 )
 """Config keys that never split a method: seeds (averaged over), the row, column and table
 keys, and settings that change where or how fast a run goes, not its result."""
