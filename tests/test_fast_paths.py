@@ -142,3 +142,56 @@ def test_compiled_training_counts_the_same_passes_and_keeps_state_dict_names() -
     )
     # fused kernels round differently and PGD's sign steps amplify it a little
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-2)
+
+
+def _sync_warnings(fn) -> int:  # type: ignore[no-untyped-def]
+    """How many device-to-host synchronisations ``fn()`` makes (CUDA's sync debug mode)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce"])
+def test_training_attack_loop_never_waits_for_the_device(name: str) -> None:
+    """The training call's synchronisations do not grow with the step count: none inside the
+    loop (the ones left are per call: the input range check and the random start)."""
+    from robustft.attacks import create
+
+    torch.manual_seed(0)
+    model = TinyCNN().cuda().eval()
+    x = torch.rand(32, 3, 16, 16, device="cuda")
+    y = torch.randint(0, 10, (32,), device="cuda")
+
+    def call(steps: int) -> None:
+        create(name, steps=steps)(model, x, y, 8 / 255, generator=torch.Generator().manual_seed(0))
+
+    call(2)  # warm-up: lazy CUDA initialisation is not the attack's
+    assert _sync_warnings(lambda: call(8)) == _sync_warnings(lambda: call(2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_training_step_on_cuda_stays_in_the_ball() -> None:
+    """bf16 autocast (train.bf16) crafts points inside the eps-ball and [0, 1] in fp32 and the
+    update's loss is finite."""
+    from robustft.attacks import create
+    from robustft.objectives import AdversarialCE
+
+    torch.manual_seed(0)
+    model = TinyCNN().cuda()
+    x = torch.rand(32, 3, 16, 16, device="cuda")
+    y = torch.randint(0, 10, (32,), device="cuda")
+    out = AdversarialCE(create("pgd", steps=3), autocast_bf16=True)(model, x, y, 8 / 255)
+    assert out.x_used.dtype == torch.float32
+    assert float((out.x_used - x).abs().max()) <= 8 / 255 + 1e-6
+    assert float(out.x_used.min()) >= 0 and float(out.x_used.max()) <= 1
+    assert torch.isfinite(out.loss)
