@@ -1,0 +1,641 @@
+"""robustft's performance benchmarks, every comparison side by side in one run.
+
+``python benchmarks/run_all.py`` writes ``benchmarks/results.json`` and ``benchmarks/RESULTS.md``
+and prints the markdown table. Sections (``--sections`` picks some):
+
+- ``attacks``: accuracy under attack at one eps, every example attacked: ours (``evaluate``,
+  early exit) vs ours without early exit (attack, then a forward pass) vs torchattacks (attack,
+  then a forward pass), PGD-10 and APGD-CE-10, same model and batch; robust accuracies side by
+  side.
+- ``curves``: a 9-point curve on [0, 8/255] with APGD-CE-10: ours (cascade + early exit, the
+  default) vs ours independent vs torchattacks' APGD run at every eps, on a standard fine-tuned
+  model (accuracy collapses) and a robustly fine-tuned one.
+- ``training``: one training epoch: clean, the eps = 0 epoch of a schedule, FGSM-RS, PGD-7,
+  APGD-7 (robustft's loop) and a plain PyTorch loop with torchattacks' PGD-7 inside; PGD-7
+  again with bf16 autocast and with channels_last (CPU: do they help?).
+- ``scaling``: attack time vs steps K and vs batch size, least-squares slopes.
+- ``memory``: peak memory of one PGD-1 training step per batch size for the offline default
+  (32 px) and ``timm:vit_small_patch16_224``, ``timm:resnet50`` at 224 px (random init), each
+  model in its own process.
+
+Models: the offline default (``efficientnet_lite0``, ImageNet weights shipped in a pip package)
+fine-tuned on the offline digits at 32 px, once clean ("standard") and once with FGSM-RS at
+8/255 ("robust"); trained with robustft's loop from fixed seeds and cached under
+``benchmarks/.cache`` (delete it to retrain).
+
+Methodology (:mod:`timing`): contenders of one comparison run in one process, alternating (the
+order rotates every repetition), median of ``--repeats``; ratios are of medians. Every row says
+its settings (threads, dtype, memory format, compilation). The load average is recorded: on a
+shared machine absolute times are noisy, ratios much less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from table import markdown, rows_of, section_table
+from timing import (
+    alternate,
+    fit_line,
+    load_average,
+    machine,
+    peak_memory_mib,
+    settings,
+)
+
+HERE = Path(__file__).resolve().parent
+EPS_ATTACK = {"standard": 1 / 255, "robust": 8 / 255}  # where each model is about half robust
+
+
+@dataclass
+class Sizes:
+    """How big the run is (``--quick`` shrinks everything)."""
+
+    repeats: int
+    eval_examples: int  # test images attacked
+    train_per_class: int  # training images per class in the timed epochs
+    train_batch: int
+    finetune_epochs: int
+    steps_grid: tuple[int, ...]
+    batch_grid: tuple[int, ...]
+    memory_batches: tuple[int, ...]
+
+
+FULL = Sizes(3, 64, 10, 25, 2, (1, 2, 4, 8), (8, 16, 32, 64), (2, 4, 8))
+QUICK = Sizes(1, 16, 2, 10, 1, (1, 2), (4, 8), (2,))
+
+
+@dataclass
+class Context:
+    """What the sections share."""
+
+    args: argparse.Namespace
+    sizes: Sizes
+    data: Any  # robustft.data.DataSplits
+    models: dict[str, nn.Module]  # "standard", "robust", in eval mode
+    x: Tensor  # the evaluation batch
+    y: Tensor
+    device: torch.device
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def base_config(sizes: Sizes, **sections: dict[str, Any]) -> Any:
+    """The offline default config for the benchmark, with ``sections`` overrides."""
+    from robustft.config import build_config
+
+    data = {
+        "data": {"name": "digits", "image_size": 32},
+        "train": {"epochs": 50, "batch_size": 64, "warmup_epochs": 0, "threads": None},
+        "monitor": {"co": False},
+        "val": {"max_examples": 64},
+    }
+    for key, values in sections.items():
+        data[key] = {**data.get(key, {}), **values}
+    return build_config(data)
+
+
+def finetune(kind: str, sizes: Sizes, data: Any, device: torch.device) -> nn.Module:
+    """The offline default fine-tuned on digits: ``standard`` (clean) or ``robust`` (FGSM-RS at
+    8/255); cached under ``benchmarks/.cache`` by a hash of what defines it."""
+    from robustft.callbacks import Callbacks
+    from robustft.train import build_state, train_epoch
+
+    attack = {"name": "fgsm-rs", "eps": 8 / 255, "schedule": "constant"}
+    if kind == "standard":
+        attack = {"name": "pgd", "steps": 1, "eps": 0.0, "schedule": "constant"}
+    config = base_config(
+        sizes,
+        train={"epochs": sizes.finetune_epochs, "lr": 2e-3},
+        attack=attack,
+    )
+    key = hashlib.sha256(json.dumps([kind, repr(config)]).encode()).hexdigest()[:12]
+    path = HERE / ".cache" / f"{kind}-{key}.pt"
+    state = build_state(config, device, data=data)
+    if path.exists():
+        state.model.load_state_dict(torch.load(path, map_location=device))
+    else:
+        for epoch in range(1, sizes.finetune_epochs + 1):
+            train_epoch(state, epoch, Callbacks())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state.model.state_dict(), path)
+    return state.model.eval()
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+def _torchattacks(name: str, model: nn.Module, eps: float, steps: int) -> Callable[..., Tensor]:
+    import torchattacks
+
+    if name == "pgd":
+        return torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
+    return torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce")
+
+
+def section_attacks(ctx: Context) -> list[dict[str, Any]]:
+    """Accuracy under attack at one eps: ours with early exit, ours attack + forward,
+    torchattacks attack + forward."""
+    from robustft.attacks import create
+
+    rows: list[dict[str, Any]] = []
+    setup = settings()
+    for kind, model in ctx.models.items():
+        eps = EPS_ATTACK[kind]
+        for name, ours in (
+            ("pgd-10", create("pgd", steps=10, rel_step=0.25)),
+            ("apgd-ce-10", create("apgd-ce", steps=10)),
+        ):
+            theirs = _torchattacks(name.split("-")[0], model, eps, 10)
+
+            def early(r: int, ours: Any = ours, model: nn.Module = model, eps: float = eps) -> Any:
+                gen = torch.Generator().manual_seed(max(r, 0))
+                return ours.evaluate(model, ctx.x, ctx.y, eps, generator=gen).fooled
+
+            def full(r: int, ours: Any = ours, model: nn.Module = model, eps: float = eps) -> Any:
+                gen = torch.Generator().manual_seed(max(r, 0))
+                x_adv = ours(model, ctx.x, ctx.y, eps, generator=gen)
+                with torch.no_grad():
+                    return model(x_adv).argmax(1) != ctx.y
+
+            def peer(r: int, theirs: Any = theirs, model: nn.Module = model) -> Any:
+                torch.manual_seed(max(r, 0))  # torchattacks draws from the global generator
+                x_adv = theirs(ctx.x, ctx.y)
+                with torch.no_grad():
+                    return model(x_adv).argmax(1) != ctx.y
+
+            timings = alternate(
+                {"ours (early exit)": early, "ours (attack + forward)": full, "torchattacks": peer},
+                ctx.sizes.repeats,
+            )
+            measured = {
+                who: {"robust_accuracy": round(1 - float(t.result.float().mean()), 4)}
+                for who, t in timings.items()
+            }
+            case = (
+                f"{name} {kind} eps {eps * 255:g}/255 (clean {accuracy(model, ctx.x, ctx.y):.3f})"
+            )
+            rows += rows_of(
+                "attacks",
+                case,
+                timings,
+                "torchattacks",
+                dict.fromkeys(timings, setup),
+                measured,
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def _trapezoid(accs: Sequence[float]) -> float:
+    return sum((a + b) / 2 for a, b in itertools.pairwise(accs)) / (len(accs) - 1)
+
+
+def section_curves(ctx: Context) -> list[dict[str, Any]]:
+    """9-point APGD-CE-10 curves on [0, 8/255]: cascade (default), independent, torchattacks."""
+    from robustft.attacks import create
+    from robustft.cost import count_passes
+    from robustft.robustness import robustness_curve
+
+    grid = [k / 255 for k in range(9)]
+    attack = create("apgd-ce", steps=10)
+    setup = settings()
+    rows: list[dict[str, Any]] = []
+    for kind, model in ctx.models.items():
+        passes: dict[str, int] = {}
+
+        def ours(
+            mode: str, model: nn.Module = model, passes: dict[str, int] = passes
+        ) -> Callable[[int], Any]:
+            def run(r: int) -> list[float]:
+                with count_passes(model) as count:
+                    curve = robustness_curve(
+                        model,
+                        (ctx.x, ctx.y),
+                        attack,
+                        grid,
+                        mode=mode,
+                        seed=max(r, 0),
+                        batch_size=len(ctx.x),
+                        masking_check_examples=0,
+                        gradient_free_examples=0,
+                    )
+                passes[mode] = count.example_backward
+                return list(curve.accuracy)
+
+            return run
+
+        def peer(r: int, model: nn.Module = model, passes: dict[str, int] = passes) -> list[float]:
+            accs = [accuracy(model, ctx.x, ctx.y)]
+            with count_passes(model) as count:
+                for k, eps in enumerate(grid[1:], start=1):
+                    torch.manual_seed(1000 * max(r, 0) + k)
+                    x_adv = _torchattacks("apgd", model, eps, 10)(ctx.x, ctx.y)
+                    accs.append(accuracy(model, x_adv, ctx.y))
+            passes["torchattacks"] = count.example_backward
+            return accs
+
+        timings = alternate(
+            {
+                "ours cascade": ours("cascade"),
+                "ours independent": ours("independent"),
+                "torchattacks per eps": peer,
+            },
+            ctx.sizes.repeats,
+        )
+        who_passes = {"ours cascade": "cascade", "ours independent": "independent"}
+        measured = {
+            who: {
+                "expected_robustness": round(_trapezoid(t.result), 4),
+                "accuracies": [round(a, 4) for a in t.result],
+                "example_backward_passes": passes[who_passes.get(who, "torchattacks")],
+            }
+            for who, t in timings.items()
+        }
+        acc8 = timings["ours cascade"].result[-1]
+        case = f"{kind} 9 eps on [0, 8/255] (acc at 8/255 {acc8:.3f})"
+        rows += rows_of(
+            "curves", case, timings, "torchattacks per eps", dict.fromkeys(timings, setup), measured
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _train_contender(ctx: Context, attack: dict[str, Any], **train: Any) -> Callable[[int], float]:
+    """A function timing one epoch of robustft's loop (the loop's own clock, no validation)."""
+    from robustft.callbacks import Callbacks
+    from robustft.train import build_state, train_epoch
+
+    config = base_config(
+        ctx.sizes,
+        data={"max_train_per_class": ctx.sizes.train_per_class},
+        train={"batch_size": ctx.sizes.train_batch, **train},
+        attack=attack,
+        val={"max_examples": 8},
+    )
+    model = copy.deepcopy(ctx.models["standard"])
+    state = build_state(config, ctx.device, model=model, data=_train_data(ctx, config))
+
+    def run(_r: int) -> float:
+        return float(train_epoch(state, 1, Callbacks())["seconds"])
+
+    return run
+
+
+_DATA_CACHE: dict[int, Any] = {}
+
+
+def _train_data(ctx: Context, config: Any) -> Any:
+    from robustft.build import build_data
+
+    per_class = config.data.max_train_per_class
+    if per_class not in _DATA_CACHE:
+        _DATA_CACHE[per_class] = build_data(config)
+    return _DATA_CACHE[per_class]
+
+
+def _plain_loop(ctx: Context) -> Callable[[int], float]:
+    """The plain PyTorch loop a user writes with torchattacks' PGD-7 inside."""
+    import torchattacks
+    from torch.utils.data import DataLoader
+
+    config = base_config(ctx.sizes, data={"max_train_per_class": ctx.sizes.train_per_class})
+    data = _train_data(ctx, config)
+    model = copy.deepcopy(ctx.models["standard"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    eps = 8 / 255
+    attack = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=7, random_start=True)
+
+    def run(r: int) -> float:
+        torch.manual_seed(max(r, 0))
+        loader = DataLoader(data.train, batch_size=ctx.sizes.train_batch, shuffle=True)
+        start = time.perf_counter()
+        for x, y in loader:
+            x_adv = attack(x, y)  # torchattacks puts the model in eval mode while crafting
+            model.train()
+            loss = nn.functional.cross_entropy(model(x_adv), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - start
+
+    return run
+
+
+def section_training(ctx: Context) -> list[dict[str, Any]]:
+    """One training epoch per method; the loop's own clock (validation excluded)."""
+    eps = 8 / 255
+    const = {"eps": eps, "schedule": "constant"}
+    contenders = {
+        "clean": (_train_contender(ctx, {"name": "pgd", "steps": 1, "eps": 0.0}), settings()),
+        "eps=0 epoch of hinge(t1=2,t2=3), PGD-7": (
+            _train_contender(
+                ctx, {"name": "pgd", "steps": 7, "eps": eps, "schedule": "hinge(t1=2,t2=3)"}
+            ),
+            settings(),
+        ),
+        "FGSM-RS": (_train_contender(ctx, {"name": "fgsm-rs", **const}), settings()),
+        "PGD-7": (_train_contender(ctx, {"name": "pgd", "steps": 7, **const}), settings()),
+        "APGD-CE-7": (_train_contender(ctx, {"name": "apgd-ce", "steps": 7, **const}), settings()),
+        "plain loop + torchattacks PGD-7": (_plain_loop(ctx), settings()),
+        "PGD-7 bf16": (
+            _train_contender(ctx, {"name": "pgd", "steps": 7, **const}, bf16=True),
+            settings(dtype="bf16"),
+        ),
+        "PGD-7 channels_last": (
+            _train_contender(ctx, {"name": "pgd", "steps": 7, **const}, channels_last=True),
+            settings(channels_last=True),
+        ),
+    }
+    if ctx.args.compile:
+        contenders["PGD-7 compiled"] = (
+            _train_contender(ctx, {"name": "pgd", "steps": 7, **const}, compile=True),
+            settings(compile=True),
+        )
+    runs = {name: fn for name, (fn, _) in contenders.items()}
+    timings = alternate(runs, ctx.sizes.repeats, warmup=True, clock="result")
+    n = ctx.sizes.train_per_class * 10
+    case = f"one epoch, {n} digits 32 px, batch {ctx.sizes.train_batch}, eps 8/255"
+    setup = {name: s for name, (_, s) in contenders.items()}
+    ref = timings["PGD-7"].median
+    measured = {name: {"vs_pgd7": round(t.median / ref, 3)} for name, t in timings.items()}
+    rows = rows_of("training", case, timings, "clean", setup, measured)
+    return rows
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def section_scaling(ctx: Context) -> list[dict[str, Any]]:
+    """Attack time (PGD, no early exit: the training path) vs steps K and vs batch size."""
+    from robustft.attacks import create
+
+    model = ctx.models["robust"]
+    rows: list[dict[str, Any]] = []
+    batch = ctx.sizes.batch_grid[-1]
+    x, y = _repeat_to(ctx.x, batch), _repeat_to(ctx.y, batch)
+    steps_runs = {
+        f"K={k}": (lambda r, k=k: create("pgd", steps=k)(model, x, y, 8 / 255))
+        for k in ctx.sizes.steps_grid
+    }
+    steps_t = alternate(steps_runs, ctx.sizes.repeats, warmup=True)
+    k_fixed = 2
+    batch_runs = {
+        f"B={b}": (lambda r, b=b: create("pgd", steps=k_fixed)(model, x[:b], y[:b], 8 / 255))
+        for b in ctx.sizes.batch_grid
+    }
+    batch_t = alternate(batch_runs, ctx.sizes.repeats, warmup=True)
+    setup = settings()
+    for name, timings, xs, unit in (
+        (f"PGD-K, batch {batch}", steps_t, ctx.sizes.steps_grid, "step"),
+        (f"PGD-{k_fixed}, batch B", batch_t, ctx.sizes.batch_grid, "example"),
+    ):
+        slope, intercept = fit_line(xs, [t.median for t in timings.values()])
+        fit = {"slope_s": round(slope, 5), "intercept_s": round(intercept, 4), "per": unit}
+        rows += rows_of(
+            "scaling",
+            f"{name}: {slope * 1000:.1f} ms per {unit} + {intercept * 1000:.0f} ms",
+            timings,
+            next(iter(timings)),
+            dict.fromkeys(timings, setup),
+            dict.fromkeys(timings, fit),
+        )
+    return rows
+
+
+def _repeat_to(t: Tensor, n: int) -> Tensor:
+    reps = -(-n // len(t))
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:n]
+
+
+# ----------------------------------------------------------------------------- memory
+
+MEMORY_MODELS = {
+    "efficientnet_lite0 (offline default)": ("efficientnet_lite0", 32),
+    "timm:vit_small_patch16_224": ("timm:vit_small_patch16_224", 224),
+    "timm:resnet50": ("timm:resnet50", 224),
+}
+
+
+def memory_child(name: str, size: int, batches: Sequence[int], threads: int) -> dict[str, Any]:
+    """In a fresh process: peak memory of one PGD-1 adversarial training step (craft, forward,
+    backward, AdamW step) per batch size, beyond what the model and one warm-up step held."""
+    from robustft.attacks import create
+    from robustft.models import build_model
+    from robustft.objectives import AdversarialCE
+
+    torch.set_num_threads(threads)
+    model = build_model(name, num_classes=10, pretrained=name == "efficientnet_lite0")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    objective = AdversarialCE(create("pgd", steps=1))
+
+    def step(b: int) -> None:
+        x, y = torch.rand(b, 3, size, size), torch.randint(0, 10, (b,))
+        model.train()
+        out = objective(model, x, y, 8 / 255)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+
+    step(2)  # warm-up (batch norm needs two examples in train mode)
+    peaks = {}
+    for b in batches:
+        start = time.perf_counter()
+        peaks[b] = {
+            "peak_mib": peak_memory_mib(lambda b=b: step(b), torch.device("cpu")),
+            "step_s": round(time.perf_counter() - start, 3),
+        }
+    return {"model": name, "image_size": size, "batches": peaks}
+
+
+def section_memory(ctx: Context) -> list[dict[str, Any]]:
+    rows = []
+    threads = torch.get_num_threads()
+    for label, (name, size) in MEMORY_MODELS.items():
+        if ctx.args.quick and size > 64:
+            continue
+        command = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            name,
+            str(size),
+            ",".join(map(str, ctx.sizes.memory_batches)),
+            "--threads",
+            str(threads),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory child for {name} failed:\n{done.stderr[-2000:]}")
+        out = done.stdout
+        child = json.loads(out.strip().splitlines()[-1])
+        batches = {int(b): v for b, v in child["batches"].items()}
+        xs = sorted(batches)
+        peaks = [batches[b]["peak_mib"] for b in xs]
+        slope = fit_line(xs, peaks)[0] if len(xs) > 1 and None not in peaks else None
+        for b in xs:
+            rows.append(
+                {
+                    "section": "memory",
+                    "case": f"{label} at {size} px, PGD-1 training step",
+                    "contender": f"batch {b}",
+                    "peak_mib": batches[b]["peak_mib"],
+                    "step_s": batches[b]["step_s"],
+                    "mib_per_example": None if slope is None else round(slope, 2),
+                    "settings": settings().as_dict(),
+                    "settings_label": settings().label(),
+                }
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+
+SECTIONS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
+    "attacks": section_attacks,
+    "curves": section_curves,
+    "training": section_training,
+    "scaling": section_scaling,
+    "memory": section_memory,
+}
+MEASURES = {
+    "attacks": ("robust_accuracy", "robust acc"),
+    "curves": ("expected_robustness", "E.rob"),
+    "training": ("vs_pgd7", "time / PGD-7"),
+    "scaling": ("per", "fit per"),
+}
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown report of a results.json payload."""
+    head = results["meta"]
+    lines = [
+        "# robustft benchmarks",
+        "",
+        f"`{head['command']}`: {head['machine']['cpu']}, {head['machine']['cores']} cores, "
+        f"torch {head['machine']['torch']}; load average before {head['load_before']}, after "
+        f"{head['load_after']}; total {head['seconds']:.0f} s. Speed-up = reference median / "
+        "median (above 1: faster than the reference).",
+    ]
+    for name, rows in results["sections"].items():
+        lines += ["", f"## {name} (load {results['load'].get(name)})", ""]
+        if name == "memory":
+            lines.append(
+                markdown(
+                    ["model", "batch", "peak MiB", "step s", "MiB/example", "settings"],
+                    [
+                        [
+                            r["case"],
+                            r["contender"],
+                            r["peak_mib"],
+                            r["step_s"],
+                            r["mib_per_example"],
+                            r["settings_label"],
+                        ]
+                        for r in rows
+                    ],
+                )
+            )
+        else:
+            measure, label = MEASURES[name]
+            lines.append(section_table(rows, measure, label))
+            if name == "curves":
+                lines += ["", "accuracy per eps (0..8/255), example backward passes:"]
+                lines += [
+                    f"- {r['case']}, {r['contender']}: {r['accuracies']}, "
+                    f"{r['example_backward_passes']} passes"
+                    for r in rows
+                ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument("--compile", action="store_true", help="also time a compiled epoch")
+    parser.add_argument("--out", default=str(HERE), help="folder for results.json, RESULTS.md")
+    parser.add_argument("--render", metavar="JSON", help="print the table of a results.json")
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        name, size, batches = args.memory_child
+        result = memory_child(name, int(size), [int(b) for b in batches.split(",")], args.threads)
+        print(json.dumps(result))
+        return 0
+    from robustft.build import build_data
+
+    start = time.perf_counter()
+    sizes = QUICK if args.quick else FULL
+    load_before = load_average()
+    device = torch.device("cpu")
+    config = base_config(sizes)
+    data = build_data(config)
+    models = {kind: finetune(kind, sizes, data, device) for kind in ("standard", "robust")}
+    xs, ys = zip(*(data.test[i] for i in range(sizes.eval_examples)))
+    x, y = torch.stack(xs), torch.tensor(ys)
+    ctx = Context(args, sizes, data, models, x, y, device)
+    print(f"models ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    sections: dict[str, list[dict[str, Any]]] = {}
+    load: dict[str, Any] = {}
+    for name in args.sections.split(","):
+        t0 = time.perf_counter()
+        sections[name] = SECTIONS[name](ctx)
+        load[name] = load_average()
+        print(f"{name}: {time.perf_counter() - t0:.0f} s, load {load[name]}", file=sys.stderr)
+    command = "python benchmarks/run_all.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+    results = {
+        "meta": {
+            "command": command.strip(),
+            "machine": machine(),
+            "threads": args.threads,
+            "sizes": sizes.__dict__,
+            "load_before": load_before,
+            "load_after": load_average(),
+            "seconds": round(time.perf_counter() - start, 1),
+        },
+        "load": load,
+        "sections": sections,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = render(results)
+    (out / "RESULTS.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
