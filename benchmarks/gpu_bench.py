@@ -75,9 +75,7 @@ def contenders(args: argparse.Namespace, device: torch.device) -> dict[str, dict
                 fooled = a.evaluate(m, x, y, EPS, generator=g).fooled
             return 1 - float(fooled.float().mean())
 
-        def step(
-            r: int, m: Any = model, opt: Any = optimizer, obj: Any = objective
-        ) -> float:
+        def step(r: int, m: Any = model, opt: Any = optimizer, obj: Any = objective) -> float:
             g = torch.Generator().manual_seed(max(r, 0))
             m.train()
             result = obj(m, x, y, 8 / 255, generator=g)

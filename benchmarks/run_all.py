@@ -18,10 +18,11 @@ and prints the markdown table. Sections (``--sections`` picks some):
   (32 px) and ``timm:vit_small_patch16_224``, ``timm:resnet50`` at 224 px (random init), each
   model in its own process.
 
-Models: the offline default (``efficientnet_lite0``, ImageNet weights shipped in a pip package)
-fine-tuned on the offline digits at 32 px, once clean ("standard") and once with FGSM-RS at
-8/255 ("robust"); trained with robustft's loop from fixed seeds and cached under
-``benchmarks/.cache`` (delete it to retrain).
+Models (seeded, cached under ``benchmarks/.cache``; delete it to retrain): "standard" is the
+offline default (``efficientnet_lite0``, ImageNet weights shipped in a pip package) fine-tuned
+clean on the offline digits at 32 px with robustft's loop (its accuracy collapses by 1/255);
+"robust" is a small CNN trained clean and then fine-tuned with FGSM-RS at 8/255 (it stays
+robust at 8/255). Training, scaling and memory use the offline default.
 
 Methodology (:mod:`timing`): contenders of one comparison run in one process, alternating (the
 order rotates every repetition), median of ``--repeats``; ratios are of medians. Every row says
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -112,31 +114,90 @@ def base_config(sizes: Sizes, **sections: dict[str, Any]) -> Any:
     return build_config(data)
 
 
+class SmallCNN(nn.Module):
+    """Two conv layers (16, 32 channels) and a linear head, normalisation inside: a model that
+    trains in seconds and stays robust on digits (the offline default does not, see below)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.net((x - self.mean) / self.std)
+        return out
+
+
+def _robust_cnn(data: Any, device: torch.device) -> nn.Module:
+    """SmallCNN trained clean for 6 epochs, then fine-tuned 4 epochs with robustft's FGSM-RS at
+    8/255 (AdamW, batch 64, seeded)."""
+    from robustft.attacks import create
+
+    torch.manual_seed(0)
+    xs, ys = zip(*(data.train[i] for i in range(len(data.train))))
+    x_train, y_train = torch.stack(xs).to(device), torch.tensor(ys).to(device)
+    model = SmallCNN().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    fgsm = create("fgsm-rs")
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(10):
+        order = torch.randperm(len(x_train), generator=gen)
+        for i in range(0, len(x_train), 64):
+            x, y = x_train[order[i : i + 64]], y_train[order[i : i + 64]]
+            if epoch >= 6:
+                x = fgsm(model, x, y, 8 / 255, generator=gen)
+            model.train()
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
 def finetune(kind: str, sizes: Sizes, data: Any, device: torch.device) -> nn.Module:
-    """The offline default fine-tuned on digits: ``standard`` (clean) or ``robust`` (FGSM-RS at
-    8/255); cached under ``benchmarks/.cache`` by a hash of what defines it."""
+    """``standard``: the offline default fine-tuned clean on digits with robustft's loop;
+    ``robust``: :func:`_robust_cnn`. Cached under ``benchmarks/.cache`` by a hash of what
+    defines them. (The offline default fine-tuned with FGSM-RS at 8/255 for the same two
+    epochs reached 68.8% clean and 0% at 1/255: not the "stays robust" case, and longer
+    robust fine-tuning of it does not fit the time budget.)"""
     from robustft.callbacks import Callbacks
     from robustft.train import build_state, train_epoch
 
-    attack = {"name": "fgsm-rs", "eps": 8 / 255, "schedule": "constant"}
-    if kind == "standard":
-        attack = {"name": "pgd", "steps": 1, "eps": 0.0, "schedule": "constant"}
     config = base_config(
         sizes,
         train={"epochs": sizes.finetune_epochs, "lr": 2e-3},
-        attack=attack,
+        attack={"name": "pgd", "steps": 1, "eps": 0.0, "schedule": "constant"},
     )
     key = hashlib.sha256(json.dumps([kind, repr(config)]).encode()).hexdigest()[:12]
     path = HERE / ".cache" / f"{kind}-{key}.pt"
-    state = build_state(config, device, data=data)
-    if path.exists():
-        state.model.load_state_dict(torch.load(path, map_location=device))
+    if kind == "robust":
+        model = SmallCNN().to(device)
+        if path.exists():
+            model.load_state_dict(torch.load(path, map_location=device))
+            return model.eval()
+        model = _robust_cnn(data, device)
     else:
+        state = build_state(config, device, data=data)
+        model = state.model
+        if path.exists():
+            model.load_state_dict(torch.load(path, map_location=device))
+            return model.eval()
         for epoch in range(1, sizes.finetune_epochs + 1):
             train_epoch(state, epoch, Callbacks())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state.model.state_dict(), path)
-    return state.model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -396,7 +457,7 @@ def section_scaling(ctx: Context) -> list[dict[str, Any]]:
     """Attack time (PGD, no early exit: the training path) vs steps K and vs batch size."""
     from robustft.attacks import create
 
-    model = ctx.models["robust"]
+    model = ctx.models["standard"]
     rows: list[dict[str, Any]] = []
     batch = ctx.sizes.batch_grid[-1]
     x, y = _repeat_to(ctx.x, batch), _repeat_to(ctx.y, batch)
@@ -535,13 +596,19 @@ MEASURES = {
 def render(results: dict[str, Any]) -> str:
     """The markdown report of a results.json payload."""
     head = results["meta"]
+    runs = results.get("runs", [head])
     lines = [
         "# robustft benchmarks",
         "",
-        f"`{head['command']}`: {head['machine']['cpu']}, {head['machine']['cores']} cores, "
-        f"torch {head['machine']['torch']}; load average before {head['load_before']}, after "
-        f"{head['load_after']}; total {head['seconds']:.0f} s. Speed-up = reference median / "
-        "median (above 1: faster than the reference).",
+        *(
+            f"- run `{r['command']}`: load {r['load_before']} -> {r['load_after']}, "
+            f"{r['seconds']:.0f} s"
+            for r in runs
+        ),
+        "",
+        f"{head['machine']['cpu']}, {head['machine']['cores']} cores, torch "
+        f"{head['machine']['torch']}. Speed-up = reference median / median (above 1: faster "
+        "than the reference); the load average after each section is in its heading.",
     ]
     for name, rows in results["sections"].items():
         lines += ["", f"## {name} (load {results['load'].get(name)})", ""]
@@ -580,8 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument("--repeats", type=int, help="repetitions per contender (default 3)")
     parser.add_argument("--compile", action="store_true", help="also time a compiled epoch")
     parser.add_argument("--out", default=str(HERE), help="folder for results.json, RESULTS.md")
+    parser.add_argument(
+        "--update", action="store_true", help="replace only these sections in results.json"
+    )
     parser.add_argument("--render", metavar="JSON", help="print the table of a results.json")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -598,6 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     sizes = QUICK if args.quick else FULL
+    if args.repeats:
+        sizes = dataclasses.replace(sizes, repeats=args.repeats)
     load_before = load_average()
     device = torch.device("cpu")
     config = base_config(sizes)
@@ -630,6 +703,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.update and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        results["runs"] = [*old.get("runs", [old["meta"]]), results["meta"]]
+        results["sections"] = {**old["sections"], **sections}
+        results["load"] = {**old["load"], **load}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     text = render(results)
     (out / "RESULTS.md").write_text(text)

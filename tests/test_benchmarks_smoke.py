@@ -25,7 +25,7 @@ def test_attack_comparison_rows_and_table() -> None:
         argparse.Namespace(quick=True, compile=False),
         sizes,
         None,
-        {"robust": model},
+        {"standard": model},
         x,
         y,
         torch.device("cpu"),
@@ -55,4 +55,4 @@ def test_attack_comparison_rows_and_table() -> None:
             "sections": {"attacks": rows, "scaling": scaling},
         }
     )
-    assert "| pgd-10 robust eps 8/255" in text and "torchattacks (reference)" in text
+    assert "| pgd-10 standard eps 1/255" in text and "torchattacks (reference)" in text
