@@ -103,7 +103,10 @@ def eval_grid(config: RunConfig) -> list[float]:
 
 def check_config(config: RunConfig) -> None:
     """Fail fast on names and values that only the library can check (schedule, attacks),
-    before anything is written."""
+    before anything is written; and that the tracking backends chosen are installed."""
+    from robustft.tracking import check_backends
+
+    check_backends(config.log.backends)
     build_schedule(config)
     build_train_attack(config)
     eval_grid(config)

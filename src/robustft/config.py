@@ -297,6 +297,7 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     early_stop: bool = True
+    autoattack: str | None = None
 
     def __post_init__(self) -> None:
         if self.eps_max is not None:
@@ -308,11 +309,54 @@ class EvalConfig:
         object.__setattr__(self, "eps_step", step)
         _check(self.steps >= 1, "eval.steps", self.steps, "an integer >= 1")
         _choice("eval.mode", self.mode, ("cascade", "independent"))
+        if self.autoattack is not None:
+            _choice("eval.autoattack", self.autoattack, AUTOATTACK_VERSIONS)
 
 
-# not in the run id: they change how fast a run goes, not its numbers (train.num_workers only
-# between positive counts; see robustft.loader)
-RESOURCE_KEYS = (("train", "num_workers"), ("eval", "batch_size"), ("train", "pin_memory"))
+AUTOATTACK_VERSIONS = ("standard", "plus")  # robustft.autoattack
+LOG_BACKENDS = ("tensorboard", "mlflow", "wandb")  # robustft.tracking
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Experiment tracking (:mod:`robustft.tracking`), besides ``metrics.jsonl``: ``backends``,
+    any of ``tensorboard`` (event files in ``<run dir>/tensorboard``), ``mlflow`` (the tracking
+    URI in ``MLFLOW_TRACKING_URI``, else MLflow's default) and ``wandb`` (``WANDB_MODE``,
+    ``WANDB_DIR`` honoured; files in the run dir otherwise). ``project``: the W&B project and
+    the MLflow experiment of runs outside a sweep. ``group``: set by ``robustft sweep`` to the
+    sweep's name (the MLflow experiment and the W&B group of its runs). None of these changes a
+    run's numbers: they are not in the run id."""
+
+    backends: tuple[str, ...] = ()
+    project: str = "robustft"
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.backends:
+            _choice("log.backends", name, LOG_BACKENDS)
+        if len(set(self.backends)) != len(self.backends):  # `--log x` given twice: once
+            object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))
+        for key in ("project", "group"):
+            value = getattr(self, key)
+            if value is not None:
+                _check(
+                    bool(NAME_PATTERN.match(value)),
+                    f"log.{key}",
+                    value,
+                    "letters, digits and _.+- starting with a letter or digit",
+                )
+
+
+# not in the run id: they change how fast a run goes or where it is logged, not its numbers
+# (train.num_workers only between positive counts; see robustft.loader)
+RESOURCE_KEYS = (
+    ("train", "num_workers"),
+    ("eval", "batch_size"),
+    ("train", "pin_memory"),
+    ("log", "backends"),
+    ("log", "project"),
+    ("log", "group"),
+)
 
 
 @dataclass(frozen=True)
@@ -328,6 +372,7 @@ class RunConfig:
     val: ValConfig = field(default_factory=ValConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -346,6 +391,7 @@ class RunConfig:
         out["eval"]["eps_step"] = _eps_text(self.eval.eps_step, norm)
         if self.eval.eps_max is not None:
             out["eval"]["eps_max"] = _eps_text(self.eval.eps_max, norm)
+        out["log"]["backends"] = list(self.log.backends)  # YAML has lists, not tuples
         return out
 
     def to_yaml(self) -> str:
@@ -415,6 +461,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is str:
         _check(isinstance(value, str), key, value, "a string")
         return value
+    if origin is tuple:  # tuple[str, ...]: a YAML list, or one comma-separated string
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        expected = "a list of strings such as [tensorboard, mlflow]"
+        _check(isinstance(value, (list, tuple)), key, value, expected)
+        _check(all(isinstance(v, str) for v in value), key, value, expected)
+        return tuple(value)
     raise TypeError(f"unsupported config type {hint} for {key}")
 
 

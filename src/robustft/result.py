@@ -30,6 +30,7 @@ def run_result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
         "eval_eps_max": curve.eps_max,
         "eval_attack": curve.attack,
         "eval_examples": curve.n_examples,
+        **autoattack_fields(curve.autoattack),
         "final_val_acc": state.history[-1]["val_acc"] if state.history else None,
         "adaptation_delay": delay,
         "train_seconds": round(state.train_seconds, 3),
@@ -49,6 +50,17 @@ def run_result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:
     findings = diagnose(result, state.history, state.config.to_dict())
     result["findings"] = [asdict(f) for f in findings]
     return result
+
+
+def autoattack_fields(measured: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``result.json``'s AutoAttack entries: ``autoattack_accuracy`` and ``autoattack`` (version,
+    norm, eps, n, seed, seconds, implementation; the per-example bits stay in
+    ``robustness.json``); both None when AutoAttack was not run."""
+    if measured is None:
+        return {"autoattack_accuracy": None, "autoattack": None}
+    keep = ("version", "norm", "eps", "accuracy", "clean_accuracy", "n", "seed", "seconds")
+    details = {k: measured.get(k) for k in (*keep, "implementation", "warnings")}
+    return {"autoattack_accuracy": measured.get("accuracy"), "autoattack": details}
 
 
 def run_cost(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:

@@ -127,6 +127,10 @@ class RobustnessCurve:
         passes: the forward and backward passes the curve's clean predictions and attacks
             made through the model (:class:`robustft.cost.PassCount`, checks excluded), plain
             and weighted by batch size; None in curves written before it existed.
+        autoattack: AutoAttack at ``eps_max`` on the same examples, when measured
+            (:meth:`robustft.autoattack.AutoAttackResult.to_dict`: version, norm, eps, accuracy,
+            n, seed, seconds, per-example ``correct``, ...); a separate number, not a point of
+            the curve.
     """
 
     epsilons: tuple[float, ...]
@@ -145,6 +149,7 @@ class RobustnessCurve:
     version: int = field(default=1)
     early_stop: bool | None = None
     passes: dict[str, int] | None = None
+    autoattack: dict[str, Any] | None = None
 
     @property
     def n_examples(self) -> int:

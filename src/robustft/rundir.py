@@ -9,6 +9,8 @@
 * ``result.json``: headline numbers (clean, robust at eps_g, expected robustness, times, delay);
 * ``env.json``: versions, device, command line, seed;
 * ``failure.json``: only when a numerical fault stopped the run;
+* ``tracking.json``: the experiment trackers' run ids (``log.backends``), so ``--resume``
+  continues the same tracked runs; ``tensorboard/``: TensorBoard event files;
 * ``checkpoints/good.pt``: only with ``monitor.action=rollback``;
 * ``.lock``: locked by the process training the run, so a second one is refused.
 
@@ -78,6 +80,33 @@ class RunDir:
     @property
     def env(self) -> Path:
         return self.root / "env.json"
+
+    @property
+    def tracking(self) -> Path:
+        """``tracking.json``: per tracking backend, what identifies its run (id, experiment,
+        log dir) and the last epoch it logged (:mod:`robustft.tracking`)."""
+        return self.root / "tracking.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        """``tensorboard/``: TensorBoard event files (``tensorboard --logdir runs``)."""
+        return self.root / "tensorboard"
+
+    def read_tracking(self) -> dict[str, Any]:
+        """The contents of ``tracking.json`` (empty when missing or unreadable: the trackers
+        then start new runs)."""
+        try:
+            data = json.loads(self.tracking.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_tracking(self, backend: str, entry: dict[str, Any]) -> None:
+        """Record ``entry`` for ``backend`` in ``tracking.json`` (atomically, other backends'
+        entries kept)."""
+        data = self.read_tracking()
+        data[backend] = entry
+        atomic_write_json(self.tracking, data)
 
     @property
     def lock(self) -> Path:
@@ -154,10 +183,12 @@ def _clear(run: RunDir) -> None:
         run.robustness,
         run.result,
         run.env,
+        run.tracking,  # a restarted run is a new tracked run
         run.root / "probe.json",
     ):
         path.unlink(missing_ok=True)
     shutil.rmtree(run.root / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run.tensorboard, ignore_errors=True)
 
 
 def remove_stale_temp_files(run: RunDir) -> list[Path]:

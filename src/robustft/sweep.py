@@ -578,6 +578,18 @@ def _run_launched(
     return outcomes
 
 
+def tracked(config: RunConfig, sweep: str, backends: Sequence[str]) -> RunConfig:
+    """``config`` with ``backends`` added to ``log.backends`` and ``log.group`` set to the sweep's
+    name (unless the config names a group); the run id does not change (resource-only keys)."""
+    from robustft.config import LogConfig
+    from robustft.tracking import check_backends
+
+    names = (*config.log.backends, *backends)
+    check_backends(names)
+    log = LogConfig(backends=names, project=config.log.project, group=config.log.group or sweep)
+    return dataclasses.replace(config, log=log)
+
+
 def run_sweep(
     spec: SweepSpec,
     sweep_dir: str | Path,
@@ -588,6 +600,7 @@ def run_sweep(
     runs: Sequence[RunSpec] | None = None,
     poll_seconds: float = 1.0,
     launcher: Launcher | None = None,
+    log: Sequence[str] = (),
 ) -> SweepSummary:
     """Run every run of ``spec`` not finished yet; record everything in ``sweep.db``.
 
@@ -607,6 +620,9 @@ def run_sweep(
         poll_seconds: how often launched runs' progress is collected.
         launcher: where the runs execute instead (e.g. :class:`robustft.launchers.ray.
             RayLauncher`); closed at the end.
+        log: tracking backends added to every run's ``log.backends`` (``--log``). The runs'
+            ``log.group`` is the sweep's name (their MLflow experiment and W&B group); it
+            reaches workers through the config.yaml they train from.
 
     Returns:
         Counts of done, skipped, failed and busy runs.
@@ -615,7 +631,10 @@ def run_sweep(
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     from robustft.checkpoint import atomic_write_text
 
-    runs = list(runs) if runs is not None else expand(spec)
+    runs = [
+        dataclasses.replace(run, config=tracked(run.config, spec.name, log))
+        for run in (runs if runs is not None else expand(spec))
+    ]
     layout = SweepDir(Path(sweep_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
     header = f"# sweep {spec.name}, as run from {spec.source} (base inlined)\n"

@@ -44,7 +44,7 @@ from robustft.build import (
     eval_grid,
     overfit_rule,
 )
-from robustft.callbacks import Callbacks
+from robustft.callbacks import CallbackList, Callbacks
 from robustft.checkpoint import (
     atomic_write_json,
     atomic_write_text,
@@ -559,7 +559,9 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
 
 
 def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve:
-    """Robustness curve on the test split (config ``eval`` section)."""
+    """Robustness curve on the test split (config ``eval`` section) and, with
+    ``eval.autoattack``, AutoAttack accuracy at the curve's largest eps on the same examples
+    (stored in the curve's ``autoattack``)."""
     ecfg = state.config.eval
     grid = eval_grid(state.config)
     attack = build_eval_attack(state.config)
@@ -568,8 +570,9 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
         if ecfg.max_examples is None
         else min(ecfg.max_examples, len(state.data.test))
     )  # type: ignore[arg-type]
+    callbacks.on_stage("robustness curve")
     callbacks.on_eval_start(n)
-    return robustness_curve(
+    curve = robustness_curve(
         state.model,
         state.data.test,
         attack,
@@ -582,6 +585,31 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
         world=state.world,
         early_stop=ecfg.early_stop,
     )
+    if ecfg.autoattack is None:
+        return curve
+    from robustft.autoattack import autoattack_accuracy, label
+
+    callbacks.on_stage(label(ecfg.autoattack, grid[-1], state.config.attack.norm))
+    callbacks.on_eval_start(n)
+
+    def measure() -> dict[str, Any]:
+        return autoattack_accuracy(
+            state.model,  # not its DistributedDataParallel wrapper: no collectives inside
+            state.data.test,
+            eps=grid[-1],
+            norm=state.config.attack.norm,
+            version=ecfg.autoattack,
+            num_classes=state.data.num_classes,
+            max_examples=ecfg.max_examples,
+            seed=ecfg.seed,
+            batch_size=ecfg.batch_size,
+            progress=callbacks.on_eval,
+        ).to_dict()
+
+    # under torchrun rank 0 alone runs the reference's (unsharded) evaluation, the others wait
+    # (distributed.TIMEOUT) and receive its result
+    measured = distributed.broadcast(distributed.on_main(state.world, measure), state.world)
+    return replace(curve, autoattack=measured)
 
 
 def fit(
@@ -618,7 +646,6 @@ def fit(
         resume, force = True, False
     world, rank_device, created = distributed.join(device)
     try:
-        cb = (callbacks or Callbacks()) if world.is_main else Callbacks()
         batch_size = config.train.batch_size
         distributed.on_main(world, lambda: distributed.check_batch_size(batch_size, world))
         with _locked_on_main(RunDir(Path(run_dir)), world) as run:
@@ -636,6 +663,11 @@ def fit(
             distribute(state, world)
             # only now: a failed setup leaves nothing
             distributed.on_main(world, lambda: init_run_dir(run, config, force=force))
+            cb: Callbacks = Callbacks()  # ranks other than 0 report nothing
+            if world.is_main:
+                from robustft.tracking import build_trackers  # config.log.backends
+
+                cb = CallbackList([callbacks, *build_trackers(config.log)])
             return _train_and_evaluate(state, run, resume=resume, callbacks=cb)
     finally:
         distributed.leave(created)
@@ -704,6 +736,23 @@ def _run_epochs(
     if payload is not None:
         restore(state, payload)
         _logger.info("resumed %s at epoch %d", run.root, state.epoch)
+    cb.on_start(run.root, config.to_dict(), list(state.history))
+    try:
+        result, curve = _epochs_and_evaluation(state, run, cb)
+        cb.on_result(result, curve)
+    except BaseException as err:
+        cb.on_close(err)
+        raise
+    cb.on_close(None)
+    return result
+
+
+def _epochs_and_evaluation(
+    state: TrainState, run: RunDir, cb: Callbacks
+) -> tuple[dict[str, Any], RobustnessCurve]:
+    """The epochs left, then the final evaluation; writes robustness.json and result.json."""
+    config = state.config
+    main = functools.partial(distributed.on_main, state.world)  # rank 0 writes, the rest wait
     _resolve_probe(state, run, cb)
     main(lambda: _write_metrics(state, run, clear_failure=True))
     while state.epoch < config.train.epochs and state.stopped is None:
@@ -723,7 +772,7 @@ def _run_epochs(
     result = run_result(state, curve)
     main(lambda: atomic_write_json(run.robustness, curve.to_dict()))
     main(lambda: atomic_write_json(run.result, result))
-    return result
+    return result, curve
 
 
 def _write_start(state: TrainState, run: RunDir) -> None:

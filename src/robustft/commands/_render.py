@@ -63,6 +63,7 @@ class Progress(Callbacks):
         self._prefix = ""
         self._start = time.perf_counter()
         self._next_line = 0
+        self._stage = "robustness curve"
 
     def _bar(self, done: int, total: int, width: int = 24) -> str:
         filled = int(width * done / max(total, 1))
@@ -97,8 +98,11 @@ class Progress(Callbacks):
         self.stream.write(text + "\n")
         self.stream.flush()
 
+    def on_stage(self, name: str) -> None:
+        self._stage = name
+
     def on_eval_start(self, total: int) -> None:
-        self._prefix = f"{self.label}robustness curve"
+        self._prefix = f"{self.label}{self._stage}"
         self._start = time.perf_counter()
         self._next_line = max(1, total // EVAL_LINES)
         self._draw(f"{self._prefix} {self._bar(0, total)}")

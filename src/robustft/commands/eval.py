@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.commands._render import Progress, attack_label, pct, table
@@ -28,8 +29,13 @@ eps (the paper's protocol).
 --data evaluates on another dataset (its test/ folder, or a test split carved out as in
 training); its classes must be the checkpoint's, with the same names in the same order.
 
+--autoattack [standard|plus] also measures AutoAttack accuracy (the reference implementation,
+the RobustBench number) at eps-max on the same examples; on the run's own data and eps it is
+stored in the run's robustness.json and result.json (key autoattack), next to the curve.
+
 examples:
   robustft eval runs/demo-sched-1a2b3c4d5e
+  robustft eval runs/demo-sched-1a2b3c4d5e --autoattack standard --max-examples 1000
   robustft eval runs/x/checkpoints/last.pt --eps-max 16/255 --mode independent --json curve.json
   robustft eval runs/x --data imagefolder:/data/birds-shifted --bad-images skip
   torchrun --nproc_per_node=4 -m robustft eval runs/x --json curve.json   # batches sharded
@@ -71,6 +77,14 @@ def add_parser(sub: Any) -> None:
         help="settle an example at the first iterate that fools the model (same accuracies for "
         "APGD, fewer passes); --no-early-stop runs every step (default: the run's "
         "eval.early_stop)",
+    )
+    p.add_argument(
+        "--autoattack",
+        nargs="?",
+        const="standard",
+        choices=["standard", "plus"],
+        help="also AutoAttack accuracy at eps-max (standard when no version is given); needs "
+        "pip install 'robustft[autoattack]'",
     )
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write the curve as JSON")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1")
@@ -270,6 +284,8 @@ def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
     )
     for warning in curve.warnings:
         say(f"warning: {warning}")
+    if args.autoattack and world.is_main:  # the reference's evaluation is not sharded: rank 0
+        curve = with_autoattack(args, model, config, data, chosen, curve)
     if args.json_path and world.is_main:
         atomic_write_json(args.json_path, curve.to_dict())
         say(f"curve written to {args.json_path}")
@@ -278,3 +294,81 @@ def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
 
 def _quiet(*args: object, **kwargs: object) -> None:
     """``print`` of the ranks other than 0 of a torchrun evaluation: nothing."""
+
+
+def with_autoattack(
+    args: argparse.Namespace,
+    model: Any,
+    config: RunConfig,
+    data: DataSplits,
+    chosen: EvalSettings,
+    curve: RobustnessCurve,
+) -> RobustnessCurve:
+    """Measure AutoAttack (``--autoattack``), print it, store it in the run when it is the
+    run's own evaluation budget and data; returns the curve with it attached."""
+    from robustft.autoattack import autoattack_accuracy, label
+
+    progress = Progress(label="eval", norm=chosen.norm)
+    progress.on_stage(label(args.autoattack, chosen.eps_max, chosen.norm))
+    n = len(data.test) if chosen.max_examples is None else min(chosen.max_examples, len(data.test))
+    progress.on_eval_start(n)
+    measured = autoattack_accuracy(
+        model,
+        data.test,
+        eps=chosen.eps_max,
+        norm=chosen.norm,
+        version=args.autoattack,
+        num_classes=data.num_classes,
+        max_examples=chosen.max_examples,
+        seed=chosen.seed,
+        batch_size=chosen.batch_size,
+        progress=progress.on_eval,
+    )
+    print(
+        f"{measured.label()}: {pct(measured.accuracy)}% ({measured.n} examples, seed "
+        f"{measured.seed}, {', '.join(measured.attacks)}, {measured.implementation}, "
+        f"{measured.seconds:.1f}s); APGD-CE curve at the same eps: {pct(curve.robust_accuracy)}%"
+    )
+    for warning in measured.warnings:
+        print(f"warning (AutoAttack): {warning}")
+    curve = dataclasses.replace(curve, autoattack=measured.to_dict())
+    why_not = _not_stored_because(args, config, chosen)
+    if why_not:
+        print(f"note: AutoAttack not stored in {args.run}: {why_not}")
+    else:
+        store_autoattack(Path(args.run), measured.to_dict())
+        print(f"AutoAttack stored in {Path(args.run) / 'result.json'} and robustness.json")
+    return curve
+
+
+def _not_stored_because(args: argparse.Namespace, config: RunConfig, chosen: EvalSettings) -> str:
+    """Why an AutoAttack number does not belong in the run's files ('' when it does)."""
+    from robustft.build import eval_grid
+
+    if not Path(args.run).is_dir():
+        return "a checkpoint file was given, not a run directory"
+    if args.data is not None:
+        return "evaluated on other data (--data)"
+    if chosen.norm != config.attack.norm or chosen.eps_max != eval_grid(config)[-1]:
+        return "eps or norm differ from the run's evaluation budget"
+    return ""
+
+
+def store_autoattack(run_dir: Path, measured: dict[str, Any]) -> None:
+    """Add an AutoAttack result to a run's robustness.json (``autoattack``) and result.json
+    (``autoattack_accuracy``, ``autoattack``), atomically, holding the run's lock."""
+    import json
+
+    from robustft.checkpoint import atomic_write_json
+    from robustft.result import autoattack_fields
+    from robustft.rundir import RunDir, locked
+
+    with locked(RunDir(run_dir)) as run:
+        if run.robustness.is_file():
+            stored = json.loads(run.robustness.read_text())
+            stored["autoattack"] = measured
+            atomic_write_json(run.robustness, stored)
+        result = run.read_result()
+        if result is not None:
+            result.update(autoattack_fields(measured))
+            atomic_write_json(run.result, result)

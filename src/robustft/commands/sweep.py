@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -59,6 +60,7 @@ sweep file:
 examples:
   robustft sweep configs/sweeps/demo.yaml --dry-run
   robustft sweep configs/sweeps/demo.yaml --jobs 2
+  robustft sweep configs/sweeps/demo.yaml --log mlflow
   robustft sweep configs/sweeps/demo.yaml --status
   robustft sweep --status sweeps/demo
   robustft sweep configs/sweeps/demo.yaml --launcher ray --address auto --gpus-per-run 1 \
@@ -100,6 +102,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--gpus-per-run", type=int, help="Ray: GPUs of each run's task (default 0)")
     p.add_argument(
         "--index", type=int, metavar="I", help="run only the I-th run (0-based), e.g. in arrays"
+    )
+    p.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="BACKEND",
+        help="experiment tracking of every run: tensorboard, mlflow or wandb (repeatable); the "
+        "runs are grouped under the sweep's name (MLflow experiment, W&B group)",
     )
     p.set_defaults(handler=run)
 
@@ -322,7 +332,11 @@ def run(args: argparse.Namespace) -> int:
     if args.status:
         return show_status(sweep_dir)
     spec = load_sweep(args.target)
-    runs = expand(spec)
+    from robustft.sweep import tracked
+
+    # --log and the sweep's name as log.group, on every path (run_sweep, --index): a bad or
+    # missing backend is one line before anything runs; run ids do not change
+    runs = [replace(r, config=tracked(r.config, spec.name, args.log)) for r in expand(spec)]
     planned = len(spec.method_settings()) * _grid_points(spec.grid)
     collapsed = (
         f"; {planned - len(runs)} duplicate configs collapsed" if planned > len(runs) else ""
@@ -359,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
             events=Printer(),
             runs=runs,
             launcher=launcher,
+            log=args.log,
         )
     show_status(sweep_dir)
     print(

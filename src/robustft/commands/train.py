@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustft.commands._render import Progress, pct, table
 from robustft.config import load_config
 from robustft.errors import PeerFailed, UserError
 from robustft.rundir import RunDir, default_run_dir
 from robustft.units import format_eps
+
+if TYPE_CHECKING:
+    from robustft.config import RunConfig
 
 HELP = """\
 Fine-tune a pretrained backbone with adversarial training under an eps schedule, checkpoint
@@ -22,10 +26,18 @@ examples:
   robustft train configs/digits_sched.yaml --set train.epochs=5 --set attack.eps=4/255
   robustft train configs/digits_sched.yaml --run-dir runs/mine --resume
   torchrun --nproc_per_node=4 -m robustft train configs/digits_sched.yaml   # 4 GPUs, one run
+  robustft train configs/smoke.yaml --log tensorboard --log mlflow
+  robustft train configs/smoke.yaml --set eval.autoattack=standard
 
 Under torchrun (docs/scaling.md) train.batch_size is the global batch, split across the
 processes; rank 0 writes the run directory and prints; --max-restarts resumes by itself.
 """
+
+LOG_HELP = (
+    "experiment tracking besides metrics.jsonl: tensorboard, mlflow or wandb (repeatable; "
+    "added to the config's log.backends; each needs its extra, e.g. "
+    "pip install 'robustft[tensorboard]')"
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -48,7 +60,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a run dir holding another run")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    p.add_argument("--log", action="append", default=[], metavar="BACKEND", help=LOG_HELP)
     p.set_defaults(handler=run)
+
+
+def with_log_backends(config: RunConfig, names: list[str]) -> RunConfig:
+    """``config`` with the ``--log`` backends added to ``log.backends`` (validated there)."""
+    if not names:
+        return config
+    from robustft.config import LogConfig
+
+    backends = (*config.log.backends, *names)
+    log = LogConfig(backends=backends, project=config.log.project, group=config.log.group)
+    return dataclasses.replace(config, log=log)
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -58,11 +82,23 @@ def summary(result: dict[str, Any]) -> str:
         ["clean accuracy (%)", pct(result["clean_accuracy"])],
         [f"robust accuracy at {eps} (%)", pct(result["robust_accuracy"])],
         [f"expected robustness [0, {eps}] (%)", pct(result["expected_robustness"])],
+        *autoattack_rows(result),
         ["task-adaptation delay (epoch)", result["adaptation_delay"] or "never"],
         ["training time (s)", f"{result['train_seconds']:.1f}"],
         ["evaluation time (s)", f"{result['eval_seconds']:.1f}"],
     ]
     return table(["metric", "value"], rows)
+
+
+def autoattack_rows(result: dict[str, Any]) -> list[list[Any]]:
+    """The summary row of the AutoAttack number, when the run measured it."""
+    measured = result.get("autoattack")
+    if not measured or result.get("autoattack_accuracy") is None:
+        return []
+    from robustft.autoattack import label
+
+    name = label(measured["version"], measured["eps"], measured.get("norm", "linf"))
+    return [[f"{name} (%), {measured['n']} examples", pct(result["autoattack_accuracy"])]]
 
 
 def print_findings(result: dict[str, Any], label: str = "") -> None:
@@ -79,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     main = env_world().is_main  # under torchrun, rank 0 alone reports
     try:
-        config = load_config(args.config, args.overrides)
+        config = with_log_backends(load_config(args.config, args.overrides), args.log)
     except UserError as err:
         if main:
             raise
