@@ -66,46 +66,44 @@ class Callbacks:
 
 
 class CallbackList(Callbacks):
-    """Several :class:`Callbacks` as one: every hook is called on each, in order. ``None``
-    entries are left out, so ``CallbackList([user_callbacks, *trackers])`` works when the user
-    gave none."""
+    """Several callbacks as one: every hook is called on each, in order. ``None`` entries are
+    left out, so ``CallbackList([user_callbacks, *trackers])`` works when the user gave none;
+    objects that are not :class:`Callbacks` subclasses are called for the hooks they have."""
 
-    def __init__(self, callbacks: Iterable[Callbacks | None]) -> None:
+    def __init__(self, callbacks: Iterable[Any]) -> None:
         self.callbacks = [cb for cb in callbacks if cb is not None]
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            method = getattr(cb, hook, None)
+            if method is not None:
+                method(*args)
 
     def on_start(
         self, run_dir: Path, config: dict[str, Any], history: list[dict[str, Any]]
     ) -> None:
-        for cb in self.callbacks:
-            cb.on_start(run_dir, config, history)
+        self._each("on_start", run_dir, config, history)
 
     def on_epoch_start(self, epoch: int, epochs: int, eps: float, batches: int) -> None:
-        for cb in self.callbacks:
-            cb.on_epoch_start(epoch, epochs, eps, batches)
+        self._each("on_epoch_start", epoch, epochs, eps, batches)
 
     def on_batch(self, done: int, total: int) -> None:
-        for cb in self.callbacks:
-            cb.on_batch(done, total)
+        self._each("on_batch", done, total)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        for cb in self.callbacks:
-            cb.on_epoch_end(row)
+        self._each("on_epoch_end", row)
 
     def on_stage(self, name: str) -> None:
-        for cb in self.callbacks:
-            cb.on_stage(name)
+        self._each("on_stage", name)
 
     def on_eval_start(self, total: int) -> None:
-        for cb in self.callbacks:
-            cb.on_eval_start(total)
+        self._each("on_eval_start", total)
 
     def on_eval(self, done: int, total: int) -> None:
-        for cb in self.callbacks:
-            cb.on_eval(done, total)
+        self._each("on_eval", done, total)
 
     def on_result(self, result: dict[str, Any], curve: Any) -> None:
-        for cb in self.callbacks:
-            cb.on_result(result, curve)
+        self._each("on_result", result, curve)
 
     def on_close(self, error: BaseException | None) -> None:
         """Closes every callback even when one of them fails (the first failure is raised
@@ -113,7 +111,8 @@ class CallbackList(Callbacks):
         failure: Exception | None = None
         for cb in self.callbacks:
             try:
-                cb.on_close(error)
+                if hasattr(cb, "on_close"):
+                    cb.on_close(error)
             except Exception as err:  # close the rest first: a tracker must not leak its run
                 _logger.debug("on_close of %s failed", type(cb).__name__, exc_info=True)
                 failure = failure or err

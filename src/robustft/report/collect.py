@@ -180,6 +180,8 @@ class RunRecord:
     findings: tuple[Finding, ...] = ()
     cost: CostRecord | None = None
     stopped: StopRecord | None = None
+    autoattack: float | None = None  # AutoAttack accuracy at eval_eps, when measured
+    autoattack_version: str | None = None  # standard or plus
     result: Mapping[str, Any] = field(default_factory=dict, compare=False)  # result.json
     config: Mapping[str, Any] = field(default_factory=dict, compare=False)  # config.yaml
 
@@ -491,6 +493,8 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
         warnings=tuple(str(w) for w in result.get("warnings") or ()) + tuple(history_warnings),
         cost=_read_cost(result.get("cost")),
         stopped=_read_stopped(result.get("stopped")),
+        autoattack=_opt_float(result.get("autoattack_accuracy")),
+        autoattack_version=_autoattack_version(result.get("autoattack")),
         result=result,
         config=config,
     )
@@ -498,6 +502,12 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _autoattack_version(measured: object) -> str | None:
+    if not isinstance(measured, Mapping) or measured.get("version") is None:
+        return None
+    return str(measured["version"])
 
 
 GROUPING_KEYS = frozenset(

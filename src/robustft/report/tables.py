@@ -204,6 +204,7 @@ RUN_HEADERS = (
     "clean %",
     "robust %",
     "E.rob %",
+    "AutoAttack %",
     "delay (epoch)",
     "train (s)",
     "eval (s)",
@@ -231,6 +232,7 @@ def run_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
             pct(run.clean),
             pct(run.robust),
             pct(run.expected),
+            _autoattack_text(run),
             "never" if run.delay is None else str(run.delay),
             _seconds(run.train_seconds),
             _seconds(run.eval_seconds),
@@ -238,6 +240,13 @@ def run_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
         ]
         for run in runs
     ]
+
+
+def _autoattack_text(run: RunRecord) -> str:
+    """``12.5 (standard)``: AutoAttack accuracy at the run's eval eps, '-' when not measured."""
+    if run.autoattack is None:
+        return "-"
+    return f"{pct(run.autoattack)} ({run.autoattack_version or '?'})"
 
 
 def _findings_text(run: RunRecord) -> str:
@@ -284,6 +293,9 @@ def definitions(runs: Sequence[RunRecord]) -> list[str]:
     return [
         "Expected robustness (E.rob): accuracy averaged over eps uniform on [0, eps_g], "
         "trapezoid rule on the evaluation grid; it lies between robust and clean accuracy.",
+        "AutoAttack %: accuracy under AutoAttack (the reference implementation, version in "
+        "brackets; the RobustBench number) at the eval eps, when measured (eval.autoattack or "
+        "robustft eval --autoattack); a separate number, not a point of the APGD curve.",
         "Task-adaptation delay: first epoch whose validation clean accuracy exceeds "
         f"max(5%, 2 x chance) ({shown} here); 'never' if it did not.",
         "never_adapts: validation accuracy never exceeded that threshold.",
@@ -569,6 +581,8 @@ RUN_CSV_FIELDS = (
     "clean_pct",
     "robust_pct",
     "expected_robustness_pct",
+    "autoattack_pct",
+    "autoattack_version",
     "final_val_pct",
     "adaptation_delay",
     "train_seconds",
@@ -720,6 +734,8 @@ def runs_csv(runs: Sequence[RunRecord]) -> str:
             _num(run.clean),
             _num(run.robust),
             _num(run.expected),
+            _num(run.autoattack),
+            run.autoattack_version or "",
             _num(run.final_val_acc),
             "" if run.delay is None else run.delay,
             "" if run.train_seconds is None else f"{run.train_seconds:.3f}",
