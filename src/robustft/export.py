@@ -36,14 +36,20 @@ class ExportSummary:
     parameters: int
     size_bytes: int
     metadata: dict[str, str]
+    card: Path | None = None  # the model card (README.md) written next to the file
 
 
-def export_run(run: str | Path, out: str | Path, *, force: bool = False) -> ExportSummary:
-    """Write the trained model of ``run`` (run dir or checkpoint) to ``out`` atomically.
+def export_run(
+    run: str | Path, out: str | Path, *, force: bool = False, card: bool = True
+) -> ExportSummary:
+    """Write the trained model of ``run`` (run dir or checkpoint) to ``out`` atomically and,
+    with ``card``, its model card next to it (:mod:`robustft.modelcard`: ``README.md`` and
+    ``robustness_curve.png``, the layout the Hugging Face Hub reads).
 
     Raises:
-        UserError: ``out`` exists (without ``force``), its suffix is not ``.safetensors``, or
-            the run cannot be loaded.
+        UserError: ``out`` exists (without ``force``), its suffix is not ``.safetensors``, the
+            run cannot be loaded, or the folder holds a README.md robustft did not write (it
+            is never overwritten) or a card (without ``force``).
     """
     from safetensors.torch import save
 
@@ -55,10 +61,17 @@ def export_run(run: str | Path, out: str | Path, *, force: bool = False) -> Expo
         raise UserError(f"--out {target}: the export is a .safetensors file; name it *.safetensors")
     if target.exists() and not force:
         raise UserError(f"--out {target} exists; pass --force to overwrite it")
+    if card:
+        _check_card(target, force)
     model, config, payload = load_trained_model(run, device="cpu")
     if not isinstance(model, ClassifierModel):
         raise UserError(f"{run}: the checkpoint does not hold a robustft classifier")
+    from robustft.models.sources.hf import hf_config_json
+
     state = export_state_dict(model)
+    hf_config = hf_config_json(model.net)
+    if hf_config is not None:  # transformers' own parameter names
+        state = {k.removeprefix("model."): v for k, v in state.items()}
     info = model.info
     metadata = {
         "format": FORMAT,
@@ -73,10 +86,42 @@ def export_run(run: str | Path, out: str | Path, *, force: bool = False) -> Expo
         "run_id": str(payload.get("run_id", "")),
         "epoch": str(payload.get("epoch", "")),
     }
+    if hf_config is not None:
+        metadata["hf_config"] = hf_config  # rebuilds the architecture without its source
     blob = save(state, metadata=metadata)
     atomic_write_bytes(target, blob)
     parameters = sum(t.numel() for t in state.values())
-    return ExportSummary(target, len(state), parameters, len(blob), metadata)
+    written = None
+    if card:
+        from robustft.modelcard import write_card
+
+        written = write_card(target, _run_dir_of(Path(run)), metadata, config.to_dict())
+    return ExportSummary(target, len(state), parameters, len(blob), metadata, written)
+
+
+def _check_card(target: Path, force: bool) -> None:
+    """Refuse, before anything is written, a card that would overwrite a README.md robustft
+    did not write, or an earlier card without ``force``."""
+    from robustft.modelcard import card_files, is_ours
+
+    readme, _ = card_files(target)
+    if not readme.exists():
+        return
+    if not is_ours(readme):
+        raise UserError(
+            f"{readme} exists and is not a robustft model card; export into a folder of its "
+            "own (--out DIR/model.safetensors) or pass --no-card"
+        )
+    if not force:
+        raise UserError(f"{readme} (a model card) exists; pass --force to overwrite it")
+
+
+def _run_dir_of(run: Path) -> Path | None:
+    """The run directory of a run dir or of a checkpoint inside one (None when unknown)."""
+    for candidate in (run, run.parent.parent):
+        if (candidate / "config.yaml").is_file() and candidate.is_dir():
+            return candidate
+    return None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -108,13 +153,42 @@ def load_exported(path: str | Path) -> Any:
     from robustft.models import build_model
 
     metadata = read_metadata(path)
-    model = build_model(
-        metadata["model"], num_classes=int(metadata["num_classes"]), pretrained=False, mode="full"
-    )
+    if "hf_config" in metadata:
+        model = _hf_classifier(metadata)
+        target = model.net.model
+    else:
+        model = build_model(
+            metadata["model"],
+            num_classes=int(metadata["num_classes"]),
+            pretrained=False,
+            mode="full",
+        )
+        target = model.net
     try:
-        model.net.load_state_dict(load_file(str(path)))
+        target.load_state_dict(load_file(str(path)))
     except RuntimeError as err:
         raise UserError(
             f"{path}: weights do not fit {metadata['model']} ({first_line(err)})"
         ) from None
     return model.eval()
+
+
+def _hf_classifier(metadata: dict[str, str]) -> Any:
+    """The ``ClassifierModel`` of an exported ``hf:`` model, rebuilt from the transformers config
+    and normalisation stored in the file (neither the source directory nor the network is
+    needed)."""
+    from robustft.models import ClassifierModel
+    from robustft.models.sources.hf import build_from_config_json
+    from robustft.models.spec import ModelSpec
+
+    net = build_from_config_json(metadata["hf_config"])
+    spec = ModelSpec(metadata["model"], int(metadata["num_classes"]), pretrained=False)
+    return ClassifierModel(
+        net,
+        spec=spec,
+        mean=json.loads(metadata["mean"]),
+        std=json.loads(metadata["std"]),
+        input_size=int(metadata.get("pretrained_input_size") or metadata["input_size"]),
+        head=("model.classifier",),
+        source=f"export of {metadata['model']}",
+    )

@@ -6,6 +6,8 @@ Model names (``build_model(name, ...)``):
 - ``timm:<name>``: any timm model (:mod:`robustft.models.sources.timm`).
 - ``torchvision:<name>``: any torchvision classification model
   (:mod:`robustft.models.sources.torchvision`).
+- ``hf:<repo id or directory>``: a Hugging Face transformers image classifier
+  (:mod:`robustft.models.sources.hf`).
 
 ``<source>:<name>`` names are looked up in the registry of :mod:`robustft.models.sources`.
 
@@ -71,8 +73,8 @@ def build_model_from_spec(spec: ModelSpec) -> ClassifierModel:
     else:
         hint = did_you_mean(name, [DEFAULT_MODEL, "timm:" + name, "torchvision:" + name])
         raise UserError(
-            f"unknown model '{name}'{hint}; use {DEFAULT_MODEL}, timm:<name> or "
-            "torchvision:<name> (e.g. timm:resnet50)"
+            f"unknown model '{name}'{hint}; use {DEFAULT_MODEL}, timm:<name>, "
+            "torchvision:<name> or hf:<repo id or directory> (e.g. timm:resnet50)"
         )
     model = ClassifierModel(
         built.net,

@@ -54,6 +54,25 @@ _LORA_FAMILIES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
         ),
         ("mlp.0", "mlp.3"),
     ),
+    (
+        "vit",
+        (
+            "transformers.models.vit.modeling_vit.ViTForImageClassification",
+            "transformers.models.deit.modeling_deit.DeiTForImageClassification",
+        ),
+        (
+            # transformers >= 5: q_proj/v_proj and mlp.fc1/fc2; 4.x: attention.query/value,
+            # intermediate.dense and the layer's output.dense (not attention.output.dense)
+            "q_proj",
+            "v_proj",
+            "mlp.fc1",
+            "mlp.fc2",
+            "attention.query",
+            "attention.value",
+            "intermediate.dense",
+            r".*layer\.\d+\.output\.dense",
+        ),
+    ),
     ("convnext", ("timm.models.convnext.ConvNeXt",), ("mlp.fc1", "mlp.fc2")),
     ("convnext", ("torchvision.models.convnext.ConvNeXt",), (r"features\.\d+\.\d+\.block\.[35]",)),
     (
@@ -101,18 +120,24 @@ def _qualnames(cls: type) -> set[str]:
     return {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__}
 
 
+def _family_net(net: nn.Module) -> nn.Module:
+    """The network whose class names the family: an ``hf:`` model's transformers model."""
+    inner = getattr(net, "model", None)
+    return inner if type(net).__name__ == "HFImageClassifier" and inner is not None else net
+
+
 def model_family(net: nn.Module) -> str:
-    """Architecture family of a network, from its (timm or torchvision) class: ``vit`` (also
-    DeiT, Swin, BEiT, EVA), ``convnext``, ``resnet``, ``efficientnet`` (also MobileNet) or
-    ``generic``."""
-    names = _qualnames(type(net))
+    """Architecture family of a network, from its (timm, torchvision or transformers) class:
+    ``vit`` (also DeiT, Swin, BEiT, EVA), ``convnext``, ``resnet``, ``efficientnet`` (also
+    MobileNet) or ``generic``."""
+    names = _qualnames(type(_family_net(net)))
     return next((fam for fam, classes, _ in _LORA_FAMILIES if names & set(classes)), "generic")
 
 
 def default_lora_targets(net: nn.Module) -> tuple[str, ...]:
     """The default LoRA target patterns for a network's family (see the module docstring);
     ``(".*",)`` (every LoRA-capable layer outside the head) for unknown families."""
-    names = _qualnames(type(net))
+    names = _qualnames(type(_family_net(net)))
     for _, classes, patterns in _LORA_FAMILIES:
         if names & set(classes):
             return patterns

@@ -1,0 +1,251 @@
+"""Model cards: the ``README.md`` that ``robustft export`` writes next to the exported file.
+
+The layout is the one the Hugging Face Hub reads: a folder holding the weights, ``README.md``
+with YAML front matter (``library_name``, ``pipeline_tag``, ``tags``, ``datasets``,
+``metrics``, ``base_model`` for ``hf:`` repo ids, and ``model-index`` with the test results)
+and the figure it shows (``robustness_curve.png``), so the folder can be uploaded as it is.
+The card gives the clean and robust accuracy, the expected robustness, the AutoAttack number
+when it was measured (labelled as such: it is not a point of the APGD-CE curve), the
+robustness curve as a plot and a table, the findings, the resolved training config and how to
+load the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustft import __version__
+from robustft.units import format_eps
+
+MARKER = "<!-- written by robustft export -->"  # a README.md without it is never overwritten
+CURVE_FILE = "robustness_curve.png"
+
+
+def card_files(out: Path) -> tuple[Path, Path]:
+    """Where the card of an export to ``out`` goes: ``README.md`` and the curve plot, next to
+    ``out``."""
+    return out.parent / "README.md", out.parent / CURVE_FILE
+
+
+def is_ours(readme: Path) -> bool:
+    """Whether ``readme`` is a card robustft wrote (and may overwrite with ``--force``)."""
+    try:
+        return MARKER in readme.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _pct(value: Any) -> float | None:
+    return None if value is None else round(100 * float(value), 2)
+
+
+def _dataset_id(name: str) -> str | None:
+    """A dataset name the Hub can link (``digits``, ``cifar10``); none for local folders."""
+    return None if ":" in name or "/" in name else name
+
+
+def front_matter(
+    result: Mapping[str, Any] | None, config: Mapping[str, Any], metadata: Mapping[str, str]
+) -> dict[str, Any]:
+    """The card's YAML metadata (see the module docstring)."""
+    model, data = config.get("model") or {}, config.get("data") or {}
+    out: dict[str, Any] = {
+        "library_name": "robustft",
+        "pipeline_tag": "image-classification",
+        "tags": [
+            "robustft",
+            "adversarial-robustness",
+            "robust-fine-tuning",
+            "image-classification",
+        ],
+    }
+    dataset = _dataset_id(str(data.get("name", "")))
+    if dataset:
+        out["datasets"] = [dataset]
+    name = str(model.get("name", metadata.get("model", "")))
+    if name.startswith("hf:") and not name[3:].startswith(("/", ".", "~")):
+        out["base_model"] = name[3:]
+    if result is None:
+        return out
+    out["metrics"] = ["accuracy"]
+    norm = str(result.get("norm", "linf"))
+    eps = format_eps(float(result["eval_eps_max"]), norm)
+    attack = result.get("eval_attack") or {}
+    metrics = [
+        {"type": "accuracy", "value": _pct(result["clean_accuracy"]), "name": "Clean accuracy"},
+        {
+            "type": "accuracy",
+            "value": _pct(result["robust_accuracy"]),
+            "name": f"Robust accuracy, {attack.get('name', '?')}-{attack.get('steps', '?')} "
+            f"at {norm} {eps}",
+        },
+        {
+            "type": "accuracy",
+            "value": _pct(result["expected_robustness"]),
+            "name": f"Expected robustness, {norm} [0, {eps}]",
+        },
+    ]
+    measured = result.get("autoattack")
+    if measured and result.get("autoattack_accuracy") is not None:
+        metrics.append(
+            {
+                "type": "accuracy",
+                "value": _pct(result["autoattack_accuracy"]),
+                "name": f"AutoAttack ({measured['version']}) at {norm} "
+                f"{format_eps(float(measured['eps']), norm)}",
+            }
+        )
+    dataset_entry = {
+        "name": str(data.get("name", "?")),
+        "type": dataset or "local",
+        "split": "test",
+    }
+    task = {"type": "image-classification", "name": "Image classification"}
+    out["model-index"] = [
+        {
+            "name": str(config.get("name", "robustft-model")),
+            "results": [{"task": task, "dataset": dataset_entry, "metrics": metrics}],
+        }
+    ]
+    return out
+
+
+def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None) -> list[str]:
+    norm = str(result.get("norm", "linf"))
+    eps = format_eps(float(result["eval_eps_max"]), norm)
+    attack = result.get("eval_attack") or {}
+    label = f"{attack.get('name', '?')}, {attack.get('steps', '?')} steps"
+    lines = [
+        "## Results (test split)",
+        "",
+        "| metric | value (%) |",
+        "| --- | --- |",
+        f"| clean accuracy | {100 * result['clean_accuracy']:.2f} |",
+        f"| robust accuracy at {norm} {eps} ({label}) | {100 * result['robust_accuracy']:.2f} |",
+        f"| expected robustness on [0, {eps}] | {100 * result['expected_robustness']:.2f} |",
+    ]
+    measured = result.get("autoattack")
+    if measured and result.get("autoattack_accuracy") is not None:
+        at = format_eps(float(measured["eps"]), norm)
+        lines.append(
+            f"| AutoAttack ({measured['version']}) at {norm} {at}, {measured['n']} examples | "
+            f"{100 * result['autoattack_accuracy']:.2f} |"
+        )
+    lines += [
+        "",
+        f"{result.get('eval_examples', '?')} test examples. Expected robustness is the accuracy "
+        f"averaged over eps uniform on [0, {eps}] (trapezoid rule over the curve below).",
+    ]
+    if measured:
+        lines.append(
+            f"AutoAttack is a separate evaluation ({measured.get('implementation', '')}, seed "
+            f"{measured.get('seed')}), the RobustBench protocol; it is not a point of the curve."
+        )
+    lines += ["", "## Robustness curve", "", f"![robustness curve]({CURVE_FILE})", ""]
+    if curve:
+        lines += [f"| eps ({norm}) | accuracy (%) |", "| --- | --- |"]
+        lines += [
+            f"| {format_eps(float(e), norm)} | {100 * float(a):.2f} |"
+            for e, a in zip(curve.get("epsilons", ()), curve.get("accuracy", ()))
+        ]
+        lines.append("")
+    findings = result.get("findings") or []
+    lines += ["## Findings", ""]
+    lines += [f"- {f['code']}: {f['message']}" for f in findings] or ["- none"]
+    return lines
+
+
+def render_card(
+    out: Path,
+    metadata: Mapping[str, str],
+    config: Mapping[str, Any],
+    result: Mapping[str, Any] | None,
+    curve: Mapping[str, Any] | None,
+) -> str:
+    """The model card's markdown for the export ``out`` (``result``/``curve``: the run's
+    ``result.json`` and ``robustness.json``, None when the run has not finished)."""
+    head = yaml.safe_dump(front_matter(result, config, metadata), sort_keys=False)
+    name = str(config.get("name", "model"))
+    classes = json.loads(metadata.get("class_names") or "[]")
+    lines = [
+        "---",
+        head.rstrip(),
+        "---",
+        MARKER,
+        "",
+        f"# {name}",
+        "",
+        f"`{metadata['model']}` fine-tuned with robustft "
+        f"(mode `{metadata.get('trained_mode')}`) for {metadata['num_classes']} classes"
+        + (
+            f" ({', '.join(map(str, classes[:20]))}{', ...' if len(classes) > 20 else ''})"
+            if classes
+            else ""
+        )
+        + ", adversarially trained against "
+        f"{(config.get('attack') or {}).get('norm', 'linf')} perturbations up to eps_g = "
+        f"{(config.get('attack') or {}).get('eps')} with the schedule "
+        f"`{(config.get('attack') or {}).get('schedule')}`.",
+        "",
+    ]
+    if result is None:
+        lines += ["The run had not finished when it was exported: no test results.", ""]
+    else:
+        lines += _results_section(result, curve)
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from robustft.export import load_exported",
+        "",
+        f'model = load_exported("{out.name}")  # eval mode; input: (B, 3, H, W) in [0, 1]',
+        "```",
+        "",
+        f"Input size {metadata.get('input_size')} px; the normalisation (mean "
+        f"{metadata.get('mean')}, std {metadata.get('std')}) is inside the model, so give it "
+        "unnormalised images in [0, 1].",
+        "",
+        "## Training config",
+        "",
+        "```yaml",
+        yaml.safe_dump(dict(config), sort_keys=False).rstrip(),
+        "```",
+        "",
+        f"Run id {metadata.get('run_id')}, epoch {metadata.get('epoch')}; exported by robustft "
+        f"{__version__} from `{out.name}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(out: Path, run_dir: Path | None, metadata: Mapping[str, str], config: Any) -> Path:
+    """Write ``README.md`` (and ``robustness_curve.png`` when the run has a curve) next to
+    ``out``, atomically; returns the README's path. The caller checked that overwriting is
+    allowed (:func:`is_ours`)."""
+    from robustft.checkpoint import atomic_write_bytes, atomic_write_text
+
+    readme, plot = card_files(out)
+    result = _read(run_dir / "result.json") if run_dir else None
+    curve = _read(run_dir / "robustness.json") if run_dir else None
+    if result is not None and run_dir is not None:
+        from robustft.report.plots import run_curve_png
+
+        png = run_curve_png(run_dir)
+        if png is not None:
+            atomic_write_bytes(plot, png)
+    atomic_write_text(readme, render_card(out, metadata, config, result, curve))
+    return readme
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,220 @@
+"""The ``hf:<repo id or local directory>`` source: Hugging Face ``transformers`` image
+classifiers (``pip install 'robustft[hf]'``).
+
+- ``hf:google/vit-base-patch16-224`` downloads from the Hub (the Hugging Face cache, ``HF_HOME``,
+  is used and honoured; ``HF_HUB_OFFLINE=1`` uses only the cache);
+  ``hf:/path/to/dir`` loads a directory written by ``save_pretrained``.
+- ``AutoModelForImageClassification.from_pretrained(..., num_labels=K,
+  ignore_mismatched_sizes=True)``: the pretrained backbone with a new ``K``-class head
+  (``model.pretrained=false``: the architecture from its config, randomly initialised).
+- The image processor's ``image_mean``/``image_std`` become the model's normalisation (inside
+  the model, so attacks work on ``[0, 1]`` pixels) and its size the model's ``input_size``;
+  without a processor config, ImageNet's mean/std and the config's ``image_size``.
+- The network returns a logits tensor (:class:`HFImageClassifier` unwraps the output object)
+  and, for ViT-style models, interpolates its position embeddings when the images are not the
+  pretraining size (``data.image_size``).
+
+LoRA targets for ViT/DeiT: the attention's query and value projections and the MLP linears
+(:mod:`robustft.models.lora`); ``partial`` finds the encoder layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from robustft.errors import UserError, first_line
+from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, _Built, _head_names
+from robustft.models.spec import ModelSpec
+
+_logger = logging.getLogger("robustft.models")
+
+
+class HFImageClassifier(nn.Module):
+    """A transformers image-classification model as a plain network: normalised images
+    ``(B, 3, H, W)`` in, logits ``(B, K)`` out. Parameter names are the model's own under
+    ``model.`` (the export strips that prefix)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        parameters = inspect.signature(model.forward).parameters
+        self.interpolates = "interpolate_pos_encoding" in parameters
+        size = getattr(getattr(model, "config", None), "image_size", None)
+        self.image_size = int(size) if isinstance(size, int) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        kwargs: dict[str, Any] = {}
+        if self.interpolates and self.image_size not in (None, x.shape[-1]):
+            kwargs["interpolate_pos_encoding"] = True  # data.image_size != pretraining size
+        return self.model(pixel_values=x, **kwargs).logits  # type: ignore[no-any-return]
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("hf: models need transformers; pip install 'robustft[hf]'") from None
+    return transformers
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers' load reports and progress bars off while loading (our log says what was
+    built); its settings restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _source(arch: str) -> tuple[str, bool]:
+    """The directory or repo id, and whether it is a local directory.
+
+    Raises:
+        UserError: a path (``/``, ``.``, ``~``) that is not a directory.
+    """
+    path = Path(arch).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if arch.startswith(("/", ".", "~")):
+        raise UserError(
+            f"hf:{arch}: directory not found; give a directory written by save_pretrained or "
+            "a Hub repo id such as google/vit-base-patch16-224"
+        )
+    return arch, False
+
+
+def _load_error(arch: str, local: bool, err: BaseException) -> UserError:
+    """One line for a model that cannot be loaded: offline, not found, not a model."""
+    text = first_line(err)
+    if local:
+        return UserError(
+            f"hf:{arch}: not a Hugging Face image-classification model directory ({text}); "
+            "it needs the config.json and weights written by save_pretrained"
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if offline or "connect" in text.lower() or "offline" in text.lower():
+        return UserError(
+            f"cannot download {arch} (offline?); pass a local directory hf:/path, or download "
+            "it once online and set HF_HUB_OFFLINE=1 to use the cache"
+        )
+    return UserError(f"hf:{arch}: cannot load it from the Hugging Face Hub ({text})")
+
+
+def _normalisation(source: str, config: Any) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """mean, std and input size from the image processor saved with the model (ImageNet's
+    and the config's ``image_size`` without one)."""
+    transformers = _transformers()
+    size = getattr(config, "image_size", 224)
+    try:
+        with _quiet():
+            processor = transformers.AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
+        _logger.info("hf:%s has no image processor (%s): ImageNet mean/std", source, err)
+        return IMAGENET_MEAN, IMAGENET_STD, int(size if isinstance(size, int) else 224)
+    mean = tuple(float(v) for v in getattr(processor, "image_mean", None) or IMAGENET_MEAN)
+    std = tuple(float(v) for v in getattr(processor, "image_std", None) or IMAGENET_STD)
+    return mean, std, _processor_size(getattr(processor, "crop_size", None) or processor.size, size)
+
+
+def _processor_size(size: Any, default: Any) -> int:
+    """The square side of a processor's ``size``/``crop_size`` (dict-like or int)."""
+    if isinstance(size, int):
+        return size
+    for key in ("height", "shortest_edge", "width"):
+        value = size.get(key) if hasattr(size, "get") else getattr(size, key, None)
+        if isinstance(value, int):
+            return value
+    return int(default) if isinstance(default, int) else 224
+
+
+def _labels(num_classes: int) -> dict[str, Any]:
+    """A ``num_classes`` label map (so transformers does not warn about the old head's)."""
+    id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
+    return {
+        "num_labels": num_classes,
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
+
+
+def _head(net: HFImageClassifier, label: str) -> tuple[str, ...]:
+    head = getattr(net.model, "classifier", None)
+    if not isinstance(head, nn.Module):
+        raise UserError(
+            f"{label}: cannot find its classifier head (no 'classifier' module in "
+            f"{type(net.model).__name__}); use an image-classification model"
+        )
+    return _head_names(net, (head,))
+
+
+def _build_hf(arch: str, spec: ModelSpec) -> _Built:
+    """The transformers model ``arch`` (repo id or directory) with a new ``num_classes`` head."""
+    transformers = _transformers()
+    label = f"hf:{arch}"
+    if spec.weights is not None:
+        raise UserError(
+            f"{label}: model.weights is for timm/torchvision models; for hf: models give the "
+            "directory written by save_pretrained as the name (hf:/path/to/dir)"
+        )
+    source, local = _source(arch)
+    auto = transformers.AutoModelForImageClassification
+    try:
+        with _quiet():
+            if spec.pretrained:
+                model = auto.from_pretrained(
+                    source, ignore_mismatched_sizes=True, **_labels(spec.num_classes)
+                )
+                origin = f"hf pretrained ({arch})"
+            else:
+                config = transformers.AutoConfig.from_pretrained(
+                    source, **_labels(spec.num_classes)
+                )
+                model = auto.from_config(config)
+                origin = "random init"
+    except OSError as err:
+        raise _load_error(arch, local, err) from None
+    except ValueError as err:  # e.g. a config whose model type has no image classifier
+        if local and not (Path(source) / "config.json").is_file():
+            raise _load_error(arch, local, err) from None
+        raise UserError(f"{label}: not an image-classification model ({first_line(err)})") from None
+    net = HFImageClassifier(model)
+    mean, std, size = _normalisation(source, model.config)
+    return _Built(net, _head(net, label), mean, std, size, origin)
+
+
+def hf_config_json(net: nn.Module) -> str | None:
+    """The transformers config of an ``hf:`` network as JSON (stored in exports, so that
+    :func:`build_from_config_json` rebuilds the architecture without the original directory
+    or the network); None for other networks."""
+    if not isinstance(net, HFImageClassifier):
+        return None
+    return json.dumps(net.model.config.to_dict())  # type: ignore[union-attr,operator]
+
+
+def build_from_config_json(text: str) -> HFImageClassifier:
+    """A randomly initialised :class:`HFImageClassifier` of the architecture a
+    :func:`hf_config_json` text describes (for loading exported weights into)."""
+    transformers = _transformers()
+    data = json.loads(text)
+    config = transformers.AutoConfig.for_model(data.pop("model_type"), **data)
+    with _quiet():
+        model = transformers.AutoModelForImageClassification.from_config(config)
+    return HFImageClassifier(model)
