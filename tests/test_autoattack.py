@@ -132,7 +132,7 @@ def test_config_and_eval_command_store_print_and_report_it(
     out = capsys.readouterr().out
     assert code == 0
     line = next(x for x in out.splitlines() if x.startswith("AutoAttack (standard) at 32/255:"))
-    assert "8 examples, seed 1" in line and "APGD-CE curve at the same eps" in line
+    assert "8 examples, seed 1" in line and "the curve's apgd-ce at the same eps" in line
     stored = json.loads((run_dir / "result.json").read_text())["autoattack"]
     assert stored["seed"] == 1 and f"stored in {run_dir / 'result.json'}" in out
 

@@ -327,7 +327,8 @@ def with_autoattack(
     print(
         f"{measured.label()}: {pct(measured.accuracy)}% ({measured.n} examples, seed "
         f"{measured.seed}, {', '.join(measured.attacks)}, {measured.implementation}, "
-        f"{measured.seconds:.1f}s); APGD-CE curve at the same eps: {pct(curve.robust_accuracy)}%"
+        f"{measured.seconds:.1f}s); the curve's {attack_label(curve.attack)} at the same eps: "
+        f"{pct(curve.robust_accuracy)}%"
     )
     for warning in measured.warnings:
         print(f"warning (AutoAttack): {warning}")
