@@ -4,6 +4,9 @@ model card that ``robustft export`` writes next to the exported file."""
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hugging Face's offline mode. huggingface_hub reads ``HF_HUB_OFFLINE`` once, when it is
+    first imported (possibly by an earlier test), so its constant is set as well."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +162,44 @@ def test_loading_problems_are_one_line(vit_dir: Path, tmp_path: Path) -> None:
         build_model(f"hf:{tmp_path / 'empty'}", num_classes=3)
     with pytest.raises(UserError, match=r"model\.weights is for timm/torchvision"):
         build_model(f"hf:{vit_dir}", num_classes=3, weights=str(tmp_path / "w.pt"))
+
+
+def hub_cache(root: Path, repo: str, vit_dir: Path) -> Path:
+    """``root`` laid out as the Hugging Face cache holding ``repo`` at one revision (what a
+    download leaves: refs/main naming a snapshot folder of the repo's files)."""
+    revision = "0" * 40
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    shutil.copytree(vit_dir, folder / "snapshots" / revision)
+    return root
+
+
+def test_without_network_a_hub_id_comes_from_the_cache_or_fails_at_once(
+    vit_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No offline mode set, but DNS cannot resolve the Hub (a machine without network):
+    cached repos load from the cache, others fail in one line without huggingface_hub's
+    minute of retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    looked_up = []
+
+    def no_dns(host: str, *args: object, **kwargs: object) -> None:
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache(tmp_path, "me/vit", vit_dir)))
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"cannot download someone/no-such-vit \(offline\?\)"):
+        build_model("hf:someone/no-such-vit", num_classes=3)
+    assert time.perf_counter() - start < 10 and looked_up == ["huggingface.co"]
+    model = build_model("hf:me/vit", num_classes=4, mode="linear")  # from the cache
+    assert list(model.info.mean) == MEAN and model.info.input_size == 32
+    assert model.info.source == "hf pretrained (me/vit)"
+    assert model.net(torch.rand(2, 3, 32, 32)).shape == (2, 4)

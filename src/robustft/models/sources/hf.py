@@ -2,8 +2,9 @@
 classifiers (``pip install 'robustft[hf]'``).
 
 - ``hf:google/vit-base-patch16-224`` downloads from the Hub (the Hugging Face cache, ``HF_HOME``,
-  is used and honoured; ``HF_HUB_OFFLINE=1`` uses only the cache);
-  ``hf:/path/to/dir`` loads a directory written by ``save_pretrained``.
+  is used and honoured; ``HF_HUB_OFFLINE=1`` uses only the cache, and so does a machine whose
+  DNS cannot resolve the Hub: huggingface_hub would retry for about a minute there before
+  failing); ``hf:/path/to/dir`` loads a directory written by ``save_pretrained``.
 - ``AutoModelForImageClassification.from_pretrained(..., num_labels=K,
   ignore_mismatched_sizes=True)``: the pretrained backbone with a new ``K``-class head
   (``model.pretrained=false``: the architecture from its config, randomly initialised).
@@ -25,9 +26,11 @@ import inspect
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from torch import Tensor, nn
 
@@ -74,14 +77,61 @@ def _quiet() -> Iterator[None]:
 
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
+    hub_logger = logging.getLogger("huggingface_hub")  # its retry warnings: our error says it
+    hub_level = hub_logger.level
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        hub_logger.setLevel(hub_level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+
+def hub_unreachable() -> bool:
+    """Whether downloads must come from the cache only: Hugging Face's offline mode
+    (``HF_HUB_OFFLINE=1``), or no proxy and a Hub host (``HF_ENDPOINT``) that DNS cannot resolve,
+    i.e. no network. Without this check huggingface_hub retries each file five times with
+    backoff (about 50 s for a repo id on a machine without network) before the same error."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return True
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return False  # the proxy resolves the host, not us
+    host = urlparse(constants.ENDPOINT).hostname
+    if not host:
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _cache_only(enabled: bool) -> Iterator[None]:
+    """Hugging Face's offline mode while loading, when ``enabled``. ``local_files_only`` is not
+    enough: huggingface_hub 2.x still fetches its agent registry over HTTP to build request
+    headers (``utils/_detect_agent.py``) unless offline mode is on, and it reads
+    ``HF_HUB_OFFLINE`` once at import, so its constant is set here and restored after."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _source(arch: str) -> tuple[str, bool]:
@@ -101,31 +151,35 @@ def _source(arch: str) -> tuple[str, bool]:
     return arch, False
 
 
-def _load_error(arch: str, local: bool, err: BaseException) -> UserError:
-    """One line for a model that cannot be loaded: offline, not found, not a model."""
+def _load_error(arch: str, local: bool, cache_only: bool, err: BaseException) -> UserError:
+    """One line for a model that cannot be loaded: offline and not cached, not found, not a
+    model."""
     text = first_line(err)
     if local:
         return UserError(
             f"hf:{arch}: not a Hugging Face image-classification model directory ({text}); "
             "it needs the config.json and weights written by save_pretrained"
         )
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    if offline or "connect" in text.lower() or "offline" in text.lower():
+    if cache_only or "connect" in text.lower() or "offline" in text.lower():
         return UserError(
-            f"cannot download {arch} (offline?); pass a local directory hf:/path, or download "
-            "it once online and set HF_HUB_OFFLINE=1 to use the cache"
+            f"cannot download {arch} (offline?) and it is not in the Hugging Face cache; pass "
+            "a local directory hf:/path, or run once online to cache it"
         )
     return UserError(f"hf:{arch}: cannot load it from the Hugging Face Hub ({text})")
 
 
-def _normalisation(source: str, config: Any) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+def _normalisation(
+    source: str, config: Any, cache_only: bool
+) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     """mean, std and input size from the image processor saved with the model (ImageNet's
     and the config's ``image_size`` without one)."""
     transformers = _transformers()
     size = getattr(config, "image_size", 224)
     try:
-        with _quiet():
-            processor = transformers.AutoImageProcessor.from_pretrained(source)
+        with _quiet(), _cache_only(cache_only):
+            processor = transformers.AutoImageProcessor.from_pretrained(
+                source, local_files_only=cache_only
+            )
     except (OSError, ValueError, KeyError) as err:
         _logger.info("hf:%s has no image processor (%s): ImageNet mean/std", source, err)
         return IMAGENET_MEAN, IMAGENET_STD, int(size if isinstance(size, int) else 224)
@@ -175,28 +229,32 @@ def _build_hf(arch: str, spec: ModelSpec) -> _Built:
             "directory written by save_pretrained as the name (hf:/path/to/dir)"
         )
     source, local = _source(arch)
+    cache_only = not local and hub_unreachable()
     auto = transformers.AutoModelForImageClassification
     try:
-        with _quiet():
+        with _quiet(), _cache_only(cache_only):
             if spec.pretrained:
                 model = auto.from_pretrained(
-                    source, ignore_mismatched_sizes=True, **_labels(spec.num_classes)
+                    source,
+                    ignore_mismatched_sizes=True,
+                    local_files_only=cache_only,
+                    **_labels(spec.num_classes),
                 )
                 origin = f"hf pretrained ({arch})"
             else:
                 config = transformers.AutoConfig.from_pretrained(
-                    source, **_labels(spec.num_classes)
+                    source, local_files_only=cache_only, **_labels(spec.num_classes)
                 )
                 model = auto.from_config(config)
                 origin = "random init"
     except OSError as err:
-        raise _load_error(arch, local, err) from None
+        raise _load_error(arch, local, cache_only, err) from None
     except ValueError as err:  # e.g. a config whose model type has no image classifier
         if local and not (Path(source) / "config.json").is_file():
-            raise _load_error(arch, local, err) from None
+            raise _load_error(arch, local, cache_only, err) from None
         raise UserError(f"{label}: not an image-classification model ({first_line(err)})") from None
     net = HFImageClassifier(model)
-    mean, std, size = _normalisation(source, model.config)
+    mean, std, size = _normalisation(source, model.config, cache_only)
     return _Built(net, _head(net, label), mean, std, size, origin)
 
 
