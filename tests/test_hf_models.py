@@ -16,7 +16,8 @@ import yaml
 from robustft import cli
 from robustft.build import load_trained_model
 from robustft.errors import UserError
-from robustft.export import load_exported
+from robustft.export import load_exported, read_metadata
+from robustft.modelcard import front_matter
 from robustft.models import block_layout, build_model, lora_target_modules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,7 @@ def test_tiny_vit_trains_evaluates_and_exports_with_a_model_card(
     meta = yaml.safe_load(front)
     assert meta["library_name"] == "robustft" and meta["pipeline_tag"] == "image-classification"
     assert meta["datasets"] == ["digits"] and "base_model" not in meta  # a local directory
+    assert "base_model" not in read_metadata(out)
     values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert values["Clean accuracy"] == round(100 * result["clean_accuracy"], 2)
     assert values["Expected robustness, linf [0, 2/255]"] == round(
@@ -124,13 +126,18 @@ def test_tiny_vit_trains_evaluates_and_exports_with_a_model_card(
     assert cli.main(again) == 0
 
 
-@pytest.mark.parametrize("mode", ["linear", "bitfit", "partial", "lora"])
+@pytest.mark.parametrize("mode", ["full", "linear", "bitfit", "partial", "lora"])
 def test_every_mode_fits_a_vit(vit_dir: Path, mode: str) -> None:
     model = build_model(f"hf:{vit_dir}", num_classes=4, mode=mode)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"net.model.classifier.weight", "net.model.classifier.bias"} <= trainable
     assert model.net(torch.rand(2, 3, 32, 32)).shape == (2, 4)  # a tensor, not an output object
-    if mode == "linear":
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 16, 16)), torch.tensor([0, 3]))
+    loss.backward()  # on [0, 1] images of the data's size: every trainable tensor gets a gradient
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
+    if mode == "full":
+        assert trainable == {n for n, _ in model.named_parameters()}
+    elif mode == "linear":
         assert len(trainable) == 2
     elif mode == "bitfit":
         assert "net.model.vit.layers.0.layernorm_before.weight" in trainable
@@ -202,4 +209,12 @@ def test_without_network_a_hub_id_comes_from_the_cache_or_fails_at_once(
     model = build_model("hf:me/vit", num_classes=4, mode="linear")  # from the cache
     assert list(model.info.mean) == MEAN and model.info.input_size == 32
     assert model.info.source == "hf pretrained (me/vit)"
+    assert model.net.hub_id == "me/vit"  # the model card's base_model
+
+    # a local directory, even one named like a repo id, is no base_model
+    monkeypatch.chdir(vit_dir.parent)
+    local = build_model(f"hf:{vit_dir.name}", num_classes=4)
+    assert local.net.hub_id is None and local.info.source == f"hf pretrained ({vit_dir.name})"
+    card = front_matter(None, {"data": {"name": "digits"}}, {"base_model": "me/vit"})
+    assert card["base_model"] == "me/vit"
     assert model.net(torch.rand(2, 3, 32, 32)).shape == (2, 4)

@@ -88,6 +88,9 @@ def export_run(
     }
     if hf_config is not None:
         metadata["hf_config"] = hf_config  # rebuilds the architecture without its source
+        hub_id = getattr(model.net, "hub_id", None)
+        if hub_id:  # from the Hub, not a local directory: the card's base_model
+            metadata["base_model"] = str(hub_id)
     blob = save(state, metadata=metadata)
     atomic_write_bytes(target, blob)
     parameters = sum(t.numel() for t in state.values())

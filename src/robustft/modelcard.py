@@ -2,7 +2,8 @@
 
 The layout is the one the Hugging Face Hub reads: a folder holding the weights, ``README.md``
 with YAML front matter (``library_name``, ``pipeline_tag``, ``tags``, ``datasets``,
-``metrics``, ``base_model`` for ``hf:`` repo ids, and ``model-index`` with the test results)
+``metrics``, ``base_model`` for ``hf:`` Hub repo ids (never a local directory), and
+``model-index`` with the test results)
 and the figure it shows (``robustness_curve.png``), so the folder can be uploaded as it is.
 The card gives the clean and robust accuracy, the expected robustness, the AutoAttack number
 when it was measured (labelled as such: it is not a point of the APGD-CE curve), the
@@ -53,7 +54,7 @@ def front_matter(
     result: Mapping[str, Any] | None, config: Mapping[str, Any], metadata: Mapping[str, str]
 ) -> dict[str, Any]:
     """The card's YAML metadata (see the module docstring)."""
-    model, data = config.get("model") or {}, config.get("data") or {}
+    data = config.get("data") or {}
     out: dict[str, Any] = {
         "library_name": "robustft",
         "pipeline_tag": "image-classification",
@@ -67,9 +68,8 @@ def front_matter(
     dataset = _dataset_id(str(data.get("name", "")))
     if dataset:
         out["datasets"] = [dataset]
-    name = str(model.get("name", metadata.get("model", "")))
-    if name.startswith("hf:") and not name[3:].startswith(("/", ".", "~")):
-        out["base_model"] = name[3:]
+    if metadata.get("base_model"):  # an hf: Hub repo id (never a local directory)
+        out["base_model"] = metadata["base_model"]
     if result is None:
         return out
     out["metrics"] = ["accuracy"]

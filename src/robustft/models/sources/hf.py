@@ -44,11 +44,13 @@ _logger = logging.getLogger("robustft.models")
 class HFImageClassifier(nn.Module):
     """A transformers image-classification model as a plain network: normalised images
     ``(B, 3, H, W)`` in, logits ``(B, K)`` out. Parameter names are the model's own under
-    ``model.`` (the export strips that prefix)."""
+    ``model.`` (the export strips that prefix). ``hub_id``: the Hub repo it came from (None for
+    a local directory): the model card's ``base_model``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, hub_id: str | None = None) -> None:
         super().__init__()
         self.model = model
+        self.hub_id = hub_id
         parameters = inspect.signature(model.forward).parameters
         self.interpolates = "interpolate_pos_encoding" in parameters
         size = getattr(getattr(model, "config", None), "image_size", None)
@@ -253,7 +255,7 @@ def _build_hf(arch: str, spec: ModelSpec) -> _Built:
         if local and not (Path(source) / "config.json").is_file():
             raise _load_error(arch, local, cache_only, err) from None
         raise UserError(f"{label}: not an image-classification model ({first_line(err)})") from None
-    net = HFImageClassifier(model)
+    net = HFImageClassifier(model, hub_id=None if local else source)
     mean, std, size = _normalisation(source, model.config, cache_only)
     return _Built(net, _head(net, label), mean, std, size, origin)
 
