@@ -108,6 +108,7 @@ def wandb_summary(records: list[Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow  # ~30 s on 2 shared cores: W&B starts its service twice
 def test_interrupted_run_resumed_is_one_tracked_run_per_backend(
     offline: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -117,7 +118,8 @@ def test_interrupted_run_resumed_is_one_tracked_run_per_backend(
     run_dir = offline / "run"
     # validation robust accuracy and the overfitting monitor on: every per-epoch number exists
     measured = ["val.robust_every=1", "val.robust_examples=8", "monitor.co=on"]
-    overrides = [*TINY, *measured, "monitor.examples=8", "monitor.pgd_steps=2", "log.project=trk"]
+    overrides = [*TINY, *measured, "monitor.examples=8", "monitor.pgd_steps=2"]
+    overrides += ["log.project=trk", "log.group=grp"]  # log.group: what a sweep sets
     config = load_config(SMOKE, [*overrides, "log.backends=[tensorboard,mlflow,wandb]"])
     with pytest.raises(KeyboardInterrupt):
         fit(config, run_dir, callbacks=StopAtSecondEpoch(), device="cpu")
@@ -166,9 +168,9 @@ def test_interrupted_run_resumed_is_one_tracked_run_per_backend(
         events.Tags()["tensors"]
     )
 
-    # MLflow: one run in the project's experiment, two points per metric, finished
+    # MLflow: one run in the group's experiment, two points per metric, finished
     client = MlflowClient(tracking_uri=mlflow_uri)
-    experiment = client.get_experiment_by_name("trk")
+    experiment = client.get_experiment_by_name("grp")  # the group, not the project
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [first["mlflow"]["run_id"]]
     run_id = runs[0].info.run_id
@@ -200,6 +202,7 @@ def test_interrupted_run_resumed_is_one_tracked_run_per_backend(
     assert summary["expected_robustness"] == pytest.approx(result["expected_robustness"])
     run_record = next(r.run for r in before if r.WhichOneof("record_type") == "run")
     assert run_record.project == "trk" and run_record.run_id == first["wandb"]["id"]
+    assert run_record.run_group == "grp"
 
 
 def test_epochs_a_kill_kept_from_the_trackers_are_logged_on_resume(
@@ -308,6 +311,7 @@ def test_sweep_runs_are_grouped_under_the_sweep(
     for config in (offline / "sw" / "runs").glob("*/config.yaml"):  # what workers train from
         log = yaml.safe_load(config.read_text())["log"]
         assert log["group"] == "grouped" and log["backends"] == ["mlflow"]
+    # (log.group -> the W&B group: test_interrupted_run_resumed_is_one_tracked_run_per_backend)
 
 
 def test_command_line_imports_no_extra() -> None:
