@@ -114,6 +114,7 @@ def test_interrupted_run_resumed_is_one_tracked_run_per_backend(
 ) -> None:
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     run_dir = offline / "run"
     # validation robust accuracy and the overfitting monitor on: every per-epoch number exists
@@ -164,6 +165,12 @@ def test_interrupted_run_resumed_is_one_tracked_run_per_backend(
         result["expected_robustness"]
     )
     assert "robustness_curve" in events.Tags()["images"]
+    hparams = events.PluginTagToContent("hparams")  # the HParams tab: config vs result
+    start = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["model.name"].string_value == "timm:test_efficientnet"
+    assert start.session_start_info.hparams["train.epochs"].number_value == 2
+    experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    assert "result/expected_robustness" in {m.name.tag for m in experiment.metric_infos}
     assert {"robustness_curve/text_summary", "findings/text_summary"} <= set(
         events.Tags()["tensors"]
     )
