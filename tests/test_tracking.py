@@ -320,6 +320,14 @@ def test_sweep_runs_are_grouped_under_the_sweep(
         assert log["group"] == "grouped" and log["backends"] == ["mlflow"]
     # (log.group -> the W&B group: test_interrupted_run_resumed_is_one_tracked_run_per_backend)
 
+    # --index (a Slurm array task) tracks its run the same way
+    one = ["sweep", str(path), "--out", str(offline / "sw1"), "--index", "1", "--device", "cpu"]
+    assert cli.main([*one, "--log", "tensorboard"]) == 0
+    capsys.readouterr()
+    (run_dir,) = (offline / "sw1" / "runs").iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["log"]["group"] == "grouped"
+    assert RunDir(run_dir).read_tracking()["tensorboard"]["last_epoch"] == 2
+
 
 def test_command_line_imports_no_extra() -> None:
     code = (

@@ -585,11 +585,12 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
         world=state.world,
         early_stop=ecfg.early_stop,
     )
-    if ecfg.autoattack is None:
+    version = ecfg.autoattack
+    if version is None:
         return curve
     from robustft.autoattack import autoattack_accuracy, label
 
-    callbacks.on_stage(label(ecfg.autoattack, grid[-1], state.config.attack.norm))
+    callbacks.on_stage(label(version, grid[-1], state.config.attack.norm))
     callbacks.on_eval_start(n)
 
     def measure() -> dict[str, Any]:
@@ -598,7 +599,7 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
             state.data.test,
             eps=grid[-1],
             norm=state.config.attack.norm,
-            version=ecfg.autoattack,
+            version=version,
             num_classes=state.data.num_classes,
             max_examples=ecfg.max_examples,
             seed=ecfg.seed,
