@@ -580,11 +580,14 @@ def _run_launched(
 
 def tracked(config: RunConfig, sweep: str, backends: Sequence[str]) -> RunConfig:
     """``config`` with ``backends`` added to ``log.backends`` and ``log.group`` set to the sweep's
-    name (unless the config names a group); the run id does not change (resource-only keys)."""
+    name (unless the config names a group); the run id does not change (resource-only keys).
+    Untracked runs (no backends) are left as they are."""
     from robustft.config import LogConfig
     from robustft.tracking import check_backends
 
     names = (*config.log.backends, *backends)
+    if not names:
+        return config
     check_backends(names)
     log = LogConfig(backends=names, project=config.log.project, group=config.log.group or sweep)
     return dataclasses.replace(config, log=log)
