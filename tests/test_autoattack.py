@@ -58,24 +58,27 @@ def test_standard_is_at_most_apgd_ce_on_the_same_examples(
     _, _, x_test, y_test = digits_data
     data = TensorDataset(x_test, y_test)
     model = trained_model.train()  # left in train mode: evaluated in eval mode, restored after
-    rng = torch.get_rng_state()
-    eps = 4 / 255
-    measured = autoattack_accuracy(
-        model, data, eps=eps, num_classes=10, max_examples=12, seed=3, batch_size=8
-    )
-    assert torch.equal(torch.get_rng_state(), rng)  # the reference's seeding is undone
-    assert model.training and all(m.training for m in model.modules())
-    curve = robustft.evaluate(model, data, eps_max=eps, eps_step=eps, max_examples=12, seed=3)
-    assert measured.examples == curve.examples  # the same stratified sample
-    assert (measured.n, measured.seed, measured.eps, measured.norm) == (12, 3, eps, "linf")
-    assert measured.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
-    assert measured.target_classes == 9
-    assert measured.accuracy <= curve.robust_accuracy
-    assert measured.clean_accuracy == curve.clean_accuracy
-    clean = [c == "1" for c in curve.correct[0]]
-    assert all(clean[i] for i, c in enumerate(measured.correct) if c == "1")
-    assert measured.accuracy == sum(c == "1" for c in measured.correct) / 12
-    assert curve.robust_accuracy > 0  # the comparison is not between two zeros
+    try:
+        rng = torch.get_rng_state()
+        eps = 4 / 255
+        measured = autoattack_accuracy(
+            model, data, eps=eps, num_classes=10, max_examples=12, seed=3, batch_size=8
+        )
+        assert torch.equal(torch.get_rng_state(), rng)  # the reference's seeding is undone
+        assert model.training and all(m.training for m in model.modules())
+        curve = robustft.evaluate(model, data, eps_max=eps, eps_step=eps, max_examples=12, seed=3)
+        assert measured.examples == curve.examples  # the same stratified sample
+        assert (measured.n, measured.seed, measured.eps, measured.norm) == (12, 3, eps, "linf")
+        assert measured.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
+        assert measured.target_classes == 9
+        assert measured.accuracy <= curve.robust_accuracy
+        assert measured.clean_accuracy == curve.clean_accuracy
+        clean = [c == "1" for c in curve.correct[0]]
+        assert all(clean[i] for i, c in enumerate(measured.correct) if c == "1")
+        assert measured.accuracy == sum(c == "1" for c in measured.correct) / 12
+        assert curve.robust_accuracy > 0  # the comparison is not between two zeros
+    finally:
+        trained_model.eval()  # the fixture is shared by the whole session
 
 
 def test_plus_runs_its_six_attacks_in_order(

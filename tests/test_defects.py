@@ -137,7 +137,7 @@ def test_eval_and_export_refuse_an_older_checkpoint(
     always_predicts(0, "digits", folder / "last.pt")
     always_predicts(1, "digits", folder / "last.pt")  # the first becomes last.pt.prev
     (folder / "last.pt").write_bytes(b"torn")
-    out = tmp_path / "m.safetensors"
+    out = tmp_path / "a" / "m.safetensors"  # each export in a folder of its own (model card)
     assert cli.main(["export", str(tmp_path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "corrupt" in err and "last.pt.prev" in err, err
@@ -149,7 +149,7 @@ def test_eval_and_export_refuse_an_older_checkpoint(
     capsys.readouterr()
     # both damaged: no advice to use .prev
     (folder / "last.pt.prev").write_bytes(b"torn too")
-    assert cli.main(["export", str(tmp_path), "--out", str(tmp_path / "n.safetensors")]) == 2
+    assert cli.main(["export", str(tmp_path), "--out", str(tmp_path / "b" / "n.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "damaged too" in err and "pass the file" not in err, err
 
