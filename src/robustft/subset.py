@@ -76,6 +76,12 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
+def sample_size(dataset: Dataset, n: int | None) -> int:
+    """How many examples an ``n``-example evaluation of ``dataset`` looks at (progress bars)."""
+    size = len(dataset)  # type: ignore[arg-type]
+    return size if n is None else min(n, size)
+
+
 def select(dataset: Dataset, n: int | None, seed: int) -> Selection:
     """Choose at most ``n`` examples of ``dataset`` (all of them when ``n`` is None or >= its
     size): stratified by label where the labels are known, else uniformly; seeded."""

@@ -69,7 +69,7 @@ from robustft.result import run_result
 from robustft.robustness import RobustnessCurve, robustness_curve
 from robustft.rundir import RunDir, check_run_dir, init_run_dir, locked, write_env
 from robustft.schedules import Auto, EpsSchedule, HingeAuto
-from robustft.subset import subset
+from robustft.subset import sample_size, subset
 
 _logger = logging.getLogger(__name__)
 
@@ -565,11 +565,7 @@ def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve
     ecfg = state.config.eval
     grid = eval_grid(state.config)
     attack = build_eval_attack(state.config)
-    n = (
-        len(state.data.test)
-        if ecfg.max_examples is None
-        else min(ecfg.max_examples, len(state.data.test))
-    )  # type: ignore[arg-type]
+    n = sample_size(state.data.test, ecfg.max_examples)
     callbacks.on_stage("robustness curve")
     callbacks.on_eval_start(n)
     curve = robustness_curve(

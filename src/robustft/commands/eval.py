@@ -240,6 +240,7 @@ def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
     from robustft.build import build_attack, build_data, load_trained_model
     from robustft.checkpoint import atomic_write_json
     from robustft.robustness import robustness_curve
+    from robustft.subset import sample_size
     from robustft.units import eps_grid
 
     say = print if world.is_main else _quiet
@@ -254,7 +255,7 @@ def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
     data = build_data(config)
     check_checkpoint_classes(payload, data, run=args.run, data_given=args.data is not None)
     progress = Progress(label="eval", norm=chosen.norm)
-    n = len(data.test) if chosen.max_examples is None else min(chosen.max_examples, len(data.test))
+    n = sample_size(data.test, chosen.max_examples)
     if world.is_main:
         progress.on_eval_start(n)
     curve = robustness_curve(
@@ -307,10 +308,11 @@ def with_autoattack(
     """Measure AutoAttack (``--autoattack``), print it, store it in the run when it is the
     run's own evaluation budget and data; returns the curve with it attached."""
     from robustft.autoattack import autoattack_accuracy, label
+    from robustft.subset import sample_size
 
     progress = Progress(label="eval", norm=chosen.norm)
     progress.on_stage(label(args.autoattack, chosen.eps_max, chosen.norm))
-    n = len(data.test) if chosen.max_examples is None else min(chosen.max_examples, len(data.test))
+    n = sample_size(data.test, chosen.max_examples)
     progress.on_eval_start(n)
     measured = autoattack_accuracy(
         model,
