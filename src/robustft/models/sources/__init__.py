@@ -4,11 +4,12 @@
 - :mod:`~robustft.models.sources.timm`: ``timm:<name>``.
 - :mod:`~robustft.models.sources.torchvision`: ``torchvision:<name>``.
 - :mod:`~robustft.models.sources.hf`: ``hf:<repo id or directory>`` (transformers).
-- :mod:`~robustft.models.sources.lite0`: the offline default ``efficientnet_lite0``.
+- :mod:`~robustft.models.sources.lite`: the offline default ``efficientnet_lite0`` and its
+  siblings ``efficientnet_lite1``/``efficientnet_lite2``.
 
 A new source is a module with a builder ``fn(arch, spec) -> _Built`` and one entry in
-:data:`_SOURCES` below (prefix -> builder). ``efficientnet_lite0`` has no prefix: the factory
-matches its full name.
+:data:`_SOURCES` below (prefix -> builder). The ``efficientnet_lite<k>`` names have no prefix: the
+factory matches their full names.
 """
 
 from __future__ import annotations
