@@ -537,6 +537,35 @@ def test_cli_report(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (sweep / "report" / "report.md").is_file()
 
 
+def test_one_report_over_several_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`report A B --out R` reports the runs of both directories together (a run id present in
+    both is counted once); without --out it refuses with one line rather than write into A."""
+    import shutil
+
+    a = make_run(tmp_path / "sweep-4", "fix", clean=0.8, robust=0.3, seed=0)
+    make_run(tmp_path / "sweep-8", "fix", clean=0.6, robust=0.1, seed=1)
+    shutil.copytree(a, tmp_path / "sweep-8" / a.name)  # a run reused by the second sweep
+    collection = collect_runs(tmp_path / "sweep-4", tmp_path / "sweep-8")
+    assert sorted(r.seed for r in collection.runs) == [0, 1]
+    assert collection.roots == (tmp_path / "sweep-4", tmp_path / "sweep-8")
+    assert "same run id" in collection.skipped[0]
+    out = tmp_path / "both"
+    args = ["report", str(tmp_path / "sweep-4"), str(tmp_path / "sweep-8")]
+    assert main([*args, "--out", str(out), "--no-plots"]) == 0
+    assert "| efficientnet_lite0 | fix | 70.0±14.1 / 20.0±14.1 /" in capsys.readouterr().out
+    assert (
+        f"2 runs from `{tmp_path / 'sweep-4'}`, `{tmp_path / 'sweep-8'}`."
+        in (out / "report.md").read_text()
+    )
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --out DIR" in err
+    assert not (tmp_path / "sweep-4" / "report").exists()
+    assert (
+        main(["report", str(tmp_path / "sweep-4"), str(tmp_path / "nope"), "--out", str(out)]) == 2
+    )
+
+
 def test_cli_empty_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,8 @@ from typing import Any
 
 HELP = """\
 Collect every finished run below PATH (any directory holding result.json: one run, a folder of
-runs, or a sweep directory) and write a report: paper-style tables (rows backbone x method,
+runs, or a sweep directory; several PATHs make one report over all of them, with --out) and
+write a report: paper-style tables (rows backbone x method,
 columns dataset; cells clean / robust at eps_g / expected robustness in %, mean +- std over
 seeds) as markdown, CSV and a self-contained HTML page; a cost table (measured training
 example-passes, time per epoch, trainable parameters next to expected robustness); plots (PNG
@@ -19,6 +20,7 @@ no_robustness) with a suggestion each, and runs the overfitting monitor stopped 
 examples:
   robustft report runs/demo
   robustft report sweeps/cars-4 --out reports/cars-4
+  robustft report sweeps/cars-4 sweeps/cars-8 --out reports/cars
 """
 
 
@@ -29,8 +31,10 @@ def add_parser(sub: Any) -> None:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("path", metavar="RUNS_OR_SWEEP_DIR")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: PATH/report)")
+    p.add_argument("paths", metavar="RUNS_OR_SWEEP_DIR", nargs="+")
+    p.add_argument(
+        "--out", metavar="DIR", help="output directory (default: PATH/report for one PATH)"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the plots (no matplotlib)")
     p.set_defaults(handler=run)
 
@@ -38,11 +42,17 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from robustft.errors import UserError
     from robustft.report import write_report
     from robustft.report.collect import collect_runs
 
-    collection = collect_runs(args.path)
-    out = Path(args.out) if args.out else Path(args.path) / "report"
+    if args.out is None and len(args.paths) > 1:
+        raise UserError(
+            f"{len(args.paths)} directories given: pass --out DIR for their common report "
+            "(one directory's report goes to PATH/report by default)"
+        )
+    collection = collect_runs(*args.paths)
+    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
     report = write_report(collection, out, plots=not args.no_plots)
     print(report.main_table)
     findings = [(r, f) for r in collection.runs for f in r.findings]

@@ -203,11 +203,18 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class Collection:
-    """The runs found below ``root`` and the directories skipped (one message each)."""
+    """The runs found below ``root`` (and ``more_roots``) and the directories skipped (one
+    message each)."""
 
     root: Path
     runs: tuple[RunRecord, ...]
     skipped: tuple[str, ...] = ()
+    more_roots: tuple[Path, ...] = ()
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """Every directory the runs were collected from, in the order given."""
+        return (self.root, *self.more_roots)
 
 
 @dataclass(frozen=True)
@@ -566,18 +573,24 @@ def with_findings(runs: Sequence[RunRecord]) -> tuple[RunRecord, ...]:
     return tuple(out)
 
 
-def collect_runs(root: str | Path) -> Collection:
-    """Load and diagnose every finished run below ``root``.
+def collect_runs(root: str | Path, *more_roots: str | Path) -> Collection:
+    """Load and diagnose every finished run below ``root`` (and each of ``more_roots``: one
+    report over several sweeps). A run id found twice is loaded once.
 
     Raises:
-        UserError: ``root`` does not exist or holds no finished run.
+        UserError: a directory does not exist, or none holds a finished run.
     """
-    base = Path(root)
-    if not base.exists():
-        raise UserError(f"{base}: no such file or directory")
-    if not base.is_dir():
-        raise UserError(f"{base}: not a directory; pass a run directory or a folder of runs")
-    finished, unfinished = find_run_dirs(base)
+    bases = [Path(r) for r in (root, *more_roots)]
+    finished: list[Path] = []
+    unfinished: list[Path] = []
+    for base in bases:
+        if not base.exists():
+            raise UserError(f"{base}: no such file or directory")
+        if not base.is_dir():
+            raise UserError(f"{base}: not a directory; pass a run directory or a folder of runs")
+        done, not_done = find_run_dirs(base)
+        finished += done
+        unfinished += not_done
     skipped = [f"skipped {d}: no result.json (unfinished run?)" for d in unfinished]
     runs: list[RunRecord] = []
     seen: dict[str, Path] = {}
@@ -594,8 +607,10 @@ def collect_runs(root: str | Path) -> Collection:
         runs.append(run)
     if not runs:
         detail = f" ({len(skipped)} skipped: {skipped[0]})" if skipped else ""
-        raise UserError(f"{base}: no finished runs (no result.json below it){detail}")
-    return Collection(base, with_findings(sort_runs(label_methods(runs))), tuple(skipped))
+        where = ", ".join(str(b) for b in bases)
+        raise UserError(f"{where}: no finished runs (no result.json below it){detail}")
+    labelled = with_findings(sort_runs(label_methods(runs)))
+    return Collection(bases[0], labelled, tuple(skipped), tuple(bases[1:]))
 
 
 def method_order(runs: Iterable[RunRecord]) -> list[str]:

@@ -532,7 +532,7 @@ def render_markdown(collection: Collection, plots: Sequence[tuple[str, str]]) ->
     runs = collection.runs
     parts = [
         "# robustft report\n",
-        f"{len(runs)} runs from `{collection.root}`.\n",
+        f"{len(runs)} runs from {', '.join(f'`{r}`' for r in collection.roots)}.\n",
         "## Results\n",
         markdown_results(results_tables(runs)),
         "## Cost\n",
@@ -836,7 +836,9 @@ def render_html(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         f"<title>robustft report</title><style>{CSS}</style></head><body>",
         "<h1>robustft report</h1>",
-        f"<p>{len(runs)} runs from <code>{html.escape(str(collection.root))}</code>.</p>",
+        f"<p>{len(runs)} runs from "
+        + ", ".join(f"<code>{html.escape(str(r))}</code>" for r in collection.roots)
+        + ".</p>",
         "<h2>Results</h2>",
     ]
     for table in results_tables(runs):
