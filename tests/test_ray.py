@@ -127,6 +127,49 @@ def test_sweep_as_ray_tasks_survives_a_dead_worker_and_reruns_skip(
     assert (victim / "train.log").read_text() == log
 
 
+def test_a_trials_last_epoch_is_reported_after_its_evaluation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ASHA may stop a trial at any report; were the last epoch reported before the final
+    evaluation, a trial judged there would lose its result after training every epoch."""
+    import math
+
+    from ray import tune as ray_tune
+
+    from robustft.tune import _Report
+
+    sent: list[tuple[str, int, float]] = []
+
+    def record(metrics: dict[str, Any]) -> None:
+        sent.append(("report", metrics["epoch"], metrics["val_acc"]))
+
+    monkeypatch.setattr(ray_tune, "report", record)
+    report = _Report("val_acc", "abc", epochs=3)
+    report.on_start(Path("run"), {}, [])
+    for epoch in (1, 2, 3):
+        report.on_epoch_end({"epoch": epoch, "val_acc": epoch / 10})
+        sent.append(("epoch end", epoch, 0.0))
+    sent.append(("evaluated", 3, 0.0))
+    report.on_result({}, None)
+    assert [(what, epoch) for what, epoch, _ in sent] == [
+        ("report", 1),
+        ("epoch end", 1),
+        ("report", 2),
+        ("epoch end", 2),
+        ("epoch end", 3),
+        ("evaluated", 3),
+        ("report", 3),
+    ]
+    assert sent[-1][2] == 0.3
+    # resumed after its last epoch (interrupted during the evaluation): the last row is sent
+    # once the evaluation is done; a NaN metric goes to ASHA as the worst value
+    sent.clear()
+    resumed = _Report("val_acc", "abc", epochs=3)
+    resumed.on_start(Path("run"), {}, [{"epoch": 3, "val_acc": float("nan")}])
+    resumed.on_result({}, None)
+    assert sent == [("report", 3, -math.inf)]
+
+
 @pytest.mark.slow
 def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
     local_ray: Any,

@@ -4,8 +4,9 @@ The paper tuned learning rate and weight decay per backbone and dataset with ASH
 validation accuracy of RFT-fix. Here Ray Tune samples ``--trials`` configurations from the
 ``--search`` distributions (seeded), runs each as a trial that trains an ordinary robustft run
 (:func:`robustft.train.fit`) in its own run directory, and reports the chosen metric of every
-epoch's ``metrics.jsonl`` row (default ``val_acc``) to Ray Tune's ASHAScheduler, which stops
-trials that fall behind at its rungs (epochs ``grace``, ``grace * rf``, ...). Nothing of the
+epoch's ``metrics.jsonl`` row (default ``val_acc``) to Ray Tune's ASHAScheduler (the last
+epoch's once the final evaluation is written), which stops trials that fall behind at its rungs
+(epochs ``grace``, ``grace * rf``, ...). Nothing of the
 search or of ASHA is implemented here: Ray Tune is the engine, and ``robustft tune`` needs it
 (``pip install 'robustft[ray]'``); without ``--address`` it runs on a local Ray instance.
 
@@ -256,12 +257,33 @@ def default_tune_dir(spec: TuneSpec, base: str | Path = "tunes") -> Path:
 
 class _Report(Callbacks):
     """A trial's callbacks: every finished epoch's metric goes to Ray Tune (the checkpoint of
-    that epoch is already on disk, so a trial stopped here loses nothing)."""
+    that epoch is already on disk, so a trial stopped here loses nothing), except the last
+    epoch's, which is sent once the final evaluation is written. ASHA may stop a trial at any
+    report, also at the last epoch (a trial resumed past a rung it was never judged at is
+    judged at its next report, whatever the epoch): reported before the evaluation, such a
+    trial lost its result after training every epoch and was listed as early-stopped."""
 
-    def __init__(self, metric: str, run_id: str) -> None:
-        self.metric, self.run_id = metric, run_id
+    def __init__(self, metric: str, run_id: str, epochs: int) -> None:
+        self.metric, self.run_id, self.epochs = metric, run_id, epochs
+        self.last: dict[str, Any] | None = None  # the last epoch's row, sent after the result
+
+    def on_start(
+        self, run_dir: Path, config: dict[str, Any], history: list[dict[str, Any]]
+    ) -> None:
+        if history and int(history[-1]["epoch"]) >= self.epochs:  # resumed for its evaluation
+            self.last = history[-1]
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
+        if int(row["epoch"]) >= self.epochs:
+            self.last = row
+        else:
+            self._send(row)
+
+    def on_result(self, result: dict[str, Any], curve: Any) -> None:
+        if self.last is not None:
+            self._send(self.last)
+
+    def _send(self, row: dict[str, Any]) -> None:
         from ray import tune
 
         value = row.get(self.metric)
@@ -282,7 +304,7 @@ def run_trial(params: dict[str, Any]) -> None:
     run_dir = Path(setup["trials"]) / config.run_id()
     torch.set_num_threads(int(setup["cpus"]))
     device = "cuda" if setup["gpus"] else "cpu"
-    report = _Report(setup["metric"], config.run_id())
+    report = _Report(setup["metric"], config.run_id(), config.train.epochs)
     fit(config, run_dir, resume=True, callbacks=report, device=device)
 
 
