@@ -36,12 +36,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustft.attacks.base import crafting_mode
+from robustft.config import AUTOATTACK_VERSIONS
 from robustft.errors import UserError
 from robustft.subset import subset
 
 _logger = logging.getLogger(__name__)
 
-VERSIONS = ("standard", "plus")
+VERSIONS = AUTOATTACK_VERSIONS  # standard, plus (validated in the config's eval.autoattack)
 NORMS = {"linf": "Linf", "l2": "L2"}  # robustft's names -> the reference's
 MIN_CLASSES = 4  # targeted DLR reads the 4th largest logit
 REFERENCE_TARGETS = 9
@@ -96,9 +97,7 @@ class AutoAttackResult:
 
     def label(self) -> str:
         """``AutoAttack (standard) at 8/255``: how tables and summaries name the number."""
-        from robustft.units import format_eps
-
-        return f"AutoAttack ({self.version}) at {format_eps(self.eps, self.norm)}"
+        return label(self.version, self.eps, self.norm)
 
 
 def label(version: str, eps: float, norm: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.commands._render import Progress, attack_label, pct, table
+from robustft.config import AUTOATTACK_VERSIONS
 from robustft.errors import UserError
 from robustft.units import format_eps, parse_eps
 
@@ -82,7 +83,7 @@ def add_parser(sub: Any) -> None:
         "--autoattack",
         nargs="?",
         const="standard",
-        choices=["standard", "plus"],
+        choices=AUTOATTACK_VERSIONS,
         help="also AutoAttack accuracy at eps-max (standard when no version is given); needs "
         "pip install 'robustft[autoattack]'",
     )
