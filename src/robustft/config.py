@@ -313,7 +313,7 @@ class EvalConfig:
             _choice("eval.autoattack", self.autoattack, AUTOATTACK_VERSIONS)
 
 
-AUTOATTACK_VERSIONS = ("standard", "plus")  # robustft.autoattack
+AUTOATTACK_VERSIONS = ("standard", "plus")  # robustft.autoattack's versions
 LOG_BACKENDS = ("tensorboard", "mlflow", "wandb")  # robustft.tracking
 
 
@@ -345,6 +345,19 @@ class LogConfig:
                     value,
                     "letters, digits and _.+- starting with a letter or digit",
                 )
+
+
+def add_log_backends(
+    config: RunConfig, backends: Sequence[str], *, group: str | None = None
+) -> RunConfig:
+    """``config`` with ``backends`` added to ``log.backends`` (``--log``) and, when it names no
+    group, ``log.group`` set to ``group`` (a sweep's name); unchanged when no backend is chosen
+    at all. The run id does not change (``log`` keys are resource keys)."""
+    names = (*config.log.backends, *backends)
+    if not names:
+        return config
+    log = LogConfig(backends=names, project=config.log.project, group=config.log.group or group)
+    return dataclasses.replace(config, log=log)
 
 
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers

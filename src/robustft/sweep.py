@@ -582,15 +582,12 @@ def tracked(config: RunConfig, sweep: str, backends: Sequence[str]) -> RunConfig
     """``config`` with ``backends`` added to ``log.backends`` and ``log.group`` set to the sweep's
     name (unless the config names a group); the run id does not change (resource-only keys).
     Untracked runs (no backends) are left as they are."""
-    from robustft.config import LogConfig
+    from robustft.config import add_log_backends
     from robustft.tracking import check_backends
 
-    names = (*config.log.backends, *backends)
-    if not names:
-        return config
-    check_backends(names)
-    log = LogConfig(backends=names, project=config.log.project, group=config.log.group or sweep)
-    return dataclasses.replace(config, log=log)
+    out = add_log_backends(config, backends, group=sweep)
+    check_backends(out.log.backends)
+    return out
 
 
 def run_sweep(

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from robustft.commands._render import Progress, pct, table
-from robustft.config import load_config
+from robustft.config import add_log_backends, load_config
 from robustft.errors import PeerFailed, UserError
 from robustft.rundir import RunDir, default_run_dir
 from robustft.units import format_eps
-
-if TYPE_CHECKING:
-    from robustft.config import RunConfig
 
 HELP = """\
 Fine-tune a pretrained backbone with adversarial training under an eps schedule, checkpoint
@@ -64,17 +60,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def with_log_backends(config: RunConfig, names: list[str]) -> RunConfig:
-    """``config`` with the ``--log`` backends added to ``log.backends`` (validated there)."""
-    if not names:
-        return config
-    from robustft.config import LogConfig
-
-    backends = (*config.log.backends, *names)
-    log = LogConfig(backends=backends, project=config.log.project, group=config.log.group)
-    return dataclasses.replace(config, log=log)
-
-
 def summary(result: dict[str, Any]) -> str:
     """The end-of-run table."""
     eps = format_eps(result["eval_eps_max"], result.get("norm", "linf"))
@@ -115,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     main = env_world().is_main  # under torchrun, rank 0 alone reports
     try:
-        config = with_log_backends(load_config(args.config, args.overrides), args.log)
+        config = add_log_backends(load_config(args.config, args.overrides), args.log)
     except UserError as err:
         if main:
             raise
