@@ -203,18 +203,17 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class Collection:
-    """The runs found below ``root`` (and ``more_roots``) and the directories skipped (one
-    message each)."""
+    """The runs found below ``roots`` (the directories given, in order) and the directories
+    skipped (one message each)."""
 
-    root: Path
+    roots: tuple[Path, ...]
     runs: tuple[RunRecord, ...]
     skipped: tuple[str, ...] = ()
-    more_roots: tuple[Path, ...] = ()
 
     @property
-    def roots(self) -> tuple[Path, ...]:
-        """Every directory the runs were collected from, in the order given."""
-        return (self.root, *self.more_roots)
+    def root(self) -> Path:
+        """The first directory given (the only one, for most reports)."""
+        return self.roots[0]
 
 
 @dataclass(frozen=True)
@@ -610,7 +609,7 @@ def collect_runs(root: str | Path, *more_roots: str | Path) -> Collection:
         where = ", ".join(str(b) for b in bases)
         raise UserError(f"{where}: no finished runs (no result.json below it){detail}")
     labelled = with_findings(sort_runs(label_methods(runs)))
-    return Collection(bases[0], labelled, tuple(skipped), tuple(bases[1:]))
+    return Collection(tuple(bases), labelled, tuple(skipped))
 
 
 def method_order(runs: Iterable[RunRecord]) -> list[str]:
