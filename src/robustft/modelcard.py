@@ -229,10 +229,12 @@ def write_card(out: Path, run_dir: Path | None, metadata: Mapping[str, str], con
     ``out``, atomically; returns the README's path. The caller checked that overwriting is
     allowed (:func:`is_ours`)."""
     from robustft.checkpoint import atomic_write_bytes, atomic_write_text
+    from robustft.rundir import RunDir, read_json_object
 
     readme, plot = card_files(out)
-    result = _read(run_dir / "result.json") if run_dir else None
-    curve = _read(run_dir / "robustness.json") if run_dir else None
+    run = RunDir(run_dir) if run_dir else None
+    result = read_json_object(run.result) if run else None
+    curve = read_json_object(run.robustness) if run else None
     if result is not None and run_dir is not None:
         from robustft.report.plots import run_curve_png
 
@@ -241,11 +243,3 @@ def write_card(out: Path, run_dir: Path | None, metadata: Mapping[str, str], con
             atomic_write_bytes(plot, png)
     atomic_write_text(readme, render_card(out, metadata, config, result, curve))
     return readme
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

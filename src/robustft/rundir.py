@@ -95,11 +95,7 @@ class RunDir:
     def read_tracking(self) -> dict[str, Any]:
         """The contents of ``tracking.json`` (empty when missing or unreadable: the trackers
         then start new runs)."""
-        try:
-            data = json.loads(self.tracking.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_object(self.tracking) or {}
 
     def write_tracking(self, backend: str, entry: dict[str, Any]) -> None:
         """Record ``entry`` for ``backend`` in ``tracking.json`` (atomically, other backends'
@@ -131,6 +127,16 @@ class RunDir:
         except (OSError, json.JSONDecodeError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is missing, unreadable, not JSON or not
+    an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
