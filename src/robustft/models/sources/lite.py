@@ -146,9 +146,6 @@ def _pair_lite_names(
     return mapping
 
 
-_pair_lite0_names = _pair_lite_names  # the name before Lite1/Lite2 were added
-
-
 def _lite_timm_net(name: str, num_classes: int) -> nn.Module:
     """A randomly initialised timm ``tf_efficientnet_lite<k>`` (no network access)."""
     import timm
