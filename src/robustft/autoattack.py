@@ -42,7 +42,6 @@ from robustft.subset import subset
 
 _logger = logging.getLogger(__name__)
 
-VERSIONS = AUTOATTACK_VERSIONS  # standard, plus (validated in the config's eval.autoattack)
 NORMS = {"linf": "Linf", "l2": "L2"}  # robustft's names -> the reference's
 MIN_CLASSES = 4  # targeted DLR reads the 4th largest logit
 REFERENCE_TARGETS = 9
@@ -177,8 +176,10 @@ def autoattack_accuracy(
         UserError: unknown version or norm, eps <= 0, fewer than 4 classes, empty data, or
             the reference package missing.
     """
-    if version not in VERSIONS:
-        raise UserError(f"AutoAttack version {version!r}: use one of {', '.join(VERSIONS)}")
+    if version not in AUTOATTACK_VERSIONS:
+        raise UserError(
+            f"AutoAttack version {version!r}: use one of {', '.join(AUTOATTACK_VERSIONS)}"
+        )
     if norm not in NORMS:
         raise UserError(f"AutoAttack norm {norm!r}: use one of {', '.join(NORMS)}")
     if not eps > 0:
