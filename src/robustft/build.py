@@ -103,7 +103,8 @@ def eval_grid(config: RunConfig) -> list[float]:
 
 def check_config(config: RunConfig) -> None:
     """Fail fast on names and values that only the library can check (schedule, attacks),
-    before anything is written; and that the tracking backends chosen are installed."""
+    before anything is written; and that the tracking backends and AutoAttack
+    (``eval.autoattack``) chosen are installed."""
     from robustft.tracking import check_backends
 
     check_backends(config.log.backends)
@@ -111,6 +112,10 @@ def check_config(config: RunConfig) -> None:
     build_train_attack(config)
     eval_grid(config)
     build_attack(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
+    if config.eval.autoattack is not None:
+        from robustft.autoattack import reference
+
+        reference()
 
 
 ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")

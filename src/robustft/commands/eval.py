@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.commands._render import Progress, attack_label, pct, table
-from robustft.config import AUTOATTACK_VERSIONS
+from robustft.config import AUTOATTACK_VERSIONS, SEED_RANGE, valid_seed
 from robustft.errors import UserError
-from robustft.units import format_eps, parse_eps
+from robustft.units import default_eps_step, format_eps, parse_eps
 
 if TYPE_CHECKING:
     from robustft.config import RunConfig
@@ -29,6 +29,9 @@ eps (the paper's protocol).
 
 --data evaluates on another dataset (its test/ folder, or a test split carved out as in
 training); its classes must be the checkpoint's, with the same names in the same order.
+
+--norm other than the run's needs --eps-max in its units; the grid step then defaults to 1/255
+in linf and eps-max/8 in l2 (--eps-step to choose).
 
 --autoattack [standard|plus] also measures AutoAttack accuracy (the reference implementation,
 the RobustBench number) at eps-max on the same examples; on the run's own data and eps it is
@@ -52,7 +55,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--eps-max", help="largest eps, e.g. 8/255 (default: the run's eval grid)")
-    p.add_argument("--eps-step", help="grid step (default: the run's, 1/255 unless changed)")
+    p.add_argument(
+        "--eps-step",
+        help="grid step (default: the run's, 1/255 unless changed; with another --norm, 1/255 "
+        "in linf and eps-max/8 in l2)",
+    )
     p.add_argument(
         "--attack",
         help="apgd-ce, apgd-dlr, pgd, fgsm, fgsm-rs, square (gradient-free, l-inf); "
@@ -170,14 +177,11 @@ def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.max_examples is not None and args.max_examples < 1:
         raise UserError(f"--max-examples must be >= 1, got {args.max_examples}")
+    if args.seed is not None and not valid_seed(args.seed):
+        raise UserError(f"--seed must be {SEED_RANGE}, got {args.seed}")
     ecfg = config.eval
     norm = args.norm or config.attack.norm
     upper = 1.0 if norm == "linf" else 1e6
-    step = ecfg.eps_step
-    if args.eps_step is not None:
-        step = parse_eps(args.eps_step, name="--eps-step", upper=upper)
-        if step == 0:
-            raise UserError("--eps-step must be > 0, e.g. 1/255")
     if args.eps_max is not None:
         eps_max = parse_eps(args.eps_max, name="--eps-max", upper=upper)
         if eps_max == 0:
@@ -186,6 +190,14 @@ def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
         raise UserError(f"--norm {norm} differs from the run's; pass --eps-max in {norm} units")
     else:
         eps_max = eval_grid(config)[-1]
+    if args.eps_step is not None:
+        step = parse_eps(args.eps_step, name="--eps-step", upper=upper)
+        if step == 0:
+            raise UserError("--eps-step must be > 0, e.g. 1/255")
+    elif norm != config.attack.norm:  # the run's step is in the other norm's units
+        step = default_eps_step(norm, eps_max)
+    else:
+        step = ecfg.eps_step
     return EvalSettings(
         attack=args.attack or ecfg.attack,
         steps=args.steps if args.steps is not None else ecfg.steps,
