@@ -5,6 +5,7 @@ failed before its fix."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,3 +216,129 @@ def test_evaluate_in_l2_defaults_to_a_step_in_l2_units(tiny_model: torch.nn.Modu
     assert list(curve.epsilons) == [0.0625 * i for i in range(9)]
     curve = robustft.evaluate(tiny_model, data, eps_max="2/255", attack="fgsm")
     assert list(curve.epsilons) == [0, 1 / 255, 2 / 255]  # l-inf keeps 1/255
+
+
+# point 7
+
+
+def test_eval_and_export_of_a_run_still_training_say_so_and_which_epoch(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    """Evaluating a run in progress silently used whatever checkpoint existed (two evals a
+    minute apart gave 5.62% and 4.37%)."""
+    from robustft.rundir import RunDir, locked
+
+    run = copy_run(runs["interrupted"], tmp_path / "run")
+    with locked(RunDir(run)):  # as the process training it holds it
+        assert cli.main(["eval", str(run), *FAST]) == 0
+        out = capsys.readouterr().out
+        note = next(line for line in out.splitlines() if line.startswith("note: "))
+        assert f"{run} is still training (in use by pid" in note, note
+        assert "its checkpoint is of epoch 1 of 2, not the final model" in note
+        out_file = tmp_path / "export" / "model.safetensors"
+        assert cli.main(["export", str(run), "--out", str(out_file)]) == 0
+        assert "is still training" in capsys.readouterr().out
+        card = (out_file.parent / "README.md").read_text()
+        assert "was still training when it was exported" in card
+        assert "checkpoint of epoch 1 of 2" in card
+    assert cli.main(["eval", str(run), *FAST]) == 0  # interrupted: no process holds it
+    out = capsys.readouterr().out
+    assert f"note: {run} has not finished (interrupted, or not started); its checkpoint" in out
+
+
+def test_eval_export_and_report_of_a_failed_run_say_it_failed_and_why(
+    runs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    one_thread: None,
+) -> None:
+    """A failed run was evaluated without a word, its model card said "had not finished" and
+    the report listed it as "unfinished run?"."""
+    from robustft.report.collect import collect_runs
+
+    folder = tmp_path / "sweep"
+    run = failed_run(runs["interrupted"], folder / "failed", monkeypatch)
+    assert cli.main(["eval", str(run), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {run} failed (numerical fault at epoch 2, step 15: loss is nan (lr " in out
+    assert "its checkpoint is of epoch 1 of 2, not the final model" in out
+    out_file = tmp_path / "export" / "model.safetensors"
+    assert cli.main(["export", str(run), "--out", str(out_file)]) == 0
+    assert f"note: {run} failed (numerical fault at epoch 2" in capsys.readouterr().out
+    card = (out_file.parent / "README.md").read_text()
+    assert "The run failed: numerical fault at epoch 2" in card
+    assert "last checkpoint, epoch 1 of 2: no test results" in card
+    assert "had not finished" not in card
+
+    copy_run(runs["finished"], folder / "finished")
+    skipped = collect_runs(folder).skipped
+    assert len(skipped) == 1, skipped
+    assert skipped[0].startswith(f"skipped {run}: failed (numerical fault at epoch 2, step 15")
+    assert skipped[0].endswith("; 1 of 2 epochs done, no result.json")
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval/export said "checkpoint not found" although failure.json said why."""
+    from robustft.errors import NumericalFault
+    from robustft.rundir import RunDir, locked
+    from robustft.train import fit
+
+    run = tmp_path / "run"
+    fail_at(1, monkeypatch)
+    with pytest.raises(NumericalFault):
+        fit(load_config(SMOKE, TINY), run, device="cpu")
+    for argv in (
+        ["eval", str(run), *FAST],
+        ["export", str(run), "--out", str(tmp_path / "m.safetensors")],
+    ):
+        assert cli.main(argv) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"robustft: error: {run} failed (numerical fault at epoch 1, step 0")
+        assert line.endswith("before its first checkpoint: there is no model")
+    (run / "failure.json").unlink()
+    with locked(RunDir(run)):  # a run still in its first epoch
+        assert cli.main(["eval", str(run), *FAST]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"{run} is still training (in use by pid" in line
+        assert line.endswith(
+            "has no checkpoint yet (its first epoch has not ended); try again later"
+        )
+
+
+# point 14
+
+
+def test_autoattack_is_stored_only_beside_a_curve_of_the_same_sample(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    """`eval --autoattack --max-examples 20` on a run whose curve used 40 stored it next to
+    the curve, and the report showed it without n."""
+    from robustft.report.collect import load_run
+    from robustft.report.tables import RUN_HEADERS, run_rows
+
+    run = copy_run(runs["finished"], tmp_path / "run")
+    result = json.loads((run / "result.json").read_text())
+    assert result["autoattack"] is None and result["eval_examples"] == 8
+    argv = ["eval", str(run), "--autoattack", "--device", "cpu"]
+    assert cli.main([*argv, "--max-examples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"note: AutoAttack not stored in {run}: measured on 4 examples (seed 0), the run's "
+        "curve on 8 examples (seed 0); measure it without --max-examples and --seed to store it"
+    ) in out, out
+    assert json.loads((run / "result.json").read_text())["autoattack"] is None
+    assert json.loads((run / "robustness.json").read_text())["autoattack"] is None
+
+    assert cli.main(argv) == 0  # the run's own sample: stored
+    assert f"AutoAttack stored in {run / 'result.json'}" in capsys.readouterr().out
+    assert json.loads((run / "result.json").read_text())["autoattack"]["n"] == 8
+    row = dict(zip(RUN_HEADERS, run_rows([load_run(run)])[0]))
+    assert row["AutoAttack %"].endswith("(standard, n=8)"), row
+
+    out_file = tmp_path / "export" / "model.safetensors"
+    assert cli.main(["export", str(run), "--out", str(out_file)]) == 0
+    card = (out_file.parent / "README.md").read_text()
+    assert "name: AutoAttack (standard) at linf 32/255, 8 examples" in card

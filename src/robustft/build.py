@@ -33,7 +33,7 @@ from robustft.models import (
     param_groups,
 )
 from robustft.monitor import OverfitRule
-from robustft.rundir import RunDir
+from robustft.rundir import RunDir, run_state
 from robustft.schedules import EpsSchedule, parse_schedule
 from robustft.units import eps_grid
 
@@ -185,6 +185,15 @@ def load_trained_model(
 
     p = Path(path)
     ckpt = RunDir(p).checkpoint if p.is_dir() else p
+    if p.is_dir() and not RunDir(p).has_checkpoint():
+        state = run_state(p)
+        if state.status == "failed":
+            raise UserError(f"{state.text()} before its first checkpoint: there is no model")
+        if state.status == "training":
+            raise UserError(
+                f"{state.text()} and has no checkpoint yet (its first epoch has not ended); "
+                "try again later"
+            )
     payload = load_latest_checkpoint(ckpt)
     config = build_config(payload["config"])
     full = config.model.mode == "full"  # every weight is in the checkpoint: no base needed
