@@ -276,29 +276,40 @@ def evaluate(
     steps: int = 10,
     norm: str = "linf",
     mode: str = "cascade",
-    eps_step: float | str = 1 / 255,
+    eps_step: float | str | None = None,
     max_examples: int | None = None,
     seed: int = 0,
     batch_size: int = 128,
     early_stop: bool = True,
 ) -> RobustnessCurve:
     """The robustness curve of ``model`` (any ``nn.Module`` mapping ``[0, 1]`` images to logits)
-    on ``data`` over the grid ``0, eps_step, ..., eps_max`` (pixel units; ``"8/255"`` accepted),
-    with expected robustness and sanity warnings; see :func:`robustft.robustness.robustness_curve`
-    (``early_stop``: settle each example at its first fooling iterate).
+    on ``data`` over the grid ``0, eps_step, ..., eps_max`` (pixel units; ``"8/255"`` accepted;
+    ``eps_step`` None: ``1/255`` in l-inf, ``eps_max / 8`` in l2), on a seeded, stratified
+    sample of ``max_examples`` (None: all), with expected robustness and sanity warnings; see
+    :func:`robustft.robustness.robustness_curve` (``early_stop``: settle each example at its
+    first fooling iterate).
     """
     from robustft.build import build_attack
+    from robustft.config import SEED_RANGE, valid_seed
     from robustft.robustness import robustness_curve
-    from robustft.units import eps_grid, parse_eps
+    from robustft.units import default_eps_step, eps_grid, parse_eps
 
     upper = 1.0 if norm == "linf" else 1e6
     top = parse_eps(eps_max, name="eps_max", upper=upper)
-    step = parse_eps(eps_step, name="eps_step", upper=upper)
+    if eps_step is None:
+        step = default_eps_step(norm, top)
+    else:
+        step = parse_eps(eps_step, name="eps_step", upper=upper)
     if top == 0 or step == 0:
         raise UserError("eps_max and eps_step must be > 0 (eps 0 is the clean accuracy)")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
+    counts: list[tuple[str, object]] = [("steps", steps), ("batch_size", batch_size)]
+    if max_examples is not None:  # None: every example
+        counts.append(("max_examples", max_examples))
+    for name, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{name}: expected an integer >= 1, got {value!r}")
+    if not valid_seed(seed):
+        raise UserError(f"seed: expected {SEED_RANGE}, got {seed!r}")
     dataset = _as_dataset(data, "data")
     check_example(dataset, "data")
     return robustness_curve(

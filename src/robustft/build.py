@@ -33,7 +33,7 @@ from robustft.models import (
     param_groups,
 )
 from robustft.monitor import OverfitRule
-from robustft.rundir import RunDir
+from robustft.rundir import RunDir, run_state
 from robustft.schedules import EpsSchedule, parse_schedule
 from robustft.units import eps_grid
 
@@ -103,7 +103,8 @@ def eval_grid(config: RunConfig) -> list[float]:
 
 def check_config(config: RunConfig) -> None:
     """Fail fast on names and values that only the library can check (schedule, attacks),
-    before anything is written; and that the tracking backends chosen are installed."""
+    before anything is written; and that the tracking backends and AutoAttack
+    (``eval.autoattack``) chosen are installed."""
     from robustft.tracking import check_backends
 
     check_backends(config.log.backends)
@@ -111,6 +112,10 @@ def check_config(config: RunConfig) -> None:
     build_train_attack(config)
     eval_grid(config)
     build_attack(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
+    if config.eval.autoattack is not None:
+        from robustft.autoattack import reference
+
+        reference()
 
 
 ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")
@@ -180,6 +185,15 @@ def load_trained_model(
 
     p = Path(path)
     ckpt = RunDir(p).checkpoint if p.is_dir() else p
+    if p.is_dir() and not RunDir(p).has_checkpoint():
+        state = run_state(p)
+        if state.status == "failed":
+            raise UserError(f"{state.text()} before its first checkpoint: there is no model")
+        if state.status == "training":
+            raise UserError(
+                f"{state.text()} and has no checkpoint yet (its first epoch has not ended); "
+                "try again later"
+            )
     payload = load_latest_checkpoint(ckpt)
     config = build_config(payload["config"])
     full = config.model.mode == "full"  # every weight is in the checkpoint: no base needed

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from robustft.errors import UserError, did_you_mean
+from robustft.errors import UserError, did_you_mean, is_int
 from robustft.units import format_eps, parse_eps
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # run, sweep and method names
@@ -283,10 +283,13 @@ class MonitorConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """Final robustness curve on the test split: ``attack`` with ``steps`` on the grid
-    0, eps_step, ..., eps_max (eps_max null = attack.eps). ``early_stop``: settle an example at
-    the first iterate that fools the model (same accuracies for APGD, the same or lower for PGD,
-    fewer passes; see :mod:`robustft.robustness`); false runs every step and judges the last
-    point."""
+    0, eps_step, ..., eps_max (eps_max > 0; null = attack.eps, or 8/255 in l-inf and 0.5 in l2
+    when that is 0). ``max_examples``: a seeded, stratified sample of N test examples (null =
+    all); ``seed`` (>= 0) draws it and the attacks' random starts. ``early_stop``: settle an
+    example at the first iterate that fools the model (same accuracies for APGD, the same or
+    lower for PGD, fewer passes; see :mod:`robustft.robustness`); false runs every step and
+    judges the last point. Every value is checked here, with the rest of the config, before a
+    run starts (what needs the data, AutoAttack's classes, is checked once it is loaded)."""
 
     attack: str = "apgd-ce"
     steps: int = 10
@@ -301,16 +304,39 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.eps_max is not None:
-            object.__setattr__(
-                self, "eps_max", parse_eps(self.eps_max, name="config eval.eps_max", upper=1e6)
+            top = parse_eps(self.eps_max, name="config eval.eps_max", upper=1e6)
+            _check(
+                top > 0,
+                "eval.eps_max",
+                self.eps_max,
+                "a size > 0 such as 8/255 (eps 0 is the clean accuracy), or null for the "
+                "training eps_g (attack.eps)",
             )
+            object.__setattr__(self, "eps_max", top)
         step = parse_eps(self.eps_step, name="config eval.eps_step", upper=1e6)
         _check(step > 0, "eval.eps_step", self.eps_step, "a step > 0 such as 1/255")
         object.__setattr__(self, "eps_step", step)
         _check(self.steps >= 1, "eval.steps", self.steps, "an integer >= 1")
         _choice("eval.mode", self.mode, ("cascade", "independent"))
+        if self.max_examples is not None:
+            _check(
+                self.max_examples >= 1,
+                "eval.max_examples",
+                self.max_examples,
+                "an integer >= 1, or null for the whole test split",
+            )
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+        _check(valid_seed(self.seed), "eval.seed", self.seed, SEED_RANGE)
         if self.autoattack is not None:
             _choice("eval.autoattack", self.autoattack, AUTOATTACK_VERSIONS)
+
+
+SEED_RANGE = "an integer in [0, 2**64)"  # what torch's and numpy's generators take
+
+
+def valid_seed(value: Any) -> bool:
+    """Whether ``value`` can seed an evaluation (see :data:`SEED_RANGE`)."""
+    return is_int(value) and 0 <= value < 2**64
 
 
 AUTOATTACK_VERSIONS = ("standard", "plus")  # robustft.autoattack's versions

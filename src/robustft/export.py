@@ -23,6 +23,7 @@ from typing import Any
 
 from robustft.checkpoint import atomic_write_bytes
 from robustft.errors import UserError, first_line
+from robustft.rundir import run_dir_of, run_state
 
 FORMAT = "robustft-export-v1"
 
@@ -37,6 +38,7 @@ class ExportSummary:
     size_bytes: int
     metadata: dict[str, str]
     card: Path | None = None  # the model card (README.md) written next to the file
+    note: str | None = None  # the run had not finished: its state and the checkpoint's epoch
 
 
 def export_run(
@@ -95,11 +97,15 @@ def export_run(
     atomic_write_bytes(target, blob)
     parameters = sum(t.numel() for t in state.values())
     written = None
+    run_dir = run_dir_of(Path(run))
     if card:
         from robustft.modelcard import write_card
 
-        written = write_card(target, _run_dir_of(Path(run)), metadata, config.to_dict())
-    return ExportSummary(target, len(state), parameters, len(blob), metadata, written)
+        written = write_card(target, run_dir, metadata, config.to_dict())
+    note = None
+    if run_dir is not None:
+        note = run_state(run_dir).checkpoint_note(metadata["epoch"], config.train.epochs)
+    return ExportSummary(target, len(state), parameters, len(blob), metadata, written, note)
 
 
 def _check_card(target: Path, force: bool) -> None:
@@ -117,14 +123,6 @@ def _check_card(target: Path, force: bool) -> None:
         )
     if not force:
         raise UserError(f"{readme} (a model card) exists; pass --force to overwrite it")
-
-
-def _run_dir_of(run: Path) -> Path | None:
-    """The run directory of a run dir or of a checkpoint inside one (None when unknown)."""
-    for candidate in (run, run.parent.parent):
-        if (candidate / "config.yaml").is_file() and candidate.is_dir():
-            return candidate
-    return None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

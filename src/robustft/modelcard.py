@@ -16,12 +16,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from robustft import __version__
 from robustft.units import format_eps
+
+if TYPE_CHECKING:
+    from robustft.rundir import RunState
 
 MARKER = "<!-- written by robustft export -->"  # a README.md without it is never overwritten
 CURVE_FILE = "robustness_curve.png"
@@ -97,7 +100,7 @@ def front_matter(
                 "type": "accuracy",
                 "value": _pct(result["autoattack_accuracy"]),
                 "name": f"AutoAttack ({measured['version']}) at {norm} "
-                f"{format_eps(float(measured['eps']), norm)}",
+                f"{format_eps(float(measured['eps']), norm)}, {measured.get('n', '?')} examples",
             }
         )
     dataset_entry = {
@@ -133,7 +136,8 @@ def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None)
     if measured and result.get("autoattack_accuracy") is not None:
         at = format_eps(float(measured["eps"]), norm)
         lines.append(
-            f"| AutoAttack ({measured['version']}) at {norm} {at}, {measured['n']} examples | "
+            f"| AutoAttack ({measured['version']}) at {norm} {at}, {measured.get('n', '?')} "
+            "examples | "
             f"{100 * result['autoattack_accuracy']:.2f} |"
         )
     lines += [
@@ -166,9 +170,11 @@ def render_card(
     config: Mapping[str, Any],
     result: Mapping[str, Any] | None,
     curve: Mapping[str, Any] | None,
+    state: RunState | None = None,
 ) -> str:
     """The model card's markdown for the export ``out`` (``result``/``curve``: the run's
-    ``result.json`` and ``robustness.json``, None when the run has not finished)."""
+    ``result.json`` and ``robustness.json``, None when the run has not finished; ``state``:
+    where the run stood, None when the export came from a checkpoint outside its run dir)."""
     head = yaml.safe_dump(front_matter(result, config, metadata), sort_keys=False)
     name = str(config.get("name", "model"))
     classes = json.loads(metadata.get("class_names") or "[]")
@@ -194,7 +200,7 @@ def render_card(
         "",
     ]
     if result is None:
-        lines += ["The run had not finished when it was exported: no test results.", ""]
+        lines += [_unfinished_text(state, metadata.get("epoch"), config), ""]
     else:
         lines += _results_section(result, curve)
     lines += [
@@ -224,12 +230,32 @@ def render_card(
     return "\n".join(lines)
 
 
+def _unfinished_text(state: RunState | None, epoch: object, config: Mapping[str, Any]) -> str:
+    """The card's sentence for an export without test results: failed (and why), still
+    training, or not finished, and which epoch of how many the weights are."""
+    epochs = (config.get("train") or {}).get("epochs", "?")
+    which = f"epoch {epoch} of {epochs}"
+    if state is None:
+        return f"Exported from a checkpoint outside its run directory ({which}): no test results."
+    if state.status == "failed":
+        return (
+            f"The run failed: {state.reason}. These are the weights of its last checkpoint, "
+            f"{which}: no test results."
+        )
+    if state.status == "training":
+        return (
+            f"The run was still training when it was exported; these are the weights of its "
+            f"checkpoint of {which}: no test results."
+        )
+    return f"The run had not finished when it was exported ({which}): no test results."
+
+
 def write_card(out: Path, run_dir: Path | None, metadata: Mapping[str, str], config: Any) -> Path:
     """Write ``README.md`` (and ``robustness_curve.png`` when the run has a curve) next to
     ``out``, atomically; returns the README's path. The caller checked that overwriting is
     allowed (:func:`is_ours`)."""
     from robustft.checkpoint import atomic_write_bytes, atomic_write_text
-    from robustft.rundir import RunDir, read_json_object
+    from robustft.rundir import RunDir, read_json_object, run_state
 
     readme, plot = card_files(out)
     run = RunDir(run_dir) if run_dir else None
@@ -241,5 +267,6 @@ def write_card(out: Path, run_dir: Path | None, metadata: Mapping[str, str], con
         png = run_curve_png(run_dir)
         if png is not None:
             atomic_write_bytes(plot, png)
-    atomic_write_text(readme, render_card(out, metadata, config, result, curve))
+    state = run_state(run_dir) if run_dir is not None else None
+    atomic_write_text(readme, render_card(out, metadata, config, result, curve, state))
     return readme

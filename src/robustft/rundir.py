@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from robustft import __version__
 from robustft.checkpoint import atomic_write_json, atomic_write_text, previous
 from robustft.config import RunConfig, build_config, flatten, load_yaml
-from robustft.errors import UserError
+from robustft.errors import UserError, is_int
 
 if TYPE_CHECKING:
     import torch
@@ -176,6 +176,95 @@ def read_metrics(path: Path) -> Metrics:
     if text and not text.endswith("\n"):
         problems.append(f"{path.name}: no final newline (torn)")
     return Metrics(rows, problems)
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory of a run dir or of a checkpoint inside one (None when unknown)."""
+    for candidate in (path, path.parent.parent):
+        if (candidate / "config.yaml").is_file() and candidate.is_dir():
+            return candidate
+    return None
+
+
+def lock_holder(run: RunDir) -> str | None:
+    """Who holds the run's lock (what :func:`locked` wrote: pid, host, since when), or None.
+
+    It probes with a shared ``flock`` released at once, so a process starting to train in
+    that instant could be refused as if the run were in use; nothing is written."""
+    try:
+        handle = run.lock.open("r")
+    except OSError:  # no lock file: never locked
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run stands, from its files (no checkpoint is read).
+
+    ``status``: ``finished`` (``result.json``), ``training`` (a process holds its lock;
+    ``reason`` says which), ``failed`` (``failure.json``; ``reason`` is its message) or
+    ``unfinished`` (interrupted, or not started). ``epochs_done``: rows of ``metrics.jsonl``;
+    ``epochs``: ``train.epochs`` of ``config.yaml`` (None when unreadable)."""
+
+    root: Path
+    status: str
+    reason: str = ""
+    epochs_done: int = 0
+    epochs: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def describe(self) -> str:
+        """``failed (numerical fault at epoch 3 ...)``, ``is still training (in use by ...)``."""
+        return {
+            "finished": "has finished",
+            "training": f"is still training ({self.reason})",
+            "failed": f"failed ({self.reason})",
+        }.get(self.status, "has not finished (interrupted, or not started)")
+
+    def text(self) -> str:
+        """``runs/x failed (numerical fault at epoch 3 ...)``: the run and its state."""
+        return f"{self.root} {self.describe()}"
+
+    def checkpoint_note(self, epoch: object, epochs: int) -> str | None:
+        """What to say of a model loaded from this run's checkpoint of ``epoch`` (of
+        ``epochs``): None when the run has finished, else ``runs/x is still training (...);
+        its checkpoint is of epoch 3 of 10, not the final model``."""
+        if self.finished:
+            return None
+        return f"{self.text()}; its checkpoint is of epoch {epoch} of {epochs}, not the final model"
+
+
+def run_state(root: Path) -> RunState:
+    """The :class:`RunState` of the run directory ``root``."""
+    run = RunDir(root)
+    try:
+        epochs = (load_yaml(run.config).get("train") or {}).get("epochs")
+    except (UserError, AttributeError):
+        epochs = None
+    epochs = epochs if is_int(epochs) else None
+    done = len(run.read_metrics().rows)
+    if run.result.is_file():
+        return RunState(root, "finished", "", done, epochs)
+    holder = lock_holder(run)
+    if holder is not None:
+        return RunState(root, "training", f"in use by {holder}", done, epochs)
+    failure = read_json_object(run.failure)
+    if failure is not None:
+        reason = str(failure.get("message") or failure.get("kind") or "failure.json")
+        return RunState(root, "failed", (reason.splitlines() or ["?"])[0], done, epochs)
+    return RunState(root, "unfinished", "", done, epochs)
 
 
 def default_run_dir(config: RunConfig, base: str | Path = "runs") -> Path:

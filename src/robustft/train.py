@@ -177,6 +177,10 @@ def build_state(
     optimizer, schedule and objective from the config (:mod:`robustft.build`); wrapped for
     data-parallel training when ``world`` has several ranks (:func:`distribute`)."""
     data = build_data(config) if data is None else data
+    if config.eval.autoattack is not None:  # the final evaluation's, refused before training
+        from robustft.autoattack import check_classes
+
+        check_classes(data.num_classes)
     model = build_backbone(config, data.num_classes) if model is None else model
     model = model.to(device)
     if config.train.channels_last:

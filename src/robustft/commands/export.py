@@ -17,6 +17,10 @@ accuracy, expected robustness, the AutoAttack number when measured and the robus
 (robustness_curve.png): the layout the Hugging Face Hub reads, so the folder can be uploaded as
 it is. A README.md that robustft did not write is never overwritten (--no-card skips the card).
 
+A run still training, failed or interrupted is exported from its last checkpoint: a note names
+its epoch (of how many) and the state, and the card says it (failed: with failure.json's
+reason) instead of test results.
+
 examples:
   robustft export runs/fast-lora-1a2b3c4d5e --out exports/fast-lora/model.safetensors
 """
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = export_run(args.run, args.out, force=args.force, card=not args.no_card)
     meta = summary.metadata
+    if summary.note is not None:
+        print(f"note: {summary.note}")
     print(
         f"wrote {summary.path} ({summary.parameters / 1e6:.2f}M parameters in "
         f"{summary.tensors} tensors, {summary.size_bytes / 1e6:.1f} MB; {meta['model']}, "
