@@ -713,7 +713,7 @@ def _warn_world_change(state: TrainState, saved: int) -> None:
     def processes(n: int) -> str:
         return f"{n} process" + ("es" if n > 1 else "")
 
-    changes = "the gradients, losses and accuracies are summed across processes in another order"
+    changes = "the gradients, losses and accuracies are summed in another order"
     if distributed.has_batchnorm(state.model) and not cfg.sync_bn:
         changes += (
             f", and BatchNorm normalises each process's {cfg.batch_size // now} examples of a "
