@@ -56,7 +56,7 @@ from robustft.cost import count_passes
 from robustft.data import DataSplits, check_class_set
 from robustft.distributed import SINGLE, ShardBatches, World
 from robustft.errors import NumericalFault, UserError
-from robustft.loader import TrainBatches, default_workers
+from robustft.loader import TrainBatches, cpu_count, default_workers
 from robustft.models import (
     ClassifierModel,
     base_fingerprint,
@@ -372,6 +372,8 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
         "examples_per_second": round(seen / seconds, 2) if seconds > 0 else None,
         "steps": spe,
         "examples": seen,
+        "world_size": world.size,  # processes and threads per process that trained the epoch
+        "threads": torch.get_num_threads(),
         **_global_passes(passes.as_dict(), world),
     }
     row.update(validate(state, epoch))
@@ -698,23 +700,83 @@ def _train_and_evaluate(
         )
     elif resume:
         _logger.info("no checkpoint in %s yet: starting from the first epoch", run.root)
-    state.threads = thread_count(config, payload)
-    with cpu_threads(state.threads):
+    if payload is not None and world.is_main:
+        _warn_world_change(state, int(payload.get("world_size") or 1))
+    state.threads, threads = thread_count(config, payload, world)
+    with cpu_threads(threads):
         return _run_epochs(state, run, payload, cb)
 
 
-def thread_count(config: RunConfig, payload: dict[str, Any] | None) -> int:
-    """CPU threads for a run: ``train.threads``, else those the checkpoint being resumed was
-    trained with (so the resumed run sums floats as it did), else the process default."""
-    if config.train.threads is not None:
-        return config.train.threads
-    saved = None if payload is None else payload.get("threads")
-    if saved is not None and int(saved) != torch.get_num_threads():
-        _logger.info(
-            "resuming with the run's %d CPU threads, not %d", saved, torch.get_num_threads()
+def _warn_world_change(state: TrainState, saved: int) -> None:
+    """Say it when a run is resumed with another number of processes than it last ran with."""
+    now = state.world.size
+    if saved == now:
+        return
+    cfg = state.config.train
+
+    def processes(n: int) -> str:
+        return f"{n} process" + ("es" if n > 1 else "")
+
+    changes = "the gradients, losses and accuracies are summed in another order"
+    if distributed.has_batchnorm(state.model) and not cfg.sync_bn:
+        changes += (
+            f", and BatchNorm normalises each process's {cfg.batch_size // now} examples of a "
+            f"batch with their own statistics (before: {cfg.batch_size // saved})"
         )
-        return int(saved)
-    return torch.get_num_threads()
+    _logger.warning(
+        "resuming a run trained so far with %s with %s: %s, so it follows neither run exactly "
+        "(each metrics row records its world_size)",
+        processes(saved),
+        processes(now),
+        changes,
+    )
+
+
+def thread_count(
+    config: RunConfig, payload: dict[str, Any] | None, world: World = SINGLE
+) -> tuple[int, int]:
+    """CPU threads: (the run's count, this process's).
+
+    The run's count is ``train.threads``, else the count the checkpoint being resumed records
+    (so that the resumed run sums floats as it did), else the process default (under torchrun
+    1, unless ``OMP_NUM_THREADS`` says otherwise). A process trains with the run's count, except
+    where the processes of a torchrun run on one machine (``world.local_size``) would together
+    ask for more threads than the machine's cores: there each takes the count divided by their
+    number (at least 1), so that they share the cores the count stands for instead of
+    oversubscribing them (2 processes x 2 threads on 2 cores made epochs 5 to 10 times slower).
+
+    The run's count is what the checkpoint and ``result.json`` record as ``threads``, and what a
+    resumed run starts from, whatever its number of processes; every metrics row records the
+    threads each process trained that epoch with and the number of processes (``threads``,
+    ``world_size``). A run repeats bit for bit with the same config, number of processes and
+    cores per machine.
+    """
+    count = config.train.threads
+    saved = None if payload is None else payload.get("threads")
+    if count is None and saved is not None:
+        count = int(saved)
+        if count != torch.get_num_threads():
+            _logger.info(
+                "resuming with the run's %d CPU threads, not %d", count, torch.get_num_threads()
+            )
+    if count is None:
+        count = torch.get_num_threads()
+    local, cores = world.local_size, cpu_count()
+    if not world.active or local * count <= cores:
+        return count, count
+    share = max(1, count // local)
+    if world.is_main:
+        _logger.warning(
+            "%d processes on this machine's %d CPU cores: each trains with %d thread%s (the "
+            "run's %d divided by %d)",
+            local,
+            cores,
+            share,
+            "s" if share > 1 else "",
+            count,
+            local,
+        )
+    return count, share
 
 
 @contextlib.contextmanager
