@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TinyCNN, digits_tensors
+from robustft import cli
 from robustft.diagnostics import adaptation_threshold, diagnose_run, task_adaptation_delay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +145,62 @@ def test_the_demo_shows_standard_fine_tunings_own_findings(tmp_path: Path) -> No
     lines = _findings(runs)
     assert lines[0].startswith("  standard: never_adapts: validation accuracy never exceeded 20.0%")
     assert len(lines) == 1  # fix and sched adapted; standard is no reference for itself
+
+
+# ----------------------------------------------------------------------------- point 13
+
+
+def image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel"), n: int = 8) -> Path:
+    """A pool ``root/<class>/img*.png`` of random 12-pixel images, ``n`` per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"img{i}.png")
+    return root
+
+
+def test_relative_data_paths_are_stored_absolute_and_found_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Point 13: ``imagefolder:pool`` was stored as written, so ``robustft eval img/runs/p2``
+    from the parent directory looked for ./pool there; a missing folder's message now names
+    the directory it tried."""
+    from robustft.config import build_config, load_config
+
+    image_folder(tmp_path / "img" / "pool")
+    (tmp_path / "img" / "sub").mkdir()
+    config_file = tmp_path / "img" / "p2.yaml"
+    config_file.write_text(SMOKE.read_text().replace("name: digits", "name: imagefolder:pool"))
+    absolute = f"imagefolder:{tmp_path / 'img' / 'pool'}"
+    monkeypatch.chdir(tmp_path / "img")
+    config = load_config(config_file)
+    assert config.data.name == absolute
+    fast = ["train.epochs=1", "attack.schedule=constant", "train.threads=1"]
+    fast += ["model.name=timm:test_resnet", "model.pretrained=false"]  # tiny: a fast eval
+    argv = ["train", "p2.yaml", "--run-dir", "runs/p2", "--device", "cpu"]
+    argv += [arg for item in fast for arg in ("--set", item)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    stored = (tmp_path / "img" / "runs" / "p2" / "config.yaml").read_text()
+    assert f"name: {absolute}\n" in stored
+    run_id = json.loads((tmp_path / "img" / "runs" / "p2" / "result.json").read_text())["run_id"]
+
+    # the same folder from another directory, written another way: the same run
+    monkeypatch.chdir(tmp_path / "img" / "sub")
+    other = build_config({"data": {"name": "imagefolder:../pool"}}, [])
+    assert other.data.name == absolute
+    assert load_config(config_file, ["data.name=imagefolder:../pool", *fast]).run_id() == run_id
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    evaluate = ["eval", "img/runs/p2", "--device", "cpu", "--attack", "fgsm", "--max-examples", "6"]
+    assert cli.main([*evaluate, "--eps-max", "1/255"]) == 0, capsys.readouterr().err
+    (tmp_path / "img" / "pool").rename(tmp_path / "img" / "moved")
+    capsys.readouterr()
+    assert cli.main([*evaluate, "--eps-max", "1/255"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"imagefolder: {tmp_path / 'img' / 'pool'} is not a directory" in err
+    assert "\n" not in err

@@ -15,7 +15,8 @@ Dataset names:
   folders), or a single pool ``<path>/<class>/<image>``. A missing ``test/`` is carved out of
   ``train/`` (``test_fraction``), then a missing ``val/`` likewise (``val_fraction``). Class
   folders may nest images in subfolders; extensions: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff
-  .webp.
+  .webp. A relative path is made absolute against the current directory
+  (:class:`robustft.config.DataConfig`).
   Every image file is decoded once when the dataset is built (in parallel threads, JPEGs at
   reduced scale), so a corrupt or truncated file never stops training mid-epoch. With
   ``bad_images="refuse"`` (default) the first unreadable file is reported with its path; with
@@ -621,7 +622,7 @@ def _load_imagefolder(path_text: str, bad_images: str = "refuse") -> _Raw:
     image once and refuse or skip the unreadable ones (``bad_images``)."""
     if not path_text.strip():
         raise UserError("imagefolder: no path given; write imagefolder:<directory>")
-    root = Path(path_text).expanduser()
+    root = Path(path_text).expanduser().absolute()
     if not root.is_dir():
         raise UserError(f"imagefolder: {root} is not a directory; check the path in data.name")
     scanned: dict[str, tuple[Path, list[Path], list[int]]] = {}
