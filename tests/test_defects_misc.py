@@ -204,3 +204,48 @@ def test_relative_data_paths_are_stored_absolute_and_found_from_anywhere(
     err = capsys.readouterr().err.strip()
     assert f"imagefolder: {tmp_path / 'img' / 'pool'} is not a directory" in err
     assert "\n" not in err
+
+
+def test_a_class_with_a_single_image_is_named_by_its_folder(tmp_path: Path) -> None:
+    """Point 19: sklearn's message named the class by its index ("[2]"), not its folder."""
+    from robustft.data import build_datasets
+    from robustft.errors import UserError
+
+    image_folder(tmp_path / "pool", ("cat", "dog"), n=6)
+    image_folder(tmp_path / "pool", ("eel",), n=1)
+    with pytest.raises(UserError) as caught:
+        build_datasets(f"imagefolder:{tmp_path / 'pool'}", image_size=16, seed=0)
+    message = str(caught.value)
+    assert "class 'eel' has a single image" in message and "[2]" not in message
+    assert message.startswith(f"imagefolder:{tmp_path / 'pool'}: cannot hold out 0.2 of 13 ")
+
+
+def test_top_level_x_keys_hold_yaml_anchors(tmp_path: Path) -> None:
+    """Point 19: a top-level anchor key (``x-common: &common``) was refused as an unknown key
+    with no way around it; keys starting with ``x-`` or ``.`` are now ignored at the top
+    level of config and sweep files (not inside sections), and do not change the run id."""
+    from robustft.config import build_config, load_config
+    from robustft.errors import UserError
+    from robustft.sweep import expand, load_sweep
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        "x-common: &common {epochs: 3, lr: 1.0e-3}\n"
+        ".hidden: 1\n"
+        "train: *common\n"
+        "attack: {schedule: constant}\n"
+    )
+    config = load_config(config_file)
+    assert config.train.epochs == 3 and config.train.lr == 1e-3
+    plain = {"train": {"epochs": 3, "lr": 1e-3}, "attack": {"schedule": "constant"}}
+    assert config.run_id() == build_config(plain).run_id()
+    (tmp_path / "bad.yaml").write_text("common: &common {epochs: 3}\ntrain: *common\n")
+    with pytest.raises(UserError, match=r"unknown key 'common'.*keys starting with x- or \."):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "inner.yaml").write_text("train: {x-note: 1}\n")
+    with pytest.raises(UserError, match=r"unknown key 'train\.x-note'"):
+        load_config(tmp_path / "inner.yaml")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("x-seeds: &seeds [0, 1]\nbase: run.yaml\ngrid:\n  train.seed: *seeds\n")
+    runs = expand(load_sweep(sweep_file))
+    assert [r.config.train.seed for r in runs] == [0, 1]

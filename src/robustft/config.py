@@ -517,7 +517,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         full = f"{prefix}{key}"
         if key not in names:
             full_names = [f"{prefix}{n}" for n in names]
-            raise UserError(f"config: unknown key '{full}'{did_you_mean(full, full_names)}")
+            hint = "" if prefix else f"; {EXTENSION_HINT}"
+            raise UserError(f"config: unknown key '{full}'{did_you_mean(full, full_names)}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{full}.")  # type: ignore[arg-type]
@@ -622,14 +623,25 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+EXTENSION_PREFIXES = ("x-", ".")
+EXTENSION_HINT = "top-level keys starting with x- or . are ignored (e.g. x-common: &common)"
+
+
+def is_extension_key(key: object) -> bool:
+    """Whether a top-level key of a config or sweep file is ignored: it starts with ``x-`` or
+    ``.``, free for YAML anchors (``x-common: &common {...}``), as docker-compose does."""
+    return isinstance(key, str) and key.startswith(EXTENSION_PREFIXES)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty file -> {})."""
+    """Read a YAML config file into a dict (empty file -> {}), without its top-level
+    extension keys (:func:`is_extension_key`)."""
     data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a mapping at the top level")
-    return data
+    return {key: value for key, value in data.items() if not is_extension_key(key)}
 
 
 def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> RunConfig:
