@@ -249,3 +249,60 @@ def test_top_level_x_keys_hold_yaml_anchors(tmp_path: Path) -> None:
     sweep_file.write_text("x-seeds: &seeds [0, 1]\nbase: run.yaml\ngrid:\n  train.seed: *seeds\n")
     runs = expand(load_sweep(sweep_file))
     assert [r.config.train.seed for r in runs] == [0, 1]
+
+
+TINY = [
+    "model.name=timm:test_efficientnet",
+    "model.pretrained=false",
+    "data.image_size=16",
+    "data.max_train_per_class=2",  # 20 training images: 3 steps of 8 per epoch
+    "train.batch_size=8",
+    "train.threads=1",
+    "attack.schedule=constant",
+    "eval.max_examples=8",
+    "eval.steps=1",
+]
+
+
+def test_fault_messages_count_steps_from_1_and_say_when_no_checkpoint_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Point 19: 'numerical fault at epoch 1, step 0: ...; the last good checkpoint is kept'
+    when the first epoch had not ended (no checkpoint), and 0-based steps beside 1-based
+    epochs."""
+    from robustft.config import load_config
+    from robustft.errors import NumericalFault
+    from robustft.objectives import AdversarialCE
+    from robustft.train import fit
+
+    first = tmp_path / "first"
+    with pytest.raises(NumericalFault) as caught:
+        fit(load_config(SMOKE, [*TINY, "train.grad_norm_limit=1e-9"]), first)
+    message = str(caught.value)
+    assert message.startswith("numerical fault at epoch 1, step 1 of 3 (step 1 of the run): ")
+    assert message.endswith("no checkpoint was written (the first epoch had not ended)")
+    failure = json.loads((first / "failure.json").read_text())
+    assert (failure["epoch"], failure["step"], failure["epoch_step"]) == (1, 1, 1)
+    assert failure["last_good_epoch"] is None
+    assert not (first / "checkpoints" / "last.pt").exists()
+
+    original = AdversarialCE.__call__
+    calls: list[int] = []
+
+    def nan_at_step_5(self: AdversarialCE, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 5:  # epoch 2, its second step
+            object.__setattr__(out, "loss", out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(AdversarialCE, "__call__", nan_at_step_5)
+    second = tmp_path / "second"
+    with pytest.raises(NumericalFault) as caught:
+        fit(load_config(SMOKE, TINY), second)
+    message = str(caught.value)
+    assert message.startswith("numerical fault at epoch 2, step 2 of 3 (step 5 of the run): ")
+    assert message.endswith("the checkpoint of epoch 1 is kept")
+    failure = json.loads((second / "failure.json").read_text())
+    assert (failure["epoch"], failure["step"], failure["epoch_step"]) == (2, 5, 2)
+    assert failure["last_good_epoch"] == 1
