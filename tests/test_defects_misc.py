@@ -306,3 +306,39 @@ def test_fault_messages_count_steps_from_1_and_say_when_no_checkpoint_exists(
     failure = json.loads((second / "failure.json").read_text())
     assert (failure["epoch"], failure["step"], failure["epoch_step"]) == (2, 5, 2)
     assert failure["last_good_epoch"] == 1
+
+
+def test_sigterm_prints_a_line_exits_143_and_the_run_resumes(tmp_path: Path) -> None:
+    """Point 19: SIGTERM (Slurm preemption) ended ``robustft train`` with exit code 143 (-15 as
+    a signal) and no line, where Ctrl-C says it was interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "r"
+    argv = [sys.executable, "-m", "robustft.cli", "train", str(SMOKE), "--run-dir", str(run_dir)]
+    argv += [arg for item in [*TINY, "train.epochs=3"] for arg in ("--set", item)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run_dir / "checkpoints" / "last.pt").is_file():
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be terminated"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 143, err.decode()
+    assert lines[-1].startswith("robustft: terminated (SIGTERM)") and "--resume" in lines[-1]
+    assert "Traceback" not in err.decode()
+    assert not (run_dir / "result.json").exists()
+    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]

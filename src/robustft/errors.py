@@ -123,6 +123,11 @@ class NumericalFault(UserError):
         self.epoch_step = epoch_step
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a batch scheduler preempting the job, ``kill``): the command stops as
+    on Ctrl-C, keeping what it saved (a run its last checkpoint); the CLI exits with 143."""
+
+
 class PeerFailed(UserError):
     """Another process of a distributed run failed (rank 0 reports the cause; the CLI prints
     nothing more for this one, so a misconfiguration is one line however many ranks see it)."""
