@@ -342,3 +342,52 @@ def test_sigterm_prints_a_line_exits_143_and_the_run_resumes(tmp_path: Path) -> 
     assert resumed.returncode == 0, resumed.stderr.decode()
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_timm_backbones_without_network_come_from_the_cache_or_fail_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Point 19: without network a ``timm:`` backbone retried about 50 s before its one-line
+    error (``hf:`` failed at once); now the cache is read at once, and an uncached model fails
+    at once."""
+    import socket
+    import time
+
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from robustft.errors import UserError
+    from robustft.models import build_model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_dns(host: str, *args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    snapshot = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(1)
+    source = timm.create_model("test_resnet", pretrained=False)
+    save_file(source.state_dict(), str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    start = time.perf_counter()
+    with pytest.raises(UserError) as caught:
+        build_model("timm:test_vit.r160_in1k", num_classes=3)
+    assert time.perf_counter() - start < 10
+    message = str(caught.value)
+    assert message.startswith("cannot get pretrained weights for timm:test_vit.r160_in1k: offline")
+    assert "model.pretrained=false" in message
+    start = time.perf_counter()
+    model = build_model("timm:test_resnet.r160_in1k", num_classes=3)
+    assert time.perf_counter() - start < 10
+    loaded = model.net.state_dict()
+    assert torch.equal(loaded["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
+    assert not constants.HF_HUB_OFFLINE  # restored

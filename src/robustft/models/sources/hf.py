@@ -25,17 +25,15 @@ import contextlib
 import inspect
 import json
 import logging
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from torch import Tensor, nn
 
 from robustft.errors import UserError, first_line
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, _Built, _head_names
+from robustft.models.sources.hub import hub_unreachable, offline_mode
 from robustft.models.spec import ModelSpec
 
 _logger = logging.getLogger("robustft.models")
@@ -93,49 +91,6 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
-
-
-def hub_unreachable() -> bool:
-    """Whether downloads must come from the cache only: Hugging Face's offline mode
-    (``HF_HUB_OFFLINE=1``), or no proxy and a Hub host (``HF_ENDPOINT``) that DNS cannot resolve,
-    i.e. no network. Without this check huggingface_hub retries each file five times with
-    backoff (about 50 s for a repo id on a machine without network) before the same error."""
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return True
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return False  # the proxy resolves the host, not us
-    host = urlparse(constants.ENDPOINT).hostname
-    if not host:
-        return False
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _cache_only(enabled: bool) -> Iterator[None]:
-    """Hugging Face's offline mode while loading, when ``enabled``. ``local_files_only`` is not
-    enough: huggingface_hub 2.x still fetches its agent registry over HTTP to build request
-    headers (``utils/_detect_agent.py``) unless offline mode is on, and it reads
-    ``HF_HUB_OFFLINE`` once at import, so its constant is set here and restored after."""
-    if not enabled:
-        yield
-        return
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
-
-
 def _source(arch: str) -> tuple[str, bool]:
     """The directory or repo id, and whether it is a local directory.
 
@@ -178,7 +133,7 @@ def _normalisation(
     transformers = _transformers()
     size = getattr(config, "image_size", 224)
     try:
-        with _quiet(), _cache_only(cache_only):
+        with _quiet(), offline_mode(cache_only):
             processor = transformers.AutoImageProcessor.from_pretrained(
                 source, local_files_only=cache_only
             )
@@ -234,7 +189,7 @@ def _build_hf(arch: str, spec: ModelSpec) -> _Built:
     cache_only = not local and hub_unreachable()
     auto = transformers.AutoModelForImageClassification
     try:
-        with _quiet(), _cache_only(cache_only):
+        with _quiet(), offline_mode(cache_only):
             if spec.pretrained:
                 model = auto.from_pretrained(
                     source,
