@@ -391,3 +391,112 @@ def test_timm_backbones_without_network_come_from_the_cache_or_fail_at_once(
     loaded = model.net.state_dict()
     assert torch.equal(loaded["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
     assert not constants.HF_HUB_OFFLINE  # restored
+
+
+# ----------------------------------------------------------------------------- point 16
+
+VIT_MEAN, VIT_STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+
+
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hugging Face's offline mode (its constant too: huggingface_hub reads the variable once)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def tiny_vit(folder: Path, *, processor: bool) -> Path:
+    """A 2-layer ViT (3 classes, 32 px) saved by save_pretrained, with or without its image
+    processor (as tests/test_hf_models.py builds it)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    if processor:
+        size = {"height": 32, "width": 32}
+        ViTImageProcessor(size=size, image_mean=VIT_MEAN, image_std=VIT_STD).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.usefixtures("hf_offline")
+@pytest.mark.parametrize(("mode", "processor"), [("full", True), ("lora", False)])
+def test_hf_exports_open_with_transformers_from_their_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str, processor: bool
+) -> None:
+    """Point 16: an hf: export held model.safetensors and the card but no config.json, so
+    AutoModelForImageClassification.from_pretrained(folder) failed, while the card said the
+    folder could be uploaded to the Hub as it is. Point 19: the card's footer named its own
+    output file instead of the run."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from robustft.export import load_exported
+
+    vit = tiny_vit(tmp_path / "vit", processor=processor)
+    run_dir = tmp_path / f"run-{mode}"
+    argv = ["train", str(SMOKE), "--run-dir", str(run_dir), "--device", "cpu"]
+    items = [f"model.name=hf:{vit}", f"model.mode={mode}", "data.image_size=32", *TINY[3:]]
+    argv += [arg for item in items for arg in ("--set", item)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    out = tmp_path / "export" / "model.safetensors"
+    assert cli.main(["export", str(run_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"transformers: AutoModelForImageClassification.from_pretrained('{out.parent}')" in printed
+    )
+    assert (out.parent / "preprocessor_config.json").is_file() == processor
+
+    hf = AutoModelForImageClassification.from_pretrained(out.parent).eval()
+    assert hf.config.id2label == {i: str(i) for i in range(10)}  # the digits' class names
+    ours = load_exported(out)
+    mean = torch.tensor(VIT_MEAN if processor else [0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor(VIT_STD if processor else [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(hf(pixel_values=(x - mean) / std).logits, ours(x), atol=1e-5)
+    if processor:
+        loaded = AutoImageProcessor.from_pretrained(out.parent)
+        assert list(loaded.image_mean) == VIT_MEAN and list(loaded.image_std) == VIT_STD
+
+    card = (out.parent / "README.md").read_text()
+    assert "AutoModelForImageClassification.from_pretrained" in card
+    footer = card.strip().splitlines()[-1]
+    assert footer.endswith(f"from run `{run_dir.name}`.") and "model.safetensors" not in footer
+
+    # an existing config.json is not overwritten without --force
+    other = tmp_path / "shared" / "model.safetensors"
+    other.parent.mkdir()
+    (other.parent / "config.json").write_text("{}")
+    assert cli.main(["export", str(run_dir), "--out", str(other), "--no-card"]) == 2
+    assert "config.json exists" in capsys.readouterr().err and not other.exists()
+
+
+@pytest.mark.usefixtures("hf_offline")
+def test_an_hf_folder_without_a_processor_says_it_gets_imagenet_normalisation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Point 19: without preprocessor_config.json an hf: model silently got ImageNet's
+    mean/std."""
+    from robustft.models import build_model
+
+    bare = tiny_vit(tmp_path / "bare", processor=False)
+    with caplog.at_level("WARNING", logger="robustft.models"):
+        model = build_model(f"hf:{bare}", num_classes=3)
+    assert list(model.info.mean) == [0.485, 0.456, 0.406]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(f"hf:{bare} has no image processor")
+    assert "ImageNet mean/std" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robustft.models"):
+        build_model(f"hf:{tiny_vit(tmp_path / 'full', processor=True)}", num_classes=3)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
