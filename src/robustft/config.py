@@ -93,13 +93,27 @@ class ModelConfig:
 
 AUGMENTS = ("basic", "paper", "none")  # training augmentation presets (robustft.data)
 BAD_IMAGES = ("refuse", "skip")  # what to do with unreadable image files
+IMAGEFOLDER = "imagefolder:"
+
+
+def absolute_path(text: str) -> str:
+    """A relative path made absolute against the current directory (``..`` folded, links
+    kept); empty, absolute and ``~`` paths are returned as they are."""
+    if not text or text.startswith("~") or os.path.isabs(text):
+        return text
+    return os.path.abspath(text)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Dataset: ``digits`` (offline default), ``imagefolder:<path>`` or a torchvision set name.
     ``bad_images``: unreadable image files in an image folder: ``refuse`` (error naming the first)
-    or ``skip`` (leave them out with a warning)."""
+    or ``skip`` (leave them out with a warning).
+
+    A relative ``imagefolder:`` path or ``root`` is made absolute against the current directory
+    when the config is built, before the run id is hashed: the run stores (and is identified by)
+    where its data is, so ``eval``/``export``/``report`` find it from any directory, and the
+    same folder gives the same run id from any directory."""
 
     name: str = "digits"
     image_size: int = 32
@@ -112,6 +126,11 @@ class DataConfig:
     bad_images: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.name.startswith(IMAGEFOLDER):
+            folder = absolute_path(self.name.removeprefix(IMAGEFOLDER))
+            object.__setattr__(self, "name", IMAGEFOLDER + folder)
+        if self.root is not None:
+            object.__setattr__(self, "root", absolute_path(self.root))
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         for key in ("val_fraction", "test_fraction"):
             v = getattr(self, key)
@@ -524,7 +543,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         full = f"{prefix}{key}"
         if key not in names:
             full_names = [f"{prefix}{n}" for n in names]
-            raise UserError(f"config: unknown key '{full}'{did_you_mean(full, full_names)}")
+            hint = "" if prefix else f"; {EXTENSION_HINT}"
+            raise UserError(f"config: unknown key '{full}'{did_you_mean(full, full_names)}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{full}.")  # type: ignore[arg-type]
@@ -629,14 +649,25 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+EXTENSION_PREFIXES = ("x-", ".")
+EXTENSION_HINT = "top-level keys starting with x- or . are ignored (e.g. x-common: &common)"
+
+
+def is_extension_key(key: object) -> bool:
+    """Whether a top-level key of a config or sweep file is ignored: it starts with ``x-`` or
+    ``.``, free for YAML anchors (``x-common: &common {...}``), as docker-compose does."""
+    return isinstance(key, str) and key.startswith(EXTENSION_PREFIXES)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty file -> {})."""
+    """Read a YAML config file into a dict (empty file -> {}), without its top-level
+    extension keys (:func:`is_extension_key`)."""
     data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a mapping at the top level")
-    return data
+    return {key: value for key, value in data.items() if not is_extension_key(key)}
 
 
 def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> RunConfig:

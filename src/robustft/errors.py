@@ -102,13 +102,30 @@ class NumericalFault(UserError):
 
     Attributes:
         kind: ``nan_loss``, ``inf_loss``, ``nonfinite_grad`` or ``exploding_grad``.
-        epoch, step: where it happened (1-based epoch, 0-based optimizer step).
+        epoch, step: where it happened, both 1-based: the epoch, and the optimizer step
+            counted over the run.
+        epoch_step: the step counted within its epoch (1-based; None when unknown).
         value: the offending loss or gradient norm.
     """
 
-    def __init__(self, message: str, *, kind: str, epoch: int, step: int, value: float) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        epoch: int,
+        step: int,
+        value: float,
+        epoch_step: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind, self.epoch, self.step, self.value = kind, epoch, step, value
+        self.epoch_step = epoch_step
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a batch scheduler preempting the job, ``kill``): the command stops as
+    on Ctrl-C, keeping what it saved (a run its last checkpoint); the CLI exits with 143."""
 
 
 class PeerFailed(UserError):

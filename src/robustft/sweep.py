@@ -59,7 +59,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import yaml
 
 from robustft.callbacks import Callbacks
-from robustft.config import NAME_PATTERN, RunConfig, build_config, load_yaml, read_yaml
+from robustft.config import (
+    EXTENSION_HINT,
+    NAME_PATTERN,
+    RunConfig,
+    build_config,
+    is_extension_key,
+    load_yaml,
+    read_yaml,
+)
 from robustft.errors import UserError, did_you_mean
 from robustft.rundir import RunDir
 from robustft.sweep_store import SweepStore
@@ -205,11 +213,12 @@ def parse_sweep(
     where = f"sweep {source}"
     if not isinstance(data, Mapping):
         raise UserError(f"{where}: expected a mapping at the top level")
+    data = {key: value for key, value in data.items() if not is_extension_key(key)}
     for key in data:
         if key not in SPEC_KEYS:
             raise UserError(
                 f"{where}: unknown key '{key}'{did_you_mean(str(key), SPEC_KEYS)}; "
-                f"valid: {', '.join(SPEC_KEYS)}"
+                f"valid: {', '.join(SPEC_KEYS)}; {EXTENSION_HINT}"
             )
     base = data.get("base")
     if isinstance(base, str):

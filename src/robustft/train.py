@@ -220,14 +220,26 @@ def _set_lr(state: TrainState) -> float:
 
 
 def _fault(state: TrainState, kind: str, value: float, what: str) -> NumericalFault:
+    """The fault of the optimizer step about to be taken; epochs and steps 1-based."""
     lr_now = float(state.optimizer.param_groups[0]["lr"])
-    epoch = state.epoch + 1
+    epoch, step, spe = state.epoch + 1, state.step + 1, state.steps_per_epoch
+    counted = step - state.epoch * spe
+    epoch_step = counted if 1 <= counted <= spe else None  # None: the hinge(auto) probe
+    where = f"step {step} of the run"
+    if epoch_step is not None:
+        where = f"step {epoch_step} of {spe} ({where})"
+    kept = (
+        f"the checkpoint of epoch {state.epoch} is kept"
+        if state.epoch
+        else "no checkpoint was written (the first epoch had not ended)"
+    )
     return NumericalFault(
-        f"numerical fault at epoch {epoch}, step {state.step}: {what} (lr {lr_now:.3g}); "
-        "lower train.lr or set train.grad_clip; the last good checkpoint is kept",
+        f"numerical fault at epoch {epoch}, {where}: {what} (lr {lr_now:.3g}); "
+        f"lower train.lr or set train.grad_clip; {kept}",
         kind=kind,
         epoch=epoch,
-        step=state.step,
+        step=step,
+        epoch_step=epoch_step,
         value=value,
     )
 
@@ -852,7 +864,9 @@ def _write_metrics(state: TrainState, run: RunDir, *, clear_failure: bool = Fals
 
 
 def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault) -> None:
-    """Write ``failure.json`` (what, where, the last good epoch kept in the checkpoint)."""
+    """Write ``failure.json`` (what, where, the last good epoch kept in the checkpoint: null
+    when the first epoch had not ended). Epochs and steps are 1-based: ``step`` counts the
+    run's optimizer steps, ``epoch_step`` those of its epoch."""
     atomic_write_json(
         run.failure,
         {
@@ -860,9 +874,10 @@ def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault) -> No
             "kind": fault.kind,
             "epoch": fault.epoch,
             "step": fault.step,
+            "epoch_step": fault.epoch_step,
             "value": fault.value if math.isfinite(fault.value) else str(fault.value),
             "message": str(fault),
-            "last_good_epoch": state.epoch,
+            "last_good_epoch": state.epoch or None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     )

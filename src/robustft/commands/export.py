@@ -10,7 +10,10 @@ Write the trained model of a run (its directory or a checkpoint file) as one .sa
 the network's own parameter names (timm/torchvision/transformers), LoRA adapters merged into
 the weights, and metadata (model name, classes, input mean/std in pixel units, input size, run
 id). Load it with robustft.export.load_exported(path), or with timm/torchvision directly
-(normalise [0, 1] images with the stored mean/std first).
+(normalise [0, 1] images with the stored mean/std first). An hf: model also gets config.json
+(and the source's preprocessor_config.json when it had one) beside the file: exported as
+DIR/model.safetensors, transformers opens it with
+AutoModelForImageClassification.from_pretrained(DIR).
 
 Next to the file it writes a model card, README.md, with the training config, clean/robust
 accuracy, expected robustness, the AutoAttack number when measured and the robustness curve
@@ -57,4 +60,17 @@ def run(args: argparse.Namespace) -> int:
     if summary.card is not None:
         print(f"model card: {summary.card} (Hugging Face Hub layout: upload the folder as it is)")
     print(f"load: robustft.export.load_exported({str(summary.path)!r})")
+    if summary.transformers_files:
+        names = ", ".join(p.name for p in summary.transformers_files)
+        folder = str(summary.path.parent)
+        if summary.path.name == "model.safetensors":
+            print(
+                f"transformers: AutoModelForImageClassification.from_pretrained({folder!r}) "
+                f"(with {names})"
+            )
+        else:
+            print(
+                f"transformers: wrote {names} beside it; name the file model.safetensors for "
+                f"AutoModelForImageClassification.from_pretrained({folder!r})"
+            )
     return 0

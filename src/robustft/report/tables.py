@@ -291,7 +291,7 @@ def definitions(runs: Sequence[RunRecord]) -> list[str]:
     thresholds = sorted(
         {diagnostics.adaptation_threshold(max(r.num_classes, 1)) for r in runs}, reverse=True
     )
-    shown = ", ".join(f"{100 * t:.0f}%" for t in thresholds)
+    shown = ", ".join(f"{100 * t:.3g}%" for t in thresholds)
     return [
         "Expected robustness (E.rob): accuracy averaged over eps uniform on [0, eps_g], "
         "trapezoid rule on the evaluation grid; it lies between robust and clean accuracy.",
@@ -300,7 +300,8 @@ def definitions(runs: Sequence[RunRecord]) -> list[str]:
         "(eval.autoattack or robustft eval --autoattack) on the curve's examples; a separate "
         "number, not a point of the APGD curve.",
         "Task-adaptation delay: first epoch whose validation clean accuracy exceeds "
-        f"max(5%, 2 x chance) ({shown} here); 'never' if it did not.",
+        f"{diagnostics.THRESHOLD_TEXT}, chance = 1 / classes ({shown} here); 'never' if it "
+        "did not.",
         "never_adapts: validation accuracy never exceeded that threshold.",
         "collapse_on_ramp: validation accuracy fell more than "
         f"{100 * diagnostics.COLLAPSE_DROP:.0f} points below an earlier peak at an epoch "
