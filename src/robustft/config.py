@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from robustft.errors import UserError, did_you_mean, is_int
+from robustft.errors import UserError, did_you_mean, is_int, setting
 from robustft.units import format_eps, parse_eps
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # run, sweep and method names
@@ -204,7 +204,7 @@ class TrainConfig:
             raise UserError(
                 f"config train.warmup_epochs={self.warmup_epochs:g} must be below "
                 f"train.epochs={self.epochs} (the learning-rate warm-up would fill the whole run); "
-                f"set it lower, e.g. --set train.warmup_epochs=0"
+                f"set it lower, e.g. {setting('train.warmup_epochs', 0)}"
             )
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -405,6 +405,26 @@ def add_log_backends(
     return dataclasses.replace(config, log=log)
 
 
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """What a model or datasets given from Python were (:func:`robustft.fit` sets these; a
+    config file leaves them out): ``model_architecture`` (parameter and buffer names, shapes,
+    dtypes), ``model_weights`` (the same plus the starting values) and ``train_data``,
+    ``val_data``, ``test_data`` (``<items>:<hash>`` of the size, every label and a seeded
+    sample of the items). They are in the run id, so another model or other data is another
+    run. Null when not given from Python (``val_data``: also when carved from ``train_data``)."""
+
+    model_architecture: str | None = None
+    model_weights: str | None = None
+    train_data: str | None = None
+    val_data: str | None = None
+    test_data: str | None = None
+
+    def given(self) -> dict[str, str]:
+        """The fingerprints set, by key."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers
 # (train.num_workers only between positive counts; see robustft.loader)
 RESOURCE_KEYS = (
@@ -431,6 +451,7 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    fingerprints: FingerprintConfig = field(default_factory=FingerprintConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -440,6 +461,16 @@ class RunConfig:
             "letters, digits and _.+- starting with a letter or digit (it names the run "
             "directory), e.g. digits-sched",
         )
+        for key in self.fingerprints.given():
+            section = "model" if key.startswith("model_") else "data"
+            name = getattr(self, section).name
+            _check(
+                name.startswith("custom:"),
+                f"fingerprints.{key}",
+                getattr(self.fingerprints, key),
+                f"null: robustft.fit sets it for a {section} given from Python, and "
+                f"{section}.name is {name!r}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; eps values that are multiples of 1/255 are written as ``"k/255"``."""
@@ -450,6 +481,10 @@ class RunConfig:
         if self.eval.eps_max is not None:
             out["eval"]["eps_max"] = _eps_text(self.eval.eps_max, norm)
         out["log"]["backends"] = list(self.log.backends)  # YAML has lists, not tuples
+        # only those set: a run of no model or data given from Python keeps its config and id
+        out["fingerprints"] = self.fingerprints.given()
+        if not out["fingerprints"]:
+            del out["fingerprints"]
         return out
 
     def to_yaml(self) -> str:

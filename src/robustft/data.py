@@ -77,7 +77,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from robustft.config import AUGMENTS
-from robustft.errors import UserError, first_line, unknown_name
+from robustft.errors import UserError, first_line, setting, unknown_name
 from robustft.loader import cpu_count
 
 logger = logging.getLogger(__name__)
@@ -848,8 +848,9 @@ def _load_torchvision(name: str, root: Path, download: bool) -> _Raw:
     where = root / info.folder
     if not download and not where.exists():
         raise UserError(
-            f"dataset '{name}' not found: looked in {where}; pass --set data.download=true to "
-            f"download it when online, or set data.root (or ${DATA_ENV}) to where it is"
+            f"dataset '{name}' not found: looked in {where}; pass "
+            f"{setting('data.download', True)} to download it when online, or set data.root "
+            f"(or ${DATA_ENV}) to where it is"
         )
     parts: dict[str, _Source] = {}
     names: tuple[str, ...] = ()

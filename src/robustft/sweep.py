@@ -313,7 +313,7 @@ def _assign(data: dict[str, Any], key: str, value: Any) -> None:
 def _lookup(data: Mapping[str, Any], key: str) -> Any:
     node: Any = data
     for part in key.split("."):
-        node = node[part]
+        node = node.get(part) if isinstance(node, Mapping) else None  # unset fingerprints
     return node
 
 

@@ -49,13 +49,14 @@ from robustft.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint_with_fallback,
+    load_latest_checkpoint,
     save_checkpoint,
 )
 from robustft.config import RunConfig
 from robustft.cost import count_passes
 from robustft.data import DataSplits, check_class_set
 from robustft.distributed import SINGLE, ShardBatches, World
-from robustft.errors import NumericalFault, UserError
+from robustft.errors import DataFault, NumericalFault, UserError, option
 from robustft.loader import TrainBatches, cpu_count, default_workers
 from robustft.models import (
     ClassifierModel,
@@ -219,12 +220,19 @@ def _set_lr(state: TrainState) -> float:
     return float(state.optimizer.param_groups[0]["lr"])
 
 
+def _next_step(state: TrainState) -> tuple[int, int | None]:
+    """The 1-based number of the optimizer step about to be taken in the run and in its epoch
+    (None outside the epoch's steps: the hinge(auto) probe, validation)."""
+    step, spe = state.step + 1, state.steps_per_epoch
+    counted = step - state.epoch * spe
+    return step, counted if 1 <= counted <= spe else None
+
+
 def _fault(state: TrainState, kind: str, value: float, what: str) -> NumericalFault:
     """The fault of the optimizer step about to be taken; epochs and steps 1-based."""
     lr_now = float(state.optimizer.param_groups[0]["lr"])
-    epoch, step, spe = state.epoch + 1, state.step + 1, state.steps_per_epoch
-    counted = step - state.epoch * spe
-    epoch_step = counted if 1 <= counted <= spe else None  # None: the hinge(auto) probe
+    epoch, spe = state.epoch + 1, state.steps_per_epoch
+    step, epoch_step = _next_step(state)
     where = f"step {step} of the run"
     if epoch_step is not None:
         where = f"step {epoch_step} of {spe} ({where})"
@@ -557,7 +565,9 @@ def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
 def restore(state: TrainState, payload: dict[str, Any]) -> None:
     """Load a checkpoint payload into ``state`` (same config required)."""
     if payload.get("run_id") != state.config.run_id():
-        raise UserError("checkpoint belongs to a different config; use --force to start over")
+        raise UserError(
+            f"checkpoint belongs to a different config; pass {option('force')} to start over"
+        )
     check_base(payload, state.base_fingerprint, "the resumed run")
     check_class_set(
         payload.get("class_names") or [],
@@ -671,6 +681,8 @@ def fit(
                 run.read_result() if resume and not force and world.is_main else None, world
             )
             if existing is not None:
+                if model is not None:  # trained in place: it gets the run's final weights
+                    load_final_weights(model, run)
                 return existing
             state = distributed.agree(
                 world, lambda: build_state(config, rank_device, model=model, data=data)
@@ -686,6 +698,14 @@ def fit(
             return _train_and_evaluate(state, run, resume=resume, callbacks=cb)
     finally:
         distributed.leave(created)
+
+
+def load_final_weights(model: ClassifierModel, run: RunDir) -> None:
+    """Load the trainable weights of ``run``'s last checkpoint (its final ones, once it has a
+    result) into ``model``, built as the run's was."""
+    payload = load_latest_checkpoint(run.checkpoint)
+    check_base(payload, base_fingerprint(model), "the model given")
+    load_trainable_state_dict(model, payload["model"])
 
 
 @contextlib.contextmanager
@@ -833,7 +853,7 @@ def _epochs_and_evaluation(
     while state.epoch < config.train.epochs and state.stopped is None:
         try:
             row = train_epoch(state, state.epoch + 1, cb)
-        except NumericalFault as fault:
+        except (NumericalFault, DataFault) as fault:
             main(functools.partial(_record_failure, run, state, fault))
             raise
         state.epoch += 1
@@ -863,19 +883,28 @@ def _write_metrics(state: TrainState, run: RunDir, *, clear_failure: bool = Fals
         run.failure.unlink(missing_ok=True)
 
 
-def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault) -> None:
+def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault | DataFault) -> None:
     """Write ``failure.json`` (what, where, the last good epoch kept in the checkpoint: null
     when the first epoch had not ended). Epochs and steps are 1-based: ``step`` counts the
-    run's optimizer steps, ``epoch_step`` those of its epoch."""
+    run's optimizer steps, ``epoch_step`` those of its epoch. A :class:`DataFault` has no
+    value; its steps are those of the batch being read (null when validation read it)."""
+    step: int | None
+    value: float | None
+    if isinstance(fault, NumericalFault):
+        epoch, step, epoch_step, value = fault.epoch, fault.step, fault.epoch_step, fault.value
+    else:  # read for the next step, or (epoch_step None) for validation
+        epoch, value = state.epoch + 1, None
+        next_step, epoch_step = _next_step(state)
+        step = next_step if epoch_step is not None else None
     atomic_write_json(
         run.failure,
         {
             "run_id": state.config.run_id(),
             "kind": fault.kind,
-            "epoch": fault.epoch,
-            "step": fault.step,
-            "epoch_step": fault.epoch_step,
-            "value": fault.value if math.isfinite(fault.value) else str(fault.value),
+            "epoch": epoch,
+            "step": step,
+            "epoch_step": epoch_step,
+            "value": value if value is None or math.isfinite(value) else str(value),
             "message": str(fault),
             "last_good_epoch": state.epoch or None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
