@@ -261,7 +261,8 @@ def test_eval_export_and_report_of_a_failed_run_say_it_failed_and_why(
     run = failed_run(runs["interrupted"], folder / "failed", monkeypatch)
     assert cli.main(["eval", str(run), *FAST]) == 0
     out = capsys.readouterr().out
-    assert f"note: {run} failed (numerical fault at epoch 2, step 1 of 15 (step 16 of the run): " in out
+    fault = "numerical fault at epoch 2, step 1 of 15 (step 16 of the run): "
+    assert f"note: {run} failed ({fault}" in out
     assert "its checkpoint is of epoch 1 of 2, not the final model" in out
     out_file = tmp_path / "export" / "model.safetensors"
     assert cli.main(["export", str(run), "--out", str(out_file)]) == 0
@@ -296,7 +297,8 @@ def test_a_run_that_failed_before_its_first_checkpoint_says_why(
     ):
         assert cli.main(argv) == 2
         line = one_error_line(capsys.readouterr().err)
-        assert line.startswith(f"robustft: error: {run} failed (numerical fault at epoch 1, step 1 of ")
+        fault = "numerical fault at epoch 1, step 1 of "
+        assert line.startswith(f"robustft: error: {run} failed ({fault}")
         assert line.endswith("before its first checkpoint: there is no model")
     (run / "failure.json").unlink()
     with locked(RunDir(run)):  # a run still in its first epoch
