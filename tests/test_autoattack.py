@@ -130,22 +130,29 @@ def test_config_and_eval_command_store_print_and_report_it(
     assert result["clean_accuracy"] > 0.5  # AutoAttack had examples to attack
     assert "AutoAttack (standard) at 32/255 (%), 8 examples" in out
 
-    # robustft eval measures it again on request, prints it labelled, stores it in the run
+    # robustft eval measures it again on request and prints it labelled; on another sample
+    # (seed 1 draws other examples than the curve's seed 0) it is not stored beside the curve
     code = cli.main(["eval", str(run_dir), "--autoattack", "--seed", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
     line = next(x for x in out.splitlines() if x.startswith("AutoAttack (standard) at 32/255:"))
     assert "8 examples, seed 1" in line and "the curve's apgd-ce at the same eps" in line
+    assert "not stored" in out and "the run's curve on 8 examples (seed 0)" in out
+    assert json.loads((run_dir / "result.json").read_text())["autoattack"] == result["autoattack"]
+
+    # on the run's own sample it is measured again and stored in the run
+    assert cli.main(["eval", str(run_dir), "--autoattack", "--device", "cpu"]) == 0
+    assert f"stored in {run_dir / 'result.json'}" in capsys.readouterr().out
     stored = json.loads((run_dir / "result.json").read_text())["autoattack"]
-    assert stored["seed"] == 1 and f"stored in {run_dir / 'result.json'}" in out
+    assert stored["seconds"] != result["autoattack"]["seconds"]
 
     # another eps is printed, not stored
     argv = ["eval", str(run_dir), "--autoattack", "--eps-max", "40/255", "--device", "cpu"]
     assert cli.main(argv) == 0
     assert "not stored" in capsys.readouterr().out
-    assert json.loads((run_dir / "result.json").read_text())["autoattack"]["seed"] == 1
+    assert json.loads((run_dir / "result.json").read_text())["autoattack"] == stored
 
     record = load_run(run_dir)
     row = dict(zip(RUN_HEADERS, run_rows([record])[0]))
     assert list(RUN_HEADERS).index("AutoAttack %") == list(RUN_HEADERS).index("E.rob %") + 1
-    assert row["AutoAttack %"] == f"{100 * record.autoattack:.1f} (standard)"
+    assert row["AutoAttack %"] == f"{100 * record.autoattack:.1f} (standard, n=8)"

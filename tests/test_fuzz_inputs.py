@@ -348,7 +348,7 @@ def _base_types(hint: Any) -> set[Any]:
 def _default(key: str) -> Any:
     node: Any = RunConfig().to_dict()
     for part in key.split("."):
-        node = node[part]
+        node = node.get(part) if isinstance(node, dict) else None  # fingerprints: left out
     return node
 
 

@@ -9,12 +9,14 @@ run from its checkpoint, and the run ends with the numbers of an uninterrupted r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,21 @@ def test_a_trials_last_epoch_is_reported_after_its_evaluation(
     assert sent == [("report", 3, -math.inf)]
 
 
+@contextlib.contextmanager
+def ray_tune_log() -> Iterator[list[str]]:
+    """The messages Ray Tune's driver loop logs within the block (its ``ray.tune.tune`` logger
+    writes to the stderr Ray found at import, out of the tests' capture)."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("ray.tune.tune")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
 @pytest.mark.slow
 def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
     local_ray: Any,
@@ -197,9 +214,14 @@ def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(tune_command._Lines, "__call__", interrupt)
-    assert cli.main(argv) == 130
+    with ray_tune_log() as logged:
+        assert cli.main(argv) == 130
     _, err1 = capsys.readouterr()
     assert err1.splitlines()[-1].startswith("robustft: tuning interrupted (") and "again" in err1
+    # Ray Tune logs that it stopped, but not its "Resume experiment with: Tuner.restore(...)":
+    # the command to run is robustft's line
+    assert any("Stop signal received" in m for m in logged), logged
+    assert not any("Tuner.restore" in m for m in logged), logged
     assert not (out / "trials.md").exists() and not (out / "best.yaml").exists()
     monkeypatch.undo()
     assert cli.main(argv) == 0  # resumed: the interrupted trials continue from checkpoints
@@ -233,3 +255,71 @@ def test_tune_with_asha_writes_trials_and_best_config_and_resumes(
     assert "epoch" not in err
     assert [p.stat().st_mtime_ns for p in results] == stamps
     assert (out / "trials.md").read_text().splitlines() == table
+
+
+def _trial_rows(out: Path) -> dict[str, list[str]]:
+    """The rows of ``trials.md`` by run id: trial, run id, searched values, status, epochs..."""
+    lines = (out / "trials.md").read_text().splitlines()[2:]
+    return {
+        cells[1]: cells for cells in ([c.strip() for c in x.strip("|").split("|")] for x in lines)
+    }
+
+
+@pytest.mark.slow
+def test_tune_extends_a_finished_search_keeping_its_trials(
+    local_ray: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 19: a larger --trials on a finished tuning was refused (and --force threw its
+    trials away); now the finished trials are kept as they ended and new ones are added."""
+    config = tmp_path / "tiny.yaml"
+    settings = {**TINY, "train.epochs": 2}
+    config.write_text(
+        yaml.safe_dump(load_config(SMOKE, [f"{k}={v}" for k, v in settings.items()]).to_dict())
+    )
+    out = tmp_path / "tune"
+    argv = ["tune", str(config), "--search", "train.lr=loguniform(1e-4,1e-1)", "--out", str(out)]
+    assert cli.main([*argv, "--trials", "2"]) == 0
+    before = _trial_rows(out)
+    files = {
+        run_id: [out / "trials" / run_id / name for name in ("metrics.jsonl", "result.json")]
+        for run_id in before
+    }
+    stamps = {p: p.stat().st_mtime_ns for paths in files.values() for p in paths if p.exists()}
+    capsys.readouterr()
+    # extended to 3 trials, interrupted (SIGINT) at the new trial's first report
+    from robustft.commands import tune as tune_command
+
+    report, sent = tune_command._Lines.__call__, []
+
+    def interrupt(self: Any, trial_id: str, result: dict[str, Any]) -> None:
+        report(self, trial_id, result)
+        if not sent and not result.get("recorded"):
+            sent.append(trial_id)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(tune_command._Lines, "__call__", interrupt)
+    with ray_tune_log() as logged:
+        assert cli.main([*argv, "--trials", "3"]) == 130
+    text, err = capsys.readouterr()
+    assert not any("Tuner.restore" in m for m in logged), logged
+    assert "extending the tuning of 2 trials to 3" in text, text + err
+    assert "[trial 3]" in err and "[trial 1]" not in err and "[trial 2]" not in err
+    monkeypatch.undo()
+    assert cli.main([*argv, "--trials", "3"]) == 0  # the extension resumes
+    after = _trial_rows(out)
+    assert len(after) == 3 and set(before) < set(after)
+    for run_id, row in before.items():  # kept as they ended: same status, epochs, numbers
+        assert after[run_id][1:] == row[1:], (after[run_id], row)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # not trained again
+    (new,) = set(after) - set(before)
+    assert after[new][0] == "3" and after[new][3] in ("done", "early-stopped")
+    assert (out / "trials" / new / "metrics.jsonl").is_file()
+    capsys.readouterr()
+    # fewer trials than the tuning holds: refused, nothing lost
+    assert cli.main([*argv, "--trials", "2"]) == 2
+    _, err = capsys.readouterr()
+    assert "holds a tuning of 3 trials" in err and "--trials 3 or more" in err
+    assert _trial_rows(out) == after

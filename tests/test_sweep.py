@@ -135,16 +135,17 @@ def test_expand_orders_names_and_validates(tmp_path: Path) -> None:
     assert runs[3].label == "fix seed=1"
 
 
-def test_duplicates_collapse_and_the_method_wins(tmp_path: Path) -> None:
-    path = sweep_file(tmp_path, grid={"attack.eps": ["4/255", "8/255"], "train.seed": [0, 0]})
-    runs = expand(load_sweep(path))
-    # standard sets eps 0 over the eps grid, and the seed list repeats: 2 x 2 x 2 -> 3 runs
-    assert [r.label for r in runs] == [
-        "standard eps=0/255 seed=0",
-        "fix eps=4/255 seed=0",
-        "fix eps=8/255 seed=0",
-    ]
-    assert len(runs[0].aliases) == 3 and len(runs[1].aliases) == 1
+def test_duplicates_collapse_under_the_names_written(tmp_path: Path) -> None:
+    # two methods alike, and 8/255 written twice (as a fraction and as its float): 2 x 3 -> 2 runs
+    grid = {"attack.eps": ["4/255", "8/255", 8 / 255]}
+    runs = expand(load_sweep(sweep_file(tmp_path, methods={"a": {}, "b": {}}, grid=grid)))
+    assert [r.label for r in runs] == ["a eps=4/255", "a eps=8/255"]
+    assert runs[0].aliases == ("b eps=4/255",)
+    assert runs[1].aliases == (
+        "b eps=8/255",
+        "a eps=0.03137254901960784",
+        "b eps=0.03137254901960784",
+    )
 
 
 def test_inline_base_and_nested_keys() -> None:

@@ -106,7 +106,12 @@ def label(version: str, eps: float, norm: str) -> str:
     return f"AutoAttack ({version}) at {format_eps(eps, norm)}"
 
 
-def _reference() -> Any:
+def reference() -> Any:
+    """The reference implementation's package (``pyautoattack``).
+
+    Raises:
+        UserError: it is not installed.
+    """
     try:
         import pyautoattack
     except ImportError:
@@ -134,7 +139,7 @@ def _attacker(
     model: nn.Module, version: str, norm: str, eps: float, seed: int, classes: int
 ) -> Any:
     """The reference's ``AutoAttack`` for ``version``, targets capped at ``classes - 1``."""
-    package = _reference()
+    package = reference()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     attacker = package.AutoAttack(
         model, norm=NORMS[norm], eps=eps, version=version, seed=seed, device=device
@@ -143,6 +148,15 @@ def _attacker(
     attacker.apgd_targeted.n_target_classes = targets
     attacker.fab.n_target_classes = targets
     return attacker
+
+
+def check_classes(num_classes: int) -> None:
+    """Refuse a task AutoAttack cannot attack (fewer than :data:`MIN_CLASSES` classes)."""
+    if num_classes < MIN_CLASSES:
+        raise UserError(
+            f"AutoAttack needs at least {MIN_CLASSES} classes (its targeted DLR loss reads the "
+            f"4th largest logit); this task has {num_classes}: report the APGD-CE curve instead"
+        )
 
 
 def autoattack_accuracy(
@@ -184,12 +198,8 @@ def autoattack_accuracy(
         raise UserError(f"AutoAttack norm {norm!r}: use one of {', '.join(NORMS)}")
     if not eps > 0:
         raise UserError(f"AutoAttack eps must be > 0, got {eps}")
-    if num_classes < MIN_CLASSES:
-        raise UserError(
-            f"AutoAttack needs at least {MIN_CLASSES} classes (its targeted DLR loss reads the "
-            f"4th largest logit); this task has {num_classes}: report the APGD-CE curve instead"
-        )
-    package = _reference()
+    check_classes(num_classes)
+    package = reference()
     sample, chosen = subset(data, max_examples, seed)
     total = len(sample)  # type: ignore[arg-type]
     if total == 0:

@@ -23,7 +23,7 @@ from robustft import attacks
 from robustft.checkpoint import load_latest_checkpoint
 from robustft.config import RunConfig
 from robustft.data import DataSpec, DataSplits, build_datasets_from_spec
-from robustft.errors import UserError
+from robustft.errors import UserError, option
 from robustft.models import (
     ClassifierModel,
     base_fingerprint,
@@ -32,8 +32,9 @@ from robustft.models import (
     mode_options_from_config,
     param_groups,
 )
+from robustft.models.custom import is_custom
 from robustft.monitor import OverfitRule
-from robustft.rundir import RunDir
+from robustft.rundir import RunDir, run_state
 from robustft.schedules import EpsSchedule, parse_schedule
 from robustft.units import eps_grid
 
@@ -66,13 +67,14 @@ def pick_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise UserError(
-            f"--device {name!r}: not a device name; this machine has: auto, {', '.join(have)}"
+            f"{option('device', name)}: not a device name; this machine has: auto, "
+            f"{', '.join(have)}"
         ) from None
     index = 0 if device.index is None else device.index
     known = device.type == "cpu" or f"{device.type}:{index}" in have or device.type in have
     if not known:
         raise UserError(
-            f"--device {name}: not available; this machine has: auto, {', '.join(have)}"
+            f"{option('device', name)}: not available; this machine has: auto, {', '.join(have)}"
         )
     return device
 
@@ -103,7 +105,8 @@ def eval_grid(config: RunConfig) -> list[float]:
 
 def check_config(config: RunConfig) -> None:
     """Fail fast on names and values that only the library can check (schedule, attacks),
-    before anything is written; and that the tracking backends chosen are installed."""
+    before anything is written; and that the tracking backends and AutoAttack
+    (``eval.autoattack``) chosen are installed."""
     from robustft.tracking import check_backends
 
     check_backends(config.log.backends)
@@ -111,6 +114,10 @@ def check_config(config: RunConfig) -> None:
     build_train_attack(config)
     eval_grid(config)
     build_attack(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
+    if config.eval.autoattack is not None:
+        from robustft.autoattack import reference
+
+        reference()
 
 
 ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")
@@ -152,14 +159,26 @@ def overfit_rule(config: RunConfig) -> OverfitRule:
 
 
 def check_base(payload: dict[str, Any], fingerprint: str, what: str) -> None:
-    """Refuse a trainable-only checkpoint on base weights other than those it was trained on."""
+    """Refuse a trainable-only checkpoint on base weights other than those it was trained on.
+
+    The fix named depends on the model: a model given from Python needs the same starting
+    weights; a built one the same ``model.weights`` file and package versions."""
     saved = payload.get("base_fingerprint")
     if saved is not None and saved != fingerprint:
         info = payload.get("model_info") or {}
+        name, mode = str(info.get("name")), info.get("mode", "?")
+        if is_custom(name):
+            raise UserError(
+                f"the checkpoint of this {name} run (mode {mode}) holds only the weights that "
+                f"train, and the frozen weights of {what} differ from those it started from; "
+                "pass the model with the same starting weights it was trained from (made as "
+                "before, e.g. after the same torch.manual_seed, or with the same pretrained "
+                "weights loaded)"
+            )
         raise UserError(
-            f"checkpoint was trained on different base weights than {what} has "
-            f"({info.get('name')}, {info.get('source')}); load it with the same model.weights "
-            "and package versions it was trained with"
+            f"checkpoint was trained on different base weights than {what} has ({name}, "
+            f"{info.get('source')}); load it with the same model.weights and package versions "
+            "it was trained with"
         )
 
 
@@ -176,10 +195,19 @@ def load_trained_model(
         (model in eval mode, its config, the checkpoint payload).
     """
     from robustft.config import build_config
-    from robustft.models.custom import is_custom, wrap_model
+    from robustft.models.custom import wrap_model
 
     p = Path(path)
     ckpt = RunDir(p).checkpoint if p.is_dir() else p
+    if p.is_dir() and not RunDir(p).has_checkpoint():
+        state = run_state(p)
+        if state.status == "failed":
+            raise UserError(f"{state.text()} before its first checkpoint: there is no model")
+        if state.status == "training":
+            raise UserError(
+                f"{state.text()} and has no checkpoint yet (its first epoch has not ended); "
+                "try again later"
+            )
     payload = load_latest_checkpoint(ckpt)
     config = build_config(payload["config"])
     full = config.model.mode == "full"  # every weight is in the checkpoint: no base needed
@@ -202,7 +230,8 @@ def load_trained_model(
             mode_options=options,
         )
     if not full:
-        check_base(payload, base_fingerprint(built), f"the base model built here for {ckpt}")
+        what = "the model given" if is_custom(config.model.name) else "the base model built here"
+        check_base(payload, base_fingerprint(built), f"{what} for {ckpt}")
     load_trainable_state_dict(built, payload["model"])
     built.to(pick_device(device)).eval()
     return built, config, payload

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from robustft.errors import UserError, first_line
+from robustft.errors import UserError, first_line, option
 
 FORMAT = "robustft-checkpoint-v2"
 FORMAT_V1 = "robustft-checkpoint-v1"  # {"format", "sha256", "payload": bytes}; read, not written
@@ -85,7 +85,8 @@ def _disk_full(target: Path, needed: int | None) -> DiskFull:
     have = f", {_human(free)} free" if free is not None else ""
     return DiskFull(
         f"disk full: cannot write {target.name} in {target.parent} (needs {need}{have}); free "
-        "space there, then rerun (a run resumes with --resume; the previous file is kept)"
+        f"space there, then rerun (a run resumes with {option('resume')}; the previous file is "
+        "kept)"
     )
 
 
@@ -337,7 +338,8 @@ def load_checkpoint_with_fallback(
             payload = load_checkpoint(prev)
         except UserError as prev_err:
             raise UserError(
-                f"no usable checkpoint: {err}; {prev_err}; start the run again with --force"
+                f"no usable checkpoint: {err}; {prev_err}; start the run again with "
+                f"{option('force')}"
             ) from None
         if on_fallback is not None:
             on_fallback(f"{err}; falling back to {prev.name}")

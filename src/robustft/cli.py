@@ -8,15 +8,19 @@ exit code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 from robustft import __version__
-from robustft.errors import NumericalFault, PeerFailed, UserError, printable
+from robustft.errors import NumericalFault, PeerFailed, Terminated, UserError, printable
 
 FIRST_COMMANDS = ("schedule", "train", "eval", "demo")
 
@@ -53,10 +57,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the block, so a command
+    stops as on Ctrl-C, its files intact. Not under a torchrun agent (it ends its workers with
+    SIGTERM, maybe inside a collective call, where only the default action ends them at once)
+    nor outside the main thread; commands may install their own handler inside (sweep, tune)."""
+    agent = "TORCHELASTIC_RESTART_COUNT" in os.environ
+    if agent or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code.
 
-    0 ok, 1 the run failed (a numerical fault), 2 bad input, 130 interrupted.
+    0 ok, 1 the run failed (a numerical fault), 2 bad input, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM, e.g. a Slurm preemption; a run resumes with ``--resume``).
     """
     try:
         parser = build_parser()
@@ -67,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not args.verbose:  # the commands print each curve's warnings themselves, once
             logging.getLogger("robustft.robustness").setLevel(logging.ERROR)
-        return int(args.handler(args))
+        with _sigterm_stops():
+            return int(args.handler(args))
     except PeerFailed:  # another rank of a torchrun run failed; rank 0 prints the reason
         return 2
     except NumericalFault as err:
@@ -76,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"robustft: error: {printable(str(err))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(
+            "robustft: terminated (SIGTERM); a run keeps its last checkpoint: the same "
+            "command with --resume continues it",
+            file=sys.stderr,
+        )
+        return 143
     except KeyboardInterrupt:
         print("robustft: interrupted", file=sys.stderr)
         return 130

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from robustft.errors import UserError, did_you_mean
+from robustft.errors import UserError, did_you_mean, is_int, setting
 from robustft.units import format_eps, parse_eps
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # run, sweep and method names
@@ -93,13 +93,27 @@ class ModelConfig:
 
 AUGMENTS = ("basic", "paper", "none")  # training augmentation presets (robustft.data)
 BAD_IMAGES = ("refuse", "skip")  # what to do with unreadable image files
+IMAGEFOLDER = "imagefolder:"
+
+
+def absolute_path(text: str) -> str:
+    """A relative path made absolute against the current directory (``..`` folded, links
+    kept); empty, absolute and ``~`` paths are returned as they are."""
+    if not text or text.startswith("~") or os.path.isabs(text):
+        return text
+    return os.path.abspath(text)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Dataset: ``digits`` (offline default), ``imagefolder:<path>`` or a torchvision set name.
     ``bad_images``: unreadable image files in an image folder: ``refuse`` (error naming the first)
-    or ``skip`` (leave them out with a warning)."""
+    or ``skip`` (leave them out with a warning).
+
+    A relative ``imagefolder:`` path or ``root`` is made absolute against the current directory
+    when the config is built, before the run id is hashed: the run stores (and is identified by)
+    where its data is, so ``eval``/``export``/``report`` find it from any directory, and the
+    same folder gives the same run id from any directory."""
 
     name: str = "digits"
     image_size: int = 32
@@ -112,6 +126,11 @@ class DataConfig:
     bad_images: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.name.startswith(IMAGEFOLDER):
+            folder = absolute_path(self.name.removeprefix(IMAGEFOLDER))
+            object.__setattr__(self, "name", IMAGEFOLDER + folder)
+        if self.root is not None:
+            object.__setattr__(self, "root", absolute_path(self.root))
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         for key in ("val_fraction", "test_fraction"):
             v = getattr(self, key)
@@ -185,7 +204,7 @@ class TrainConfig:
             raise UserError(
                 f"config train.warmup_epochs={self.warmup_epochs:g} must be below "
                 f"train.epochs={self.epochs} (the learning-rate warm-up would fill the whole run); "
-                f"set it lower, e.g. --set train.warmup_epochs=0"
+                f"set it lower, e.g. {setting('train.warmup_epochs', 0)}"
             )
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -283,10 +302,13 @@ class MonitorConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """Final robustness curve on the test split: ``attack`` with ``steps`` on the grid
-    0, eps_step, ..., eps_max (eps_max null = attack.eps). ``early_stop``: settle an example at
-    the first iterate that fools the model (same accuracies for APGD, the same or lower for PGD,
-    fewer passes; see :mod:`robustft.robustness`); false runs every step and judges the last
-    point."""
+    0, eps_step, ..., eps_max (eps_max > 0; null = attack.eps, or 8/255 in l-inf and 0.5 in l2
+    when that is 0). ``max_examples``: a seeded, stratified sample of N test examples (null =
+    all); ``seed`` (>= 0) draws it and the attacks' random starts. ``early_stop``: settle an
+    example at the first iterate that fools the model (same accuracies for APGD, the same or
+    lower for PGD, fewer passes; see :mod:`robustft.robustness`); false runs every step and
+    judges the last point. Every value is checked here, with the rest of the config, before a
+    run starts (what needs the data, AutoAttack's classes, is checked once it is loaded)."""
 
     attack: str = "apgd-ce"
     steps: int = 10
@@ -301,16 +323,39 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.eps_max is not None:
-            object.__setattr__(
-                self, "eps_max", parse_eps(self.eps_max, name="config eval.eps_max", upper=1e6)
+            top = parse_eps(self.eps_max, name="config eval.eps_max", upper=1e6)
+            _check(
+                top > 0,
+                "eval.eps_max",
+                self.eps_max,
+                "a size > 0 such as 8/255 (eps 0 is the clean accuracy), or null for the "
+                "training eps_g (attack.eps)",
             )
+            object.__setattr__(self, "eps_max", top)
         step = parse_eps(self.eps_step, name="config eval.eps_step", upper=1e6)
         _check(step > 0, "eval.eps_step", self.eps_step, "a step > 0 such as 1/255")
         object.__setattr__(self, "eps_step", step)
         _check(self.steps >= 1, "eval.steps", self.steps, "an integer >= 1")
         _choice("eval.mode", self.mode, ("cascade", "independent"))
+        if self.max_examples is not None:
+            _check(
+                self.max_examples >= 1,
+                "eval.max_examples",
+                self.max_examples,
+                "an integer >= 1, or null for the whole test split",
+            )
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+        _check(valid_seed(self.seed), "eval.seed", self.seed, SEED_RANGE)
         if self.autoattack is not None:
             _choice("eval.autoattack", self.autoattack, AUTOATTACK_VERSIONS)
+
+
+SEED_RANGE = "an integer in [0, 2**64)"  # what torch's and numpy's generators take
+
+
+def valid_seed(value: Any) -> bool:
+    """Whether ``value`` can seed an evaluation (see :data:`SEED_RANGE`)."""
+    return is_int(value) and 0 <= value < 2**64
 
 
 AUTOATTACK_VERSIONS = ("standard", "plus")  # robustft.autoattack's versions
@@ -360,6 +405,26 @@ def add_log_backends(
     return dataclasses.replace(config, log=log)
 
 
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """What a model or datasets given from Python were (:func:`robustft.fit` sets these; a
+    config file leaves them out): ``model_architecture`` (parameter and buffer names, shapes,
+    dtypes), ``model_weights`` (the same plus the starting values) and ``train_data``,
+    ``val_data``, ``test_data`` (``<items>:<hash>`` of the size, every label and a seeded
+    sample of the items). They are in the run id, so another model or other data is another
+    run. Null when not given from Python (``val_data``: also when carved from ``train_data``)."""
+
+    model_architecture: str | None = None
+    model_weights: str | None = None
+    train_data: str | None = None
+    val_data: str | None = None
+    test_data: str | None = None
+
+    def given(self) -> dict[str, str]:
+        """The fingerprints set, by key."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers
 # (train.num_workers only between positive counts; see robustft.loader)
 RESOURCE_KEYS = (
@@ -386,6 +451,7 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    fingerprints: FingerprintConfig = field(default_factory=FingerprintConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -395,6 +461,16 @@ class RunConfig:
             "letters, digits and _.+- starting with a letter or digit (it names the run "
             "directory), e.g. digits-sched",
         )
+        for key in self.fingerprints.given():
+            section = "model" if key.startswith("model_") else "data"
+            name = getattr(self, section).name
+            _check(
+                name.startswith("custom:"),
+                f"fingerprints.{key}",
+                getattr(self.fingerprints, key),
+                f"null: robustft.fit sets it for a {section} given from Python, and "
+                f"{section}.name is {name!r}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; eps values that are multiples of 1/255 are written as ``"k/255"``."""
@@ -405,6 +481,10 @@ class RunConfig:
         if self.eval.eps_max is not None:
             out["eval"]["eps_max"] = _eps_text(self.eval.eps_max, norm)
         out["log"]["backends"] = list(self.log.backends)  # YAML has lists, not tuples
+        # only those set: a run of no model or data given from Python keeps its config and id
+        out["fingerprints"] = self.fingerprints.given()
+        if not out["fingerprints"]:
+            del out["fingerprints"]
         return out
 
     def to_yaml(self) -> str:
@@ -498,7 +578,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         full = f"{prefix}{key}"
         if key not in names:
             full_names = [f"{prefix}{n}" for n in names]
-            raise UserError(f"config: unknown key '{full}'{did_you_mean(full, full_names)}")
+            hint = "" if prefix else f"; {EXTENSION_HINT}"
+            raise UserError(f"config: unknown key '{full}'{did_you_mean(full, full_names)}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{full}.")  # type: ignore[arg-type]
@@ -603,14 +684,25 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+EXTENSION_PREFIXES = ("x-", ".")
+EXTENSION_HINT = "top-level keys starting with x- or . are ignored (e.g. x-common: &common)"
+
+
+def is_extension_key(key: object) -> bool:
+    """Whether a top-level key of a config or sweep file is ignored: it starts with ``x-`` or
+    ``.``, free for YAML anchors (``x-common: &common {...}``), as docker-compose does."""
+    return isinstance(key, str) and key.startswith(EXTENSION_PREFIXES)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty file -> {})."""
+    """Read a YAML config file into a dict (empty file -> {}), without its top-level
+    extension keys (:func:`is_extension_key`)."""
     data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a mapping at the top level")
-    return data
+    return {key: value for key, value in data.items() if not is_extension_key(key)}
 
 
 def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> RunConfig:

@@ -15,7 +15,8 @@ Dataset names:
   folders), or a single pool ``<path>/<class>/<image>``. A missing ``test/`` is carved out of
   ``train/`` (``test_fraction``), then a missing ``val/`` likewise (``val_fraction``). Class
   folders may nest images in subfolders; extensions: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff
-  .webp.
+  .webp. A relative path is made absolute against the current directory
+  (:class:`robustft.config.DataConfig`).
   Every image file is decoded once when the dataset is built (in parallel threads, JPEGs at
   reduced scale), so a corrupt or truncated file never stops training mid-epoch. With
   ``bad_images="refuse"`` (default) the first unreadable file is reported with its path; with
@@ -76,7 +77,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from robustft.config import AUGMENTS
-from robustft.errors import UserError, first_line, unknown_name
+from robustft.errors import UserError, first_line, setting, unknown_name
 from robustft.loader import cpu_count
 
 logger = logging.getLogger(__name__)
@@ -541,7 +542,9 @@ def _split(raw: _Raw, spec: DataSpec) -> dict[str, np.ndarray]:
         if split in raw.parts:
             out[split] = np.arange(len(raw.parts[split].labels))
         else:
-            train, out[split] = stratified_split(labels, train, fraction, spec.seed, spec.name)
+            train, out[split] = stratified_split(
+                labels, train, fraction, spec.seed, spec.name, class_names=raw.class_names
+            )
             logger.info(
                 "%s: %s carved from %s (%d images)", spec.name, split, base, len(out[split])
             )
@@ -550,7 +553,13 @@ def _split(raw: _Raw, spec: DataSpec) -> dict[str, np.ndarray]:
 
 
 def stratified_split(
-    labels: np.ndarray, indices: np.ndarray, fraction: float, seed: int, what: str = "data"
+    labels: np.ndarray,
+    indices: np.ndarray,
+    fraction: float,
+    seed: int,
+    what: str = "data",
+    *,
+    class_names: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (kept, held out) with ``fraction`` held out, stratified by label.
 
@@ -560,6 +569,8 @@ def stratified_split(
         fraction: share held out, in (0, 1).
         seed: ``random_state`` of scikit-learn's ``train_test_split``.
         what: the dataset name, for error messages.
+        class_names: the name of each label (its folder), for error messages; labels are
+            named by number without them.
 
     Returns:
         Two sorted int64 arrays of positions.
@@ -569,6 +580,17 @@ def stratified_split(
     """
     from sklearn.model_selection import train_test_split
 
+    values, counts = np.unique(labels[indices], return_counts=True)
+    lone = [int(v) for v, n in zip(values, counts) if n < 2]
+    if lone:
+        named = [repr(class_names[v]) if v < len(class_names) else str(v) for v in lone]
+        shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        raise UserError(
+            f"{what}: cannot hold out {fraction:g} of {len(indices)} images stratified by "
+            f"class: class {shown} {'has' if len(lone) == 1 else 'have'} a single image "
+            "there; add images to it (at least 2 per class, 3 when val and test are both "
+            "carved out) or provide explicit val/ and test/ folders"
+        )
     try:
         kept, held = train_test_split(
             indices, test_size=fraction, random_state=seed, stratify=labels[indices]
@@ -621,7 +643,7 @@ def _load_imagefolder(path_text: str, bad_images: str = "refuse") -> _Raw:
     image once and refuse or skip the unreadable ones (``bad_images``)."""
     if not path_text.strip():
         raise UserError("imagefolder: no path given; write imagefolder:<directory>")
-    root = Path(path_text).expanduser()
+    root = Path(path_text).expanduser().absolute()
     if not root.is_dir():
         raise UserError(f"imagefolder: {root} is not a directory; check the path in data.name")
     scanned: dict[str, tuple[Path, list[Path], list[int]]] = {}
@@ -826,8 +848,9 @@ def _load_torchvision(name: str, root: Path, download: bool) -> _Raw:
     where = root / info.folder
     if not download and not where.exists():
         raise UserError(
-            f"dataset '{name}' not found: looked in {where}; pass --set data.download=true to "
-            f"download it when online, or set data.root (or ${DATA_ENV}) to where it is"
+            f"dataset '{name}' not found: looked in {where}; pass "
+            f"{setting('data.download', True)} to download it when online, or set data.root "
+            f"(or ${DATA_ENV}) to where it is"
         )
     parts: dict[str, _Source] = {}
     names: tuple[str, ...] = ()

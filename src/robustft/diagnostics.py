@@ -3,8 +3,17 @@
 Task-adaptation delay. Ngnawé et al. (2025) define it as the first epoch at which validation
 clean accuracy exceeds 5%. That threshold presumes many classes (their datasets have 100-257,
 so chance is 0.4-1%). When chance accuracy is not far below 5% the definition would fire on
-chance alone, so robustft uses ``threshold = max(5%, 2 x chance)``: 5% for 40 or more classes
-(the paper's setting, unchanged), 20% for 10 classes.
+chance alone, so robustft asks for chance plus a margin::
+
+    threshold = max(5%, chance + min(chance, 0.2 x (1 - chance)))      chance = 1 / classes
+
+The margin is chance itself (the threshold is twice chance) unless that would ask for more than
+a fifth of the way from chance to perfect accuracy, i.e. a chance-corrected accuracy (Cohen's
+kappa, ``(acc - chance) / (1 - chance)``) above 0.2, the end of "slight" agreement on Landis
+and Koch's scale. Twice chance alone is unreachable for 2 classes (100%) and nearly so for 3
+(66.7%); with the cap every task can cross it: 60% for 2 classes, 46.7% for 3, 40% for 4, 36%
+for 5, then twice chance from 6 classes on (33.3%; 20% for 10) and the paper's 5% for 40 or
+more classes (unchanged).
 
 Failure signatures (:func:`diagnose_run`), each a :class:`Finding` with a one-line suggestion.
 Accuracies are fractions; "points" are percentage points (absolute, not relative):
@@ -38,13 +47,21 @@ from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, best_pgd, overfit_o
 from robustft.units import format_eps
 
 PAPER_THRESHOLD = 0.05
+KAPPA_CAP = 0.2
+"""The margin above chance is at most this share of ``1 - chance`` (see the module docstring)."""
+
+THRESHOLD_TEXT = "max(5%, chance + min(chance, 20% of (1 - chance)))"
+""":func:`adaptation_threshold` in words, for reports and the CLI."""
 
 
 def adaptation_threshold(num_classes: int) -> float:
-    """Validation accuracy (fraction) that counts as "adapting": max(5%, 2 / num_classes)."""
+    """Validation accuracy (fraction) that counts as "adapting":
+    ``max(5%, chance + min(chance, 0.2 x (1 - chance)))`` with ``chance = 1 / num_classes``
+    (60% for 2 classes, 46.7% for 3, 20% for 10, 5% for 40 or more)."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return max(PAPER_THRESHOLD, 2.0 / num_classes)
+    chance = 1.0 / num_classes
+    return max(PAPER_THRESHOLD, chance + min(chance, KAPPA_CAP * (1.0 - chance)))
 
 
 def task_adaptation_delay(

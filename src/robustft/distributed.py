@@ -62,12 +62,13 @@ TIMEOUT = datetime.timedelta(minutes=30)  # a rank waits this long for the other
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the ranks of a run: ``rank`` of ``size``, ``local_rank`` on
-    its node. ``World()`` is the one-process run."""
+    """This process's place among the ranks of a run: ``rank`` of ``size``, ``local_rank`` of
+    ``local_size`` on its node. ``World()`` is the one-process run."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1
 
     @property
     def active(self) -> bool:
@@ -92,6 +93,7 @@ def env_world() -> World:
         rank=int(os.environ.get("RANK", "0")),
         size=size,
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1),
     )
 
 
@@ -351,6 +353,12 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> None:
         timm_convert = nn.SyncBatchNorm.convert_sync_batchnorm
     for name, child in list(model.named_children()):
         setattr(model, name, timm_convert(child))
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` holds BatchNorm layers (whose training statistics depend on the
+    number of examples each process normalises)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def _running_stats(module: nn.Module) -> list[Tensor]:

@@ -7,9 +7,11 @@ code 2, without a traceback. Programming errors stay ordinary exceptions.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 
 class UserError(ValueError):
@@ -37,6 +39,42 @@ def _unwrap_worker_message(message: str) -> str:
     last = message.rstrip().splitlines()[-1]
     _, sep, original = last.partition(": ")
     return original if sep and original else message
+
+
+_PYTHON_API = contextvars.ContextVar("robustft_python_api", default=False)
+
+
+@contextlib.contextmanager
+def python_api() -> Iterator[None]:
+    """Inside the block, messages name the Python API's arguments (``force=True``) instead of
+    the command line's flags (``--force``): see :func:`option`."""
+    token = _PYTHON_API.set(True)
+    try:
+        yield
+    finally:
+        _PYTHON_API.reset(token)
+
+
+def option(name: str, value: object = True) -> str:
+    """How a message tells the user to pass the option ``name`` (a parameter name such as
+    ``run_dir``): ``--force``, ``--device cpu``, ``--run-dir`` on the command line;
+    ``force=True``, ``device='cpu'``, ``run_dir`` from Python (inside :func:`python_api`).
+    ``value`` None names the option alone."""
+    if _PYTHON_API.get():
+        return name if value is None else f"{name}={value!r}"
+    flag = "--" + name.replace("_", "-")
+    return flag if value is None or value is True else f"{flag} {value}"
+
+
+def setting(key: str, value: object) -> str:
+    """How a message tells the user to set the config key ``key`` to ``value``: ``--set
+    data.download=true`` on the command line, ``{'data.download': True} in the config`` from
+    Python (inside :func:`python_api`)."""
+    if _PYTHON_API.get():
+        entry = {key: value}
+        return f"{entry!r} in the config"
+    yaml = {"True": "true", "False": "false", "None": "null"}  # the words YAML reads
+    return f"--set {key}={yaml.get(str(value), value)}"
 
 
 def is_int(value: object) -> bool:
@@ -102,13 +140,39 @@ class NumericalFault(UserError):
 
     Attributes:
         kind: ``nan_loss``, ``inf_loss``, ``nonfinite_grad`` or ``exploding_grad``.
-        epoch, step: where it happened (1-based epoch, 0-based optimizer step).
+        epoch, step: where it happened, both 1-based: the epoch, and the optimizer step
+            counted over the run.
+        epoch_step: the step counted within its epoch (1-based; None when unknown).
         value: the offending loss or gradient norm.
     """
 
-    def __init__(self, message: str, *, kind: str, epoch: int, step: int, value: float) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        epoch: int,
+        step: int,
+        value: float,
+        epoch_step: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind, self.epoch, self.step, self.value = kind, epoch, step, value
+        self.epoch_step = epoch_step
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a batch scheduler preempting the job, ``kill``): the command stops as
+    on Ctrl-C, keeping what it saved (a run its last checkpoint); the CLI exits with 143."""
+
+
+class DataFault(UserError):
+    """An example of a dataset given from Python (checked item by item as it is read) is not
+    an ``(image in [0, 1], integer label)`` pair of the task; during an epoch the run records it
+    in ``failure.json`` as it does a :class:`NumericalFault`. Built from the message alone, so
+    that torch can re-raise it from a DataLoader worker."""
+
+    kind = "bad_data"
 
 
 class PeerFailed(UserError):

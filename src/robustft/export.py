@@ -9,6 +9,12 @@ and evaluated at (``input_size``; the backbone's pretraining resolution is
 it was trained with and the run id. Reading it needs only ``safetensors``; this module's
 :func:`load_exported` rebuilds the full classifier (normalisation included).
 
+An ``hf:`` model (any fine-tuning mode, LoRA merged) is also written as transformers saves
+one: ``config.json`` (the class names as labels) and, when the source had an image processor,
+``preprocessor_config.json`` beside the file, so with the file named ``model.safetensors``
+``AutoModelForImageClassification.from_pretrained(folder)`` opens it (that network expects
+images normalised with the stored mean/std, as its processor does).
+
 Example:
     >>> export_run("runs/demo-sched-1a2b3c", "model.safetensors")
     >>> model = load_exported("model.safetensors")   # ClassifierModel, eval mode
@@ -21,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robustft.checkpoint import atomic_write_bytes
+from robustft.checkpoint import atomic_write_bytes, atomic_write_text
 from robustft.errors import UserError, first_line
+from robustft.rundir import run_dir_of, run_state
 
 FORMAT = "robustft-export-v1"
 
@@ -37,6 +44,8 @@ class ExportSummary:
     size_bytes: int
     metadata: dict[str, str]
     card: Path | None = None  # the model card (README.md) written next to the file
+    note: str | None = None  # the run had not finished: its state and the checkpoint's epoch
+    transformers_files: tuple[Path, ...] = ()  # an hf: model's config.json, processor config
 
 
 def export_run(
@@ -46,10 +55,14 @@ def export_run(
     with ``card``, its model card next to it (:mod:`robustft.modelcard`: ``README.md`` and
     ``robustness_curve.png``, the layout the Hugging Face Hub reads).
 
+    For an ``hf:`` model, also ``config.json`` and (when its source had one)
+    ``preprocessor_config.json`` next to ``out`` (see the module docstring).
+
     Raises:
         UserError: ``out`` exists (without ``force``), its suffix is not ``.safetensors``, the
-            run cannot be loaded, or the folder holds a README.md robustft did not write (it
-            is never overwritten) or a card (without ``force``).
+            run cannot be loaded, the folder holds a README.md robustft did not write (it
+            is never overwritten) or a card (without ``force``), or, for an ``hf:`` model, a
+            ``config.json`` or ``preprocessor_config.json`` (without ``force``).
     """
     from safetensors.torch import save
 
@@ -66,8 +79,17 @@ def export_run(
     model, config, payload = load_trained_model(run, device="cpu")
     if not isinstance(model, ClassifierModel):
         raise UserError(f"{run}: the checkpoint does not hold a robustft classifier")
-    from robustft.models.sources.hf import hf_config_json
+    from robustft.models.sources.hf import hf_config_json, pretrained_files
 
+    class_names = list(payload.get("class_names") or [])
+    files = pretrained_files(model.net, class_names)
+    beside = {target.parent / name: text for name, text in files.items()}
+    taken = [path for path in beside if path.exists()]
+    if taken and not force:
+        raise UserError(
+            f"{taken[0]} exists; pass --force to overwrite it, or export into a folder of its "
+            "own (--out DIR/model.safetensors)"
+        )
     state = export_state_dict(model)
     hf_config = hf_config_json(model.net)
     if hf_config is not None:  # transformers' own parameter names
@@ -77,7 +99,7 @@ def export_run(
         "format": FORMAT,
         "model": info.name,
         "num_classes": str(info.num_classes),
-        "class_names": json.dumps(list(payload.get("class_names") or [])),
+        "class_names": json.dumps(class_names),
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
         "input_size": str(config.data.image_size),  # what it was trained and evaluated at
@@ -93,13 +115,21 @@ def export_run(
             metadata["base_model"] = str(hub_id)
     blob = save(state, metadata=metadata)
     atomic_write_bytes(target, blob)
+    for path, text in beside.items():
+        atomic_write_text(path, text)
     parameters = sum(t.numel() for t in state.values())
     written = None
+    run_dir = run_dir_of(Path(run))
     if card:
         from robustft.modelcard import write_card
 
-        written = write_card(target, _run_dir_of(Path(run)), metadata, config.to_dict())
-    return ExportSummary(target, len(state), parameters, len(blob), metadata, written)
+        written = write_card(target, run_dir, metadata, config.to_dict(), run)
+    note = None
+    if run_dir is not None:
+        note = run_state(run_dir).checkpoint_note(metadata["epoch"], config.train.epochs)
+    return ExportSummary(
+        target, len(state), parameters, len(blob), metadata, written, note, tuple(beside)
+    )
 
 
 def _check_card(target: Path, force: bool) -> None:
@@ -117,14 +147,6 @@ def _check_card(target: Path, force: bool) -> None:
         )
     if not force:
         raise UserError(f"{readme} (a model card) exists; pass --force to overwrite it")
-
-
-def _run_dir_of(run: Path) -> Path | None:
-    """The run directory of a run dir or of a checkpoint inside one (None when unknown)."""
-    for candidate in (run, run.parent.parent):
-        if (candidate / "config.yaml").is_file() and candidate.is_dir():
-            return candidate
-    return None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

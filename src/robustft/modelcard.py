@@ -4,7 +4,9 @@ The layout is the one the Hugging Face Hub reads: a folder holding the weights, 
 with YAML front matter (``library_name``, ``pipeline_tag``, ``tags``, ``datasets``,
 ``metrics``, ``base_model`` for ``hf:`` Hub repo ids (never a local directory), and
 ``model-index`` with the test results)
-and the figure it shows (``robustness_curve.png``), so the folder can be uploaded as it is.
+and the figure it shows (``robustness_curve.png``), so the folder can be uploaded as it is
+(for an ``hf:`` model with ``config.json`` and the processor config, so that transformers opens
+it: :mod:`robustft.export`).
 The card gives the clean and robust accuracy, the expected robustness, the AutoAttack number
 when it was measured (labelled as such: it is not a point of the APGD-CE curve), the
 robustness curve as a plot and a table, the findings, the resolved training config and how to
@@ -16,12 +18,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from robustft import __version__
 from robustft.units import format_eps
+
+if TYPE_CHECKING:
+    from robustft.rundir import RunState
 
 MARKER = "<!-- written by robustft export -->"  # a README.md without it is never overwritten
 CURVE_FILE = "robustness_curve.png"
@@ -97,7 +102,7 @@ def front_matter(
                 "type": "accuracy",
                 "value": _pct(result["autoattack_accuracy"]),
                 "name": f"AutoAttack ({measured['version']}) at {norm} "
-                f"{format_eps(float(measured['eps']), norm)}",
+                f"{format_eps(float(measured['eps']), norm)}, {measured.get('n', '?')} examples",
             }
         )
     dataset_entry = {
@@ -133,7 +138,8 @@ def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None)
     if measured and result.get("autoattack_accuracy") is not None:
         at = format_eps(float(measured["eps"]), norm)
         lines.append(
-            f"| AutoAttack ({measured['version']}) at {norm} {at}, {measured['n']} examples | "
+            f"| AutoAttack ({measured['version']}) at {norm} {at}, {measured.get('n', '?')} "
+            "examples | "
             f"{100 * result['autoattack_accuracy']:.2f} |"
         )
     lines += [
@@ -160,15 +166,44 @@ def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None)
     return lines
 
 
+def _transformers_use(out: Path, metadata: Mapping[str, str]) -> list[str]:
+    """How to open an ``hf:`` export with transformers (the card's Use section)."""
+    lines = [
+        "With transformers (`config.json` and, when the source model had one, its image "
+        "processor `preprocessor_config.json` are in this folder):",
+        "",
+        "```python",
+        "from transformers import AutoModelForImageClassification",
+        "",
+        'model = AutoModelForImageClassification.from_pretrained(".")  # this folder',
+        "```",
+        "",
+        "It expects images normalised with the mean/std above, as the processor does.",
+    ]
+    if out.name != "model.safetensors":
+        lines[-1] += f" Rename `{out.name}` to `model.safetensors` first."
+    if metadata.get("input_size") != metadata.get("pretrained_input_size"):
+        lines[-1] += (
+            f" It was trained at {metadata.get('input_size')} px, not its pretraining size "
+            f"{metadata.get('pretrained_input_size')}: resize to that size (ViT-style models "
+            "also need `interpolate_pos_encoding=True`)."
+        )
+    return ["", *lines]
+
+
 def render_card(
     out: Path,
     metadata: Mapping[str, str],
     config: Mapping[str, Any],
     result: Mapping[str, Any] | None,
     curve: Mapping[str, Any] | None,
+    state: RunState | None = None,
+    source: str = "",
 ) -> str:
     """The model card's markdown for the export ``out`` (``result``/``curve``: the run's
-    ``result.json`` and ``robustness.json``, None when the run has not finished)."""
+    ``result.json`` and ``robustness.json``, None when the run has not finished; ``state``:
+    where the run stood, None when the export came from a checkpoint outside its run dir;
+    ``source``: what was exported, e.g. ``run `smoke-1a2b3c4d5e```, for the footer)."""
     head = yaml.safe_dump(front_matter(result, config, metadata), sort_keys=False)
     name = str(config.get("name", "model"))
     classes = json.loads(metadata.get("class_names") or "[]")
@@ -194,7 +229,7 @@ def render_card(
         "",
     ]
     if result is None:
-        lines += ["The run had not finished when it was exported: no test results.", ""]
+        lines += [_unfinished_text(state, metadata.get("epoch"), config), ""]
     else:
         lines += _results_section(result, curve)
     lines += [
@@ -210,6 +245,7 @@ def render_card(
         f"Input size {metadata.get('input_size')} px; the normalisation (mean "
         f"{metadata.get('mean')}, std {metadata.get('std')}) is inside the model, so give it "
         "unnormalised images in [0, 1].",
+        *(_transformers_use(out, metadata) if "hf_config" in metadata else []),
         "",
         "## Training config",
         "",
@@ -218,18 +254,45 @@ def render_card(
         "```",
         "",
         f"Run id {metadata.get('run_id')}, epoch {metadata.get('epoch')}; exported by robustft "
-        f"{__version__} from `{out.name}`.",
+        f"{__version__}" + (f" from {source}." if source else "."),
         "",
     ]
     return "\n".join(lines)
 
 
-def write_card(out: Path, run_dir: Path | None, metadata: Mapping[str, str], config: Any) -> Path:
+def _unfinished_text(state: RunState | None, epoch: object, config: Mapping[str, Any]) -> str:
+    """The card's sentence for an export without test results: failed (and why), still
+    training, or not finished, and which epoch of how many the weights are."""
+    epochs = (config.get("train") or {}).get("epochs", "?")
+    which = f"epoch {epoch} of {epochs}"
+    if state is None:
+        return f"Exported from a checkpoint outside its run directory ({which}): no test results."
+    if state.status == "failed":
+        return (
+            f"The run failed: {state.reason}. These are the weights of its last checkpoint, "
+            f"{which}: no test results."
+        )
+    if state.status == "training":
+        return (
+            f"The run was still training when it was exported; these are the weights of its "
+            f"checkpoint of {which}: no test results."
+        )
+    return f"The run had not finished when it was exported ({which}): no test results."
+
+
+def write_card(
+    out: Path,
+    run_dir: Path | None,
+    metadata: Mapping[str, str],
+    config: Any,
+    exported: str | Path = "",
+) -> Path:
     """Write ``README.md`` (and ``robustness_curve.png`` when the run has a curve) next to
-    ``out``, atomically; returns the README's path. The caller checked that overwriting is
-    allowed (:func:`is_ours`)."""
+    ``out``, atomically; returns the README's path. ``exported``: what was exported (a run
+    directory or a checkpoint file), named in the footer. The caller checked that overwriting
+    is allowed (:func:`is_ours`)."""
     from robustft.checkpoint import atomic_write_bytes, atomic_write_text
-    from robustft.rundir import RunDir, read_json_object
+    from robustft.rundir import RunDir, read_json_object, run_state
 
     readme, plot = card_files(out)
     run = RunDir(run_dir) if run_dir else None
@@ -241,5 +304,10 @@ def write_card(out: Path, run_dir: Path | None, metadata: Mapping[str, str], con
         png = run_curve_png(run_dir)
         if png is not None:
             atomic_write_bytes(plot, png)
-    atomic_write_text(readme, render_card(out, metadata, config, result, curve))
+    state = run_state(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        source = f"run `{run_dir.name}`"
+    else:
+        source = f"checkpoint `{Path(exported).name}`" if str(exported) else ""
+    atomic_write_text(readme, render_card(out, metadata, config, result, curve, state, source))
     return readme

@@ -8,7 +8,8 @@
 * ``robustness.json``: the final robustness curve on the test split;
 * ``result.json``: headline numbers (clean, robust at eps_g, expected robustness, times, delay);
 * ``env.json``: versions, device, command line, seed;
-* ``failure.json``: only when a numerical fault stopped the run;
+* ``failure.json``: only when a numerical fault (or a bad example of data given from
+  Python) stopped the run;
 * ``tracking.json``: the experiment trackers' run ids (``log.backends``), so ``--resume``
   continues the same tracked runs; ``tensorboard/``: TensorBoard event files;
 * ``checkpoints/good.pt``: only with ``monitor.action=rollback``;
@@ -20,6 +21,7 @@ Every file is written atomically.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from robustft import __version__
 from robustft.checkpoint import atomic_write_json, atomic_write_text, previous
 from robustft.config import RunConfig, build_config, flatten, load_yaml
-from robustft.errors import UserError
+from robustft.errors import UserError, is_int, option
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +71,7 @@ class RunDir:
 
     @property
     def failure(self) -> Path:
-        """``failure.json``: a numerical fault that stopped the run (kind, epoch, step, value)."""
+        """``failure.json``: the fault that stopped the run (kind, epoch, step, value)."""
         return self.root / "failure.json"
 
     @property
@@ -178,6 +180,95 @@ def read_metrics(path: Path) -> Metrics:
     return Metrics(rows, problems)
 
 
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory of a run dir or of a checkpoint inside one (None when unknown)."""
+    for candidate in (path, path.parent.parent):
+        if (candidate / "config.yaml").is_file() and candidate.is_dir():
+            return candidate
+    return None
+
+
+def lock_holder(run: RunDir) -> str | None:
+    """Who holds the run's lock (what :func:`locked` wrote: pid, host, since when), or None.
+
+    It probes with a shared ``flock`` released at once, so a process starting to train in
+    that instant could be refused as if the run were in use; nothing is written."""
+    try:
+        handle = run.lock.open("r")
+    except OSError:  # no lock file: never locked
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run stands, from its files (no checkpoint is read).
+
+    ``status``: ``finished`` (``result.json``), ``training`` (a process holds its lock;
+    ``reason`` says which), ``failed`` (``failure.json``; ``reason`` is its message) or
+    ``unfinished`` (interrupted, or not started). ``epochs_done``: rows of ``metrics.jsonl``;
+    ``epochs``: ``train.epochs`` of ``config.yaml`` (None when unreadable)."""
+
+    root: Path
+    status: str
+    reason: str = ""
+    epochs_done: int = 0
+    epochs: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def describe(self) -> str:
+        """``failed (numerical fault at epoch 3 ...)``, ``is still training (in use by ...)``."""
+        return {
+            "finished": "has finished",
+            "training": f"is still training ({self.reason})",
+            "failed": f"failed ({self.reason})",
+        }.get(self.status, "has not finished (interrupted, or not started)")
+
+    def text(self) -> str:
+        """``runs/x failed (numerical fault at epoch 3 ...)``: the run and its state."""
+        return f"{self.root} {self.describe()}"
+
+    def checkpoint_note(self, epoch: object, epochs: int) -> str | None:
+        """What to say of a model loaded from this run's checkpoint of ``epoch`` (of
+        ``epochs``): None when the run has finished, else ``runs/x is still training (...);
+        its checkpoint is of epoch 3 of 10, not the final model``."""
+        if self.finished:
+            return None
+        return f"{self.text()}; its checkpoint is of epoch {epoch} of {epochs}, not the final model"
+
+
+def run_state(root: Path) -> RunState:
+    """The :class:`RunState` of the run directory ``root``."""
+    run = RunDir(root)
+    try:
+        epochs = (load_yaml(run.config).get("train") or {}).get("epochs")
+    except (UserError, AttributeError):
+        epochs = None
+    epochs = epochs if is_int(epochs) else None
+    done = len(run.read_metrics().rows)
+    if run.result.is_file():
+        return RunState(root, "finished", "", done, epochs)
+    holder = lock_holder(run)
+    if holder is not None:
+        return RunState(root, "training", f"in use by {holder}", done, epochs)
+    failure = read_json_object(run.failure)
+    if failure is not None:
+        reason = str(failure.get("message") or failure.get("kind") or "failure.json")
+        return RunState(root, "failed", (reason.splitlines() or ["?"])[0], done, epochs)
+    return RunState(root, "unfinished", "", done, epochs)
+
+
 def default_run_dir(config: RunConfig, base: str | Path = "runs") -> Path:
     return Path(base) / f"{config.name}-{config.run_id()}"
 
@@ -213,6 +304,15 @@ def remove_stale_temp_files(run: RunDir) -> list[Path]:
     return stale
 
 
+FINGERPRINT_WORDS = {
+    "model_architecture": "another model architecture (parameter names, shapes or dtypes)",
+    "model_weights": "other starting weights of the model",
+    "train_data": "other train_data (size, labels or content)",
+    "val_data": "other val_data (size, labels or content)",
+    "test_data": "other test_data (size, labels or content)",
+}
+
+
 def config_differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
     """The dotted keys whose values differ between two configs, as ``key: old -> new`` text."""
     a, b = flatten(old.to_dict()), flatten(new.to_dict())
@@ -222,15 +322,42 @@ def config_differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
     return ", ".join(shown) + more
 
 
+def _other_run(old: RunConfig, new: RunConfig) -> str:
+    """What a run dir holding ``old`` holds, said to ``new``: a run of another model or other
+    data given from Python when only those differ (:class:`~robustft.config.FingerprintConfig`),
+    else a different config with the keys that differ."""
+    a, b = old.fingerprints.given(), new.fingerprints.given()
+    differ = [key for key in FINGERPRINT_WORDS if a.get(key) != b.get(key)]
+    if "model_architecture" in differ and "model_weights" in differ:
+        differ.remove("model_weights")  # other shapes are other weights: say the first
+    same_config = dataclasses.replace(new, fingerprints=old.fingerprints).run_id() == old.run_id()
+    if not differ or not same_config:
+        return f"a different config ({config_differences(old, new)})"
+    if not a:
+        return (
+            "a run of a model or data given from Python whose fingerprints were not recorded "
+            "(an older robustft's run: whether they are the same cannot be told)"
+        )
+    hint = ""
+    if differ == ["model_weights"]:
+        hint = (
+            " (give a model made as that run's was, e.g. after the same torch.manual_seed; "
+            "a model that fit trained in place holds its trained weights)"
+        )
+    return f"a run of {' and '.join(FINGERPRINT_WORDS[k] for k in differ)}{hint}"
+
+
 def check_run_dir(run: RunDir, config: RunConfig, *, resume: bool, force: bool) -> None:
     """Whether ``config`` may (re)start in ``run``; writes nothing.
 
     Rules: a new or empty directory (or one whose run failed before it started) is fine. A
-    directory holding a *different* config is refused unless ``force`` (the message names the
-    keys that differ). A directory holding the same config with a checkpoint needs ``resume``
+    directory holding a *different* config (or another model or data given from Python: see
+    :class:`~robustft.config.FingerprintConfig`) is refused unless ``force`` (the message names
+    what differs). A directory holding the same config with a checkpoint needs ``resume``
     (continue) or ``force`` (start over). ``resume`` without a checkpoint (a run killed before
     its first epoch ended) starts from the beginning, so a retry loop can always pass
-    ``--resume``.
+    ``--resume``. Messages name the options as the caller passes them
+    (:func:`robustft.errors.option`).
 
     Raises:
         UserError: the directory holds another run or a checkpoint and neither flag was given.
@@ -243,21 +370,21 @@ def check_run_dir(run: RunDir, config: RunConfig, *, resume: bool, force: bool) 
         existing = build_config(load_yaml(run.config))
     except UserError:
         existing = None
+    force_it, run_dir = option("force"), option("run_dir", None)
     if existing is None:
         raise UserError(
-            f"run dir {run.root} holds an unreadable config.yaml; pass --force to overwrite "
-            "it or choose another --run-dir"
+            f"run dir {run.root} holds an unreadable config.yaml; pass {force_it} to overwrite "
+            f"it or choose another {run_dir}"
         )
     if existing.run_id() != config.run_id():
         raise UserError(
-            f"run dir {run.root} holds a different config "
-            f"({config_differences(existing, config)}); pass --force to overwrite it or "
-            "choose another --run-dir"
+            f"run dir {run.root} holds {_other_run(existing, config)}; pass {force_it} to "
+            f"overwrite it or choose another {run_dir}"
         )
     if run.has_checkpoint() and not resume:
         raise UserError(
-            f"run dir {run.root} already holds this run; pass --resume to continue it "
-            "or --force to start over"
+            f"run dir {run.root} already holds this run; pass {option('resume')} to continue "
+            f"it or {force_it} to start over"
         )
 
 

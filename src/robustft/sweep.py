@@ -14,13 +14,15 @@ A sweep file::
       train.seed: [0, 1, 2]
 
 Keys are dotted config keys (``attack.eps``); nested mappings (``attack: {eps: 0}``) are read
-the same way. A run's config is the base, then ``set``, then its grid point, then its method
-(the method wins: ``standard: {attack.eps: 0}`` with ``grid: {attack.eps: [4/255, 8/255]}``
-trains standard fine-tuning once). Runs are ordered grid point by grid point (first grid key
-slowest), every method inside a point, so a partial sweep holds whole comparisons. A run's id is
-the hash of its resolved config (:meth:`RunConfig.run_id`); configs that resolve to the same id
-collapse into one run. Everything is validated (configs built, schedules and attacks checked)
-before anything runs.
+the same way. A run's config is the base, then ``set``, then its grid point, then its method. A
+method may not set a key the grid varies (``standard: {attack.eps: 0}`` with ``grid:
+{attack.eps: [4/255, 8/255]}`` is refused: its value would override every grid value and
+silently make those grid points one run), nor may a grid list a value twice. Runs are ordered
+grid point by grid point (first grid key slowest), every method inside a point, so a partial
+sweep holds whole comparisons. A run's id is the hash of its resolved config
+(:meth:`RunConfig.run_id`); configs that resolve to the same id (two methods alike, ``8/255``
+and its float) collapse into one run. Everything is validated (configs built, schedules and
+attacks checked) before anything runs.
 
 Sweep directory (default ``sweeps/<name>/``):
 
@@ -57,7 +59,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import yaml
 
 from robustft.callbacks import Callbacks
-from robustft.config import NAME_PATTERN, RunConfig, build_config, load_yaml, read_yaml
+from robustft.config import (
+    EXTENSION_HINT,
+    NAME_PATTERN,
+    RunConfig,
+    build_config,
+    is_extension_key,
+    load_yaml,
+    read_yaml,
+)
 from robustft.errors import UserError, did_you_mean
 from robustft.rundir import RunDir
 from robustft.sweep_store import SweepStore
@@ -154,6 +164,21 @@ class SweepSpec:
                 raise UserError(
                     f"{where}: grid '{key}': expected a non-empty list of values, got {values!r}"
                 )
+            for i, value in enumerate(values):
+                if any(type(v) is type(value) and v == value for v in values[:i]):
+                    raise UserError(
+                        f"{where}: grid '{key}' lists {show_value(value)} twice; list each value "
+                        "once"
+                    )
+        for label, settings in self.methods.items():
+            for key in settings:
+                if key in self.grid:
+                    shown = ", ".join(show_value(v) for v in self.grid[key])
+                    raise UserError(
+                        f"{where}: method '{label}' sets {key}={show_value(settings[key])}, which "
+                        f"would override the grid's {key} values ({shown}) and make those grid "
+                        f"points one run; drop {key} from the grid or from method '{label}'"
+                    )
 
     def method_settings(self) -> dict[str, Mapping[str, Any]]:
         """The methods, or the single implicit one (named after the base config)."""
@@ -188,11 +213,12 @@ def parse_sweep(
     where = f"sweep {source}"
     if not isinstance(data, Mapping):
         raise UserError(f"{where}: expected a mapping at the top level")
+    data = {key: value for key, value in data.items() if not is_extension_key(key)}
     for key in data:
         if key not in SPEC_KEYS:
             raise UserError(
                 f"{where}: unknown key '{key}'{did_you_mean(str(key), SPEC_KEYS)}; "
-                f"valid: {', '.join(SPEC_KEYS)}"
+                f"valid: {', '.join(SPEC_KEYS)}; {EXTENSION_HINT}"
             )
     base = data.get("base")
     if isinstance(base, str):
@@ -287,7 +313,7 @@ def _assign(data: dict[str, Any], key: str, value: Any) -> None:
 def _lookup(data: Mapping[str, Any], key: str) -> Any:
     node: Any = data
     for part in key.split("."):
-        node = node[part]
+        node = node.get(part) if isinstance(node, Mapping) else None  # unset fingerprints
     return node
 
 
@@ -327,7 +353,9 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
             grid = {k: _lookup(resolved, k) for k in keys}
             if run_id in runs:
                 kept = runs[run_id]
-                alias = RunSpec(run_id, method, config, grid, kept.index).label
+                # named by its grid point as written: two values that resolve alike (8/255 and
+                # 0.0313725...) show which entries of the sweep file are one run
+                alias = RunSpec(run_id, method, config, point, kept.index).label
                 runs[run_id] = dataclasses.replace(kept, aliases=(*kept.aliases, alias))
                 _logger.info("sweep %s: %s is the same run as %s", spec.name, alias, kept.label)
                 continue

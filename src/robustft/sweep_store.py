@@ -37,7 +37,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,22 +199,22 @@ class StoredRun:
     grid: dict[str, Any]
     config: dict[str, Any]
     status: str
-    error: str | None
-    pid: int | None
-    pid_start: str | None
-    host: str | None
-    started: str | None
-    finished: str | None
-    seconds: float | None
-    clean_accuracy: float | None
-    robust_accuracy: float | None
-    expected_robustness: float | None
-    adaptation_delay: int | None
-    final_val_acc: float | None
-    train_seconds: float | None
-    eval_seconds: float | None
-    result: dict[str, Any] | None
-    epochs: int
+    error: str | None = None
+    pid: int | None = None
+    pid_start: str | None = None
+    host: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    seconds: float | None = None
+    clean_accuracy: float | None = None
+    robust_accuracy: float | None = None
+    expected_robustness: float | None = None
+    adaptation_delay: int | None = None
+    final_val_acc: float | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    result: dict[str, Any] | None = None
+    epochs: int = 0
 
     @property
     def stale(self) -> bool:
@@ -483,6 +483,23 @@ class SweepStore:
             "SELECT metrics FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)
         ).fetchall()
         return [json.loads(r["metrics"]) for r in rows]
+
+
+def as_planned(records: Sequence[StoredRun], runs: Sequence[RunSpec]) -> list[StoredRun]:
+    """``records`` as the sweep file now plans its ``runs``: the file's runs in its order (as
+    recorded, or ``pending`` when the database does not hold them yet), then the database's other
+    runs with no position (no longer in the file)."""
+    by_id = {rec.id: rec for rec in records}
+    planned = [
+        replace(by_id[run.run_id], position=run.index, method=run.method, grid=dict(run.grid))
+        if run.run_id in by_id
+        else StoredRun(
+            run.run_id, run.index, run.method, dict(run.grid), run.config.to_dict(), "pending"
+        )
+        for run in runs
+    ]
+    ids = {run.run_id for run in runs}
+    return planned + [replace(rec, position=None) for rec in records if rec.id not in ids]
 
 
 def _record(row: sqlite3.Row) -> StoredRun:

@@ -49,14 +49,15 @@ from robustft.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint_with_fallback,
+    load_latest_checkpoint,
     save_checkpoint,
 )
 from robustft.config import RunConfig
 from robustft.cost import count_passes
 from robustft.data import DataSplits, check_class_set
 from robustft.distributed import SINGLE, ShardBatches, World
-from robustft.errors import NumericalFault, UserError
-from robustft.loader import TrainBatches, default_workers
+from robustft.errors import DataFault, NumericalFault, UserError, option
+from robustft.loader import TrainBatches, cpu_count, default_workers
 from robustft.models import (
     ClassifierModel,
     base_fingerprint,
@@ -177,6 +178,10 @@ def build_state(
     optimizer, schedule and objective from the config (:mod:`robustft.build`); wrapped for
     data-parallel training when ``world`` has several ranks (:func:`distribute`)."""
     data = build_data(config) if data is None else data
+    if config.eval.autoattack is not None:  # the final evaluation's, refused before training
+        from robustft.autoattack import check_classes
+
+        check_classes(data.num_classes)
     model = build_backbone(config, data.num_classes) if model is None else model
     model = model.to(device)
     if config.train.channels_last:
@@ -215,15 +220,34 @@ def _set_lr(state: TrainState) -> float:
     return float(state.optimizer.param_groups[0]["lr"])
 
 
+def _next_step(state: TrainState) -> tuple[int, int | None]:
+    """The 1-based number of the optimizer step about to be taken in the run and in its epoch
+    (None outside the epoch's steps: the hinge(auto) probe, validation)."""
+    step, spe = state.step + 1, state.steps_per_epoch
+    counted = step - state.epoch * spe
+    return step, counted if 1 <= counted <= spe else None
+
+
 def _fault(state: TrainState, kind: str, value: float, what: str) -> NumericalFault:
+    """The fault of the optimizer step about to be taken; epochs and steps 1-based."""
     lr_now = float(state.optimizer.param_groups[0]["lr"])
-    epoch = state.epoch + 1
+    epoch, spe = state.epoch + 1, state.steps_per_epoch
+    step, epoch_step = _next_step(state)
+    where = f"step {step} of the run"
+    if epoch_step is not None:
+        where = f"step {epoch_step} of {spe} ({where})"
+    kept = (
+        f"the checkpoint of epoch {state.epoch} is kept"
+        if state.epoch
+        else "no checkpoint was written (the first epoch had not ended)"
+    )
     return NumericalFault(
-        f"numerical fault at epoch {epoch}, step {state.step}: {what} (lr {lr_now:.3g}); "
-        "lower train.lr or set train.grad_clip; the last good checkpoint is kept",
+        f"numerical fault at epoch {epoch}, {where}: {what} (lr {lr_now:.3g}); "
+        f"lower train.lr or set train.grad_clip; {kept}",
         kind=kind,
         epoch=epoch,
-        step=state.step,
+        step=step,
+        epoch_step=epoch_step,
         value=value,
     )
 
@@ -368,6 +392,8 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
         "examples_per_second": round(seen / seconds, 2) if seconds > 0 else None,
         "steps": spe,
         "examples": seen,
+        "world_size": world.size,  # processes and threads per process that trained the epoch
+        "threads": torch.get_num_threads(),
         **_global_passes(passes.as_dict(), world),
     }
     row.update(validate(state, epoch))
@@ -539,7 +565,9 @@ def _checkpoint_payload(state: TrainState) -> dict[str, Any]:
 def restore(state: TrainState, payload: dict[str, Any]) -> None:
     """Load a checkpoint payload into ``state`` (same config required)."""
     if payload.get("run_id") != state.config.run_id():
-        raise UserError("checkpoint belongs to a different config; use --force to start over")
+        raise UserError(
+            f"checkpoint belongs to a different config; pass {option('force')} to start over"
+        )
     check_base(payload, state.base_fingerprint, "the resumed run")
     check_class_set(
         payload.get("class_names") or [],
@@ -653,6 +681,8 @@ def fit(
                 run.read_result() if resume and not force and world.is_main else None, world
             )
             if existing is not None:
+                if model is not None:  # trained in place: it gets the run's final weights
+                    load_final_weights(model, run)
                 return existing
             state = distributed.agree(
                 world, lambda: build_state(config, rank_device, model=model, data=data)
@@ -668,6 +698,14 @@ def fit(
             return _train_and_evaluate(state, run, resume=resume, callbacks=cb)
     finally:
         distributed.leave(created)
+
+
+def load_final_weights(model: ClassifierModel, run: RunDir) -> None:
+    """Load the trainable weights of ``run``'s last checkpoint (its final ones, once it has a
+    result) into ``model``, built as the run's was."""
+    payload = load_latest_checkpoint(run.checkpoint)
+    check_base(payload, base_fingerprint(model), "the model given")
+    load_trainable_state_dict(model, payload["model"])
 
 
 @contextlib.contextmanager
@@ -694,23 +732,83 @@ def _train_and_evaluate(
         )
     elif resume:
         _logger.info("no checkpoint in %s yet: starting from the first epoch", run.root)
-    state.threads = thread_count(config, payload)
-    with cpu_threads(state.threads):
+    if payload is not None and world.is_main:
+        _warn_world_change(state, int(payload.get("world_size") or 1))
+    state.threads, threads = thread_count(config, payload, world)
+    with cpu_threads(threads):
         return _run_epochs(state, run, payload, cb)
 
 
-def thread_count(config: RunConfig, payload: dict[str, Any] | None) -> int:
-    """CPU threads for a run: ``train.threads``, else those the checkpoint being resumed was
-    trained with (so the resumed run sums floats as it did), else the process default."""
-    if config.train.threads is not None:
-        return config.train.threads
-    saved = None if payload is None else payload.get("threads")
-    if saved is not None and int(saved) != torch.get_num_threads():
-        _logger.info(
-            "resuming with the run's %d CPU threads, not %d", saved, torch.get_num_threads()
+def _warn_world_change(state: TrainState, saved: int) -> None:
+    """Say it when a run is resumed with another number of processes than it last ran with."""
+    now = state.world.size
+    if saved == now:
+        return
+    cfg = state.config.train
+
+    def processes(n: int) -> str:
+        return f"{n} process" + ("es" if n > 1 else "")
+
+    changes = "the gradients, losses and accuracies are summed in another order"
+    if distributed.has_batchnorm(state.model) and not cfg.sync_bn:
+        changes += (
+            f", and BatchNorm normalises each process's {cfg.batch_size // now} examples of a "
+            f"batch with their own statistics (before: {cfg.batch_size // saved})"
         )
-        return int(saved)
-    return torch.get_num_threads()
+    _logger.warning(
+        "resuming a run trained so far with %s with %s: %s, so it follows neither run exactly "
+        "(each metrics row records its world_size)",
+        processes(saved),
+        processes(now),
+        changes,
+    )
+
+
+def thread_count(
+    config: RunConfig, payload: dict[str, Any] | None, world: World = SINGLE
+) -> tuple[int, int]:
+    """CPU threads: (the run's count, this process's).
+
+    The run's count is ``train.threads``, else the count the checkpoint being resumed records
+    (so that the resumed run sums floats as it did), else the process default (under torchrun
+    1, unless ``OMP_NUM_THREADS`` says otherwise). A process trains with the run's count, except
+    where the processes of a torchrun run on one machine (``world.local_size``) would together
+    ask for more threads than the machine's cores: there each takes the count divided by their
+    number (at least 1), so that they share the cores the count stands for instead of
+    oversubscribing them (2 processes x 2 threads on 2 cores made epochs 5 to 10 times slower).
+
+    The run's count is what the checkpoint and ``result.json`` record as ``threads``, and what a
+    resumed run starts from, whatever its number of processes; every metrics row records the
+    threads each process trained that epoch with and the number of processes (``threads``,
+    ``world_size``). A run repeats bit for bit with the same config, number of processes and
+    cores per machine.
+    """
+    count = config.train.threads
+    saved = None if payload is None else payload.get("threads")
+    if count is None and saved is not None:
+        count = int(saved)
+        if count != torch.get_num_threads():
+            _logger.info(
+                "resuming with the run's %d CPU threads, not %d", count, torch.get_num_threads()
+            )
+    if count is None:
+        count = torch.get_num_threads()
+    local, cores = world.local_size, cpu_count()
+    if not world.active or local * count <= cores:
+        return count, count
+    share = max(1, count // local)
+    if world.is_main:
+        _logger.warning(
+            "%d processes on this machine's %d CPU cores: each trains with %d thread%s (the "
+            "run's %d divided by %d)",
+            local,
+            cores,
+            share,
+            "s" if share > 1 else "",
+            count,
+            local,
+        )
+    return count, share
 
 
 @contextlib.contextmanager
@@ -755,7 +853,7 @@ def _epochs_and_evaluation(
     while state.epoch < config.train.epochs and state.stopped is None:
         try:
             row = train_epoch(state, state.epoch + 1, cb)
-        except NumericalFault as fault:
+        except (NumericalFault, DataFault) as fault:
             main(functools.partial(_record_failure, run, state, fault))
             raise
         state.epoch += 1
@@ -785,18 +883,30 @@ def _write_metrics(state: TrainState, run: RunDir, *, clear_failure: bool = Fals
         run.failure.unlink(missing_ok=True)
 
 
-def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault) -> None:
-    """Write ``failure.json`` (what, where, the last good epoch kept in the checkpoint)."""
+def _record_failure(run: RunDir, state: TrainState, fault: NumericalFault | DataFault) -> None:
+    """Write ``failure.json`` (what, where, the last good epoch kept in the checkpoint: null
+    when the first epoch had not ended). Epochs and steps are 1-based: ``step`` counts the
+    run's optimizer steps, ``epoch_step`` those of its epoch. A :class:`DataFault` has no
+    value; its steps are those of the batch being read (null when validation read it)."""
+    step: int | None
+    value: float | None
+    if isinstance(fault, NumericalFault):
+        epoch, step, epoch_step, value = fault.epoch, fault.step, fault.epoch_step, fault.value
+    else:  # read for the next step, or (epoch_step None) for validation
+        epoch, value = state.epoch + 1, None
+        next_step, epoch_step = _next_step(state)
+        step = next_step if epoch_step is not None else None
     atomic_write_json(
         run.failure,
         {
             "run_id": state.config.run_id(),
             "kind": fault.kind,
-            "epoch": fault.epoch,
-            "step": fault.step,
-            "value": fault.value if math.isfinite(fault.value) else str(fault.value),
+            "epoch": epoch,
+            "step": step,
+            "epoch_step": epoch_step,
+            "value": value if value is None or math.isfinite(value) else str(value),
             "message": str(fault),
-            "last_good_epoch": state.epoch,
+            "last_good_epoch": state.epoch or None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     )

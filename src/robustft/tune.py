@@ -20,6 +20,14 @@ Tune directory (default ``tunes/<config name>/``)::
 
 Run again with the same arguments, it resumes (Ray Tune restores the experiment; an unfinished
 trial resumes its run directory from the last checkpoint; finished trials are not run again).
+
+Run again with a larger ``--trials`` (nothing else changed), it extends the tuning: Ray Tune
+cannot grow an experiment (``Tuner.restore`` keeps its ``num_samples``), so a new experiment
+samples all the trials from the same seed. Ray Tune's sampler draws one configuration after the
+other from one seeded generator, so the first ones are the earlier trials' configurations:
+those find their run directories finished (``result.json``) or stopped early
+(``early_stopped.json``) and report their recorded epochs to ASHA without training again (its
+rungs then hold their values); the new ones train and are judged against them.
 """
 
 from __future__ import annotations
@@ -283,13 +291,21 @@ class _Report(Callbacks):
         if self.last is not None:
             self._send(self.last)
 
-    def _send(self, row: dict[str, Any]) -> None:
+    def replay(self, run: RunDir) -> None:
+        """Report the recorded epochs of a trial that an earlier tuning finished or stopped
+        (one this tuning extends), marked ``recorded``: ASHA's rungs get its values, and it
+        does not train again."""
+        for row in run.read_metrics().rows:
+            self._send(row, recorded=True)
+
+    def _send(self, row: dict[str, Any], *, recorded: bool = False) -> None:
         from ray import tune
 
         value = row.get(self.metric)
         if value is None or not math.isfinite(float(value)):
             value = -math.inf if METRICS[self.metric] == "max" else math.inf
-        tune.report({self.metric: float(value), "epoch": int(row["epoch"]), "run_id": self.run_id})
+        report = {self.metric: float(value), "epoch": int(row["epoch"]), "run_id": self.run_id}
+        tune.report({**report, "recorded": recorded})
 
 
 def run_trial(params: dict[str, Any]) -> None:
@@ -305,6 +321,10 @@ def run_trial(params: dict[str, Any]) -> None:
     torch.set_num_threads(int(setup["cpus"]))
     device = "cuda" if setup["gpus"] else "cpu"
     report = _Report(setup["metric"], config.run_id(), config.train.epochs)
+    run = RunDir(run_dir)
+    if run.result.is_file() or (run.root / EARLY_STOPPED).is_file():
+        report.replay(run)  # a trial of the tuning this one extends: kept as it ended
+        return
     fit(config, run_dir, resume=True, callbacks=report, device=device)
 
 
@@ -359,6 +379,12 @@ def tune_runs(
 
     layout = TuneDir(Path(tune_dir).resolve())
     _check_tune_dir(layout, spec, force=force)
+    earlier = None if force else earlier_trials(layout, spec)
+    if earlier is not None:  # a new experiment of all the trials (see the module docstring)
+        import shutil
+
+        _logger.info("extending the tuning in %s from %d to %d trials", layout.root, *earlier)
+        shutil.rmtree(layout.experiment, ignore_errors=True)  # before tune.yaml says more
     layout.trials.mkdir(parents=True, exist_ok=True)
     atomic_write_text(layout.spec, yaml.safe_dump(spec.to_dict(), sort_keys=False))
     base = spec.base()
@@ -411,7 +437,7 @@ def tune_runs(
                     failure_config=tune.FailureConfig(max_failures=2),
                 ),
             )
-        with _stop_gracefully() as received:
+        with _stop_gracefully() as received, _without_restore_hint():
             grid = tuner.fit()
     finally:
         if started:
@@ -456,6 +482,25 @@ def _stop_gracefully() -> Iterator[list[int]]:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Ray Tune's "Resume experiment with: Tuner.restore(...)" after an interrupt: the
+    CLI says what to do (run the same command again), and Tuner.restore is not it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_restore_hint() -> Iterator[None]:
+    """Within the block, Ray Tune's resume hint is not logged (:class:`_NoRestoreHint`)."""
+    logger, hint = logging.getLogger("ray.tune.tune"), _NoRestoreHint()
+    logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hint)
+
+
 class _Relay:
     """A Ray Tune callback passing each trial's reports on (the CLI prints them)."""
 
@@ -476,18 +521,43 @@ class _Relay:
         return Relay()
 
 
+def _previous(layout: TuneDir) -> dict[str, Any]:
+    """The tuning the tune directory holds (``tune.yaml``; empty when none or unreadable)."""
+    if not layout.spec.is_file():
+        return {}
+    try:
+        old = load_yaml(layout.spec)
+    except UserError:
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def earlier_trials(layout: TuneDir, spec: TuneSpec) -> tuple[int, int] | None:
+    """(the trials of the tuning in ``layout``, ``spec.trials``) when ``spec`` extends it: the
+    same tuning with more trials; else None."""
+    old, new = _previous(layout), spec.to_dict()
+    trials = old.get("trials")
+    if not isinstance(trials, int) or {**old, "trials": spec.trials} != new:
+        return None
+    return (trials, spec.trials) if trials < spec.trials else None
+
+
 def _check_tune_dir(layout: TuneDir, spec: TuneSpec, *, force: bool) -> None:
-    """Refuse a tune directory that holds another tuning (unless ``force``: cleared)."""
+    """Refuse a tune directory that holds another tuning (unless ``force``: cleared); the same
+    tuning with more trials is an extension (:func:`earlier_trials`), with fewer refused."""
     import shutil
 
     if not layout.spec.is_file():
         return
-    try:
-        old = load_yaml(layout.spec)
-    except UserError:
-        old = {}
-    if old == spec.to_dict():
+    old = _previous(layout)
+    if old == spec.to_dict() or (not force and earlier_trials(layout, spec) is not None):
         return
+    if not force and {**old, "trials": spec.trials} == spec.to_dict():
+        raise UserError(
+            f"tune dir {layout.root} holds a tuning of {old['trials']} trials, which --trials "
+            f"{spec.trials} would drop; pass --trials {old['trials']} or more (a larger number "
+            "extends it, keeping its trials), --force to start over there, or another --out"
+        )
     if not force:
         changed = sorted(k for k in spec.to_dict() if old.get(k) != spec.to_dict()[k])
         raise UserError(

@@ -66,6 +66,14 @@ def format_eps(eps: float, norm: str = "linf") -> str:
     return f"{k:.2f}".rstrip("0").rstrip(".") + "/255"
 
 
+def default_eps_step(norm: str, eps_max: float) -> float:
+    """The grid step of an evaluation in ``norm`` that names no step of its own: ``1/255`` in
+    l-inf (the pixel quantum: the grid of 8/255 has 9 points), ``eps_max / 8`` in l2 (l2 sizes
+    have no quantum, and 0.5, 1.0 or 3.0 all differ in scale: eighths give the same 9-point
+    grid as l-inf 8/255 and divide any eps_max exactly)."""
+    return 1 / 255 if norm == "linf" else eps_max / 8
+
+
 MAX_GRID_POINTS = 10_000  # every point is an attack over the test set
 
 

@@ -61,15 +61,17 @@ def _setting(config: RunConfig, eps: float) -> str:
 
 
 def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
-    """Diagnoses of each run, with standard fine-tuning as the suboptimal-transfer reference."""
+    """Diagnoses of each run, standard fine-tuning (the first) included; it is the
+    suboptimal-transfer reference of the others."""
     from robustft.result import diagnose
     from robustft.rundir import RunDir
 
     reference = runs[0][2]["clean_accuracy"]
     lines = []
-    for config, run_dir, result in runs[1:]:
+    for i, (config, run_dir, result) in enumerate(runs):
         history = RunDir(run_dir).read_metrics().rows
-        for f in diagnose(result, history, config.to_dict(), reference_clean=reference):
+        compare = None if i == 0 else reference
+        for f in diagnose(result, history, config.to_dict(), reference_clean=compare):
             method = config.name.removeprefix("demo-")
             lines.append(f"  {method}: {f.code}: {f.message} -> {f.suggestion}")
     return lines
@@ -77,7 +79,7 @@ def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from robustft.demo import METHOD_LABELS, demo_configs
-    from robustft.diagnostics import adaptation_threshold
+    from robustft.diagnostics import THRESHOLD_TEXT, adaptation_threshold
     from robustft.rundir import RunDir, default_run_dir
     from robustft.train import fit
 
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         "expected robustness: accuracy averaged over eps uniform on "
         f"[0, {format_eps(eps)}] (APGD-CE, 1/255 grid); delay: first epoch with validation "
-        f"accuracy > {100 * threshold:.0f}% (max(5%, 2 x chance))"
+        f"accuracy > {100 * threshold:.3g}% ({THRESHOLD_TEXT})"
     )
     findings = _findings(runs)
     print("diagnostics:\n" + ("\n".join(findings) if findings else "  none"))

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.commands._render import Progress, attack_label, pct, table
-from robustft.config import AUTOATTACK_VERSIONS
+from robustft.config import AUTOATTACK_VERSIONS, SEED_RANGE, valid_seed
 from robustft.errors import UserError
-from robustft.units import format_eps, parse_eps
+from robustft.units import default_eps_step, format_eps, parse_eps
 
 if TYPE_CHECKING:
     from robustft.config import RunConfig
@@ -30,13 +30,20 @@ eps (the paper's protocol).
 --data evaluates on another dataset (its test/ folder, or a test split carved out as in
 training); its classes must be the checkpoint's, with the same names in the same order.
 
+--norm other than the run's needs --eps-max in its units; the grid step then defaults to 1/255
+in linf and eps-max/8 in l2 (--eps-step to choose).
+
 --autoattack [standard|plus] also measures AutoAttack accuracy (the reference implementation,
-the RobustBench number) at eps-max on the same examples; on the run's own data and eps it is
-stored in the run's robustness.json and result.json (key autoattack), next to the curve.
+the RobustBench number) at eps-max on the same examples; on a finished run's own data, eps and
+sample (its --max-examples and --seed) it is stored in the run's robustness.json and
+result.json (key autoattack), next to the curve; otherwise it is printed with why it was not.
+
+A run still training, failed or interrupted is evaluated from its last checkpoint; a note names
+the checkpoint's epoch (of how many) and the run's state (failed: failure.json's reason).
 
 examples:
   robustft eval runs/demo-sched-1a2b3c4d5e
-  robustft eval runs/demo-sched-1a2b3c4d5e --autoattack standard --max-examples 1000
+  robustft eval runs/demo-sched-1a2b3c4d5e --autoattack standard
   robustft eval runs/x/checkpoints/last.pt --eps-max 16/255 --mode independent --json curve.json
   robustft eval runs/x --data imagefolder:/data/birds-shifted --bad-images skip
   torchrun --nproc_per_node=4 -m robustft eval runs/x --json curve.json   # batches sharded
@@ -52,7 +59,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--eps-max", help="largest eps, e.g. 8/255 (default: the run's eval grid)")
-    p.add_argument("--eps-step", help="grid step (default: the run's, 1/255 unless changed)")
+    p.add_argument(
+        "--eps-step",
+        help="grid step (default: the run's, 1/255 unless changed; with another --norm, 1/255 "
+        "in linf and eps-max/8 in l2)",
+    )
     p.add_argument(
         "--attack",
         help="apgd-ce, apgd-dlr, pgd, fgsm, fgsm-rs, square (gradient-free, l-inf); "
@@ -170,14 +181,11 @@ def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.max_examples is not None and args.max_examples < 1:
         raise UserError(f"--max-examples must be >= 1, got {args.max_examples}")
+    if args.seed is not None and not valid_seed(args.seed):
+        raise UserError(f"--seed must be {SEED_RANGE}, got {args.seed}")
     ecfg = config.eval
     norm = args.norm or config.attack.norm
     upper = 1.0 if norm == "linf" else 1e6
-    step = ecfg.eps_step
-    if args.eps_step is not None:
-        step = parse_eps(args.eps_step, name="--eps-step", upper=upper)
-        if step == 0:
-            raise UserError("--eps-step must be > 0, e.g. 1/255")
     if args.eps_max is not None:
         eps_max = parse_eps(args.eps_max, name="--eps-max", upper=upper)
         if eps_max == 0:
@@ -186,6 +194,14 @@ def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
         raise UserError(f"--norm {norm} differs from the run's; pass --eps-max in {norm} units")
     else:
         eps_max = eval_grid(config)[-1]
+    if args.eps_step is not None:
+        step = parse_eps(args.eps_step, name="--eps-step", upper=upper)
+        if step == 0:
+            raise UserError("--eps-step must be > 0, e.g. 1/255")
+    elif norm != config.attack.norm:  # the run's step is in the other norm's units
+        step = default_eps_step(norm, eps_max)
+    else:
+        step = ecfg.eps_step
     return EvalSettings(
         attack=args.attack or ecfg.attack,
         steps=args.steps if args.steps is not None else ecfg.steps,
@@ -241,12 +257,18 @@ def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
     from robustft.build import build_attack, build_data, load_trained_model
     from robustft.checkpoint import atomic_write_json
     from robustft.robustness import robustness_curve
+    from robustft.rundir import run_dir_of, run_state
     from robustft.subset import sample_size
     from robustft.units import eps_grid
 
     say = print if world.is_main else _quiet
     model, config, payload = load_trained_model(args.run, device=device)
     chosen = settings(args, config)
+    run_dir = run_dir_of(Path(args.run))
+    if run_dir is not None:  # a run still training, failed or interrupted: say which epoch
+        note = run_state(run_dir).checkpoint_note(payload.get("epoch", "?"), config.train.epochs)
+        if note is not None:
+            say(f"note: {note}")
     changed = differences(chosen, config)
     if changed:
         say(f"note: not the run's own evaluation settings: {', '.join(changed)}")
@@ -336,7 +358,7 @@ def with_autoattack(
     for warning in measured.warnings:
         print(f"warning (AutoAttack): {warning}")
     curve = dataclasses.replace(curve, autoattack=measured.to_dict())
-    why_not = _not_stored_because(args, config, chosen)
+    why_not = _not_stored_because(args, config, chosen, measured.examples)
     if why_not:
         print(f"note: AutoAttack not stored in {args.run}: {why_not}")
     else:
@@ -345,9 +367,13 @@ def with_autoattack(
     return curve
 
 
-def _not_stored_because(args: argparse.Namespace, config: RunConfig, chosen: EvalSettings) -> str:
-    """Why an AutoAttack number does not belong in the run's files ('' when it does)."""
+def _not_stored_because(
+    args: argparse.Namespace, config: RunConfig, chosen: EvalSettings, sample: dict[str, Any]
+) -> str:
+    """Why an AutoAttack number measured on ``sample`` (its ``examples``) does not belong in the
+    run's files ('' when it does): it must sit beside the run's own curve, on its examples."""
     from robustft.build import eval_grid
+    from robustft.rundir import RunDir, read_json_object
 
     if not Path(args.run).is_dir():
         return "a checkpoint file was given, not a run directory"
@@ -355,7 +381,21 @@ def _not_stored_because(args: argparse.Namespace, config: RunConfig, chosen: Eva
         return "evaluated on other data (--data)"
     if chosen.norm != config.attack.norm or chosen.eps_max != eval_grid(config)[-1]:
         return "eps or norm differ from the run's evaluation budget"
+    curve = read_json_object(RunDir(Path(args.run)).robustness)
+    if curve is None or not RunDir(Path(args.run)).result.is_file():
+        return "the run has not finished (no robustness curve to store it beside)"
+    own = curve.get("examples") or {}
+    if own != sample:  # n, seed, how drawn, and which indices
+        return (
+            f"measured on {_sample_text(sample)}, the run's curve on {_sample_text(own)}; "
+            "measure it without --max-examples and --seed to store it"
+        )
     return ""
+
+
+def _sample_text(examples: dict[str, Any]) -> str:
+    """``40 examples (seed 0)``: the size and seed of an evaluation's sample."""
+    return f"{examples.get('n', '?')} examples (seed {examples.get('seed', '?')})"
 
 
 def store_autoattack(run_dir: Path, measured: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from robustft.sweep import (
     short_keys,
     show_value,
 )
-from robustft.sweep_store import StoredRun, SweepStore
+from robustft.sweep_store import StoredRun, SweepStore, as_planned
 from robustft.units import format_eps
 
 HELP = """\
@@ -233,11 +233,38 @@ def _sweep_dir(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else default_sweep_dir(load_sweep(target))
 
 
-def show_status(sweep_dir: Path) -> int:
-    with SweepStore.open_existing(SweepDir(sweep_dir).db) as store:
+def show_status(
+    sweep_dir: Path, runs: Sequence[RunSpec] | None = None, source: str | None = None
+) -> int:
+    """Print the ``--status`` table of ``sweep_dir``: with ``runs`` (the expansion of the sweep
+    file ``source`` as it is now) the file's runs, recorded or not yet, then the recorded runs
+    no longer in it; without, what ``sweep.db`` holds."""
+    layout = SweepDir(sweep_dir)
+    command = f"robustft sweep {source or 'SWEEP.yaml'}"
+    runs_dir = layout.root / "runs"
+    if not layout.db.is_file() and runs_dir.is_dir() and any(runs_dir.iterdir()):
+        raise UserError(
+            f"no sweep database at {layout.db}, but {runs_dir} holds run directories (--index "
+            f"runs leave sweep.db alone): record them with `{command} --collect --out "
+            f"{sweep_dir}`, then use --status"
+        )
+    with SweepStore.open_existing(layout.db) as store:
         records = store.records()
+    if runs is not None:
+        records = as_planned(records, runs)
     print(f"sweep {sweep_dir}")
     print(status_table(records))
+    unrecorded = [
+        rec.id
+        for rec in records
+        if rec.status != "done" and (layout.run_dir(rec.id) / "result.json").is_file()
+    ]
+    if unrecorded:
+        print(
+            f"{len(unrecorded)} runs finished in {runs_dir} are not recorded in sweep.db yet "
+            f"(--index runs, {', '.join(unrecorded)}): record them with `{command} --collect "
+            f"--out {sweep_dir}`"
+        )
     return 0
 
 
@@ -329,9 +356,11 @@ def _launcher(args: argparse.Namespace, runs: int) -> Any:
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     sweep_dir = _sweep_dir(args)
-    if args.status:
+    if args.status and Path(args.target).is_dir():
         return show_status(sweep_dir)
     spec = load_sweep(args.target)
+    if args.status:  # the runs of the file as it is now, recorded or not
+        return show_status(sweep_dir, expand(spec), args.target)
     from robustft.sweep import tracked
 
     # --log and the sweep's name as log.group, on every path (run_sweep, --index): a bad or
@@ -358,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.collect:
         summary = collect(spec, sweep_dir, runs)
-        show_status(sweep_dir)
+        show_status(sweep_dir, runs, args.target)
         print(f"recorded {summary.skipped} finished runs of {summary.total} from {sweep_dir}")
         return 0
     if args.index is not None:
@@ -375,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
             launcher=launcher,
             log=args.log,
         )
-    show_status(sweep_dir)
+    show_status(sweep_dir, runs, args.target)
     print(
         f"this invocation: {summary.done} trained, {summary.skipped} skipped, "
         f"{summary.failed} failed, {summary.busy} left to other processes "

@@ -23,7 +23,9 @@ Ray Tune is the engine (pip install 'robustft[ray]'): without --address the tria
 local Ray instance on this machine, --cpus-per-trial and --gpus-per-trial each (the only
 launcher: --launcher ray is accepted for symmetry with robustft sweep). Run the same command
 again after an interruption: Ray Tune restores the tuning; unfinished trials resume their run
-directories from their checkpoints, finished ones are not run again.
+directories from their checkpoints, finished ones are not run again. Run it again with a larger
+--trials to extend a tuning: its trials are kept as they ended (finished or stopped early) and
+new ones, the next samples of the same seed, are trained and judged against them.
 
 distributions: loguniform(LOW,HIGH), uniform(LOW,HIGH), randint(LOW,HIGH) (inclusive),
 choice(A,B,...). metrics: val_acc (default), val_robust_acc (needs val.robust_every=1),
@@ -103,6 +105,8 @@ class _Lines:
     def __call__(self, trial_id: str, result: dict[str, Any]) -> None:
         from robustft.tune import trial_number
 
+        if result.get("recorded"):  # an earlier trial's epochs, shown when it trained
+            return
         number = trial_number(trial_id, 0)
         value = result.get(self.metric)
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -119,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         TuneDir,
         best_trial,
         default_tune_dir,
+        earlier_trials,
         markdown,
         trials_table,
         tune_runs,
@@ -133,6 +138,14 @@ def run(args: argparse.Namespace) -> int:
         f"{spec.reduction}, up to {spec.base().train.epochs} epochs; in {out}",
         flush=True,
     )
+    grown = None if args.force else earlier_trials(TuneDir(out.resolve()), spec)
+    if grown is not None:
+        print(
+            f"extending the tuning of {grown[0]} trials to {grown[1]}: the {grown[0]} are kept as "
+            f"they ended (they report their recorded epochs to ASHA, training nothing) and "
+            f"{grown[1] - grown[0]} new ones are sampled",
+            flush=True,
+        )
     try:
         trials = tune_runs(
             spec, out, address=args.address, on_result=_Lines(spec.metric), force=args.force

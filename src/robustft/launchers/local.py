@@ -63,6 +63,8 @@ def worker_error(log_path: Path, returncode: int) -> str:
                 return line.removeprefix(prefix).strip()
     if returncode == 130:
         return "worker interrupted; rerun to resume"
+    if returncode == 143:
+        return "worker terminated (SIGTERM); rerun to resume"
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     return f"{last} (exit code {returncode}; see {log_path})" if last else f"exit code {returncode}"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from itertools import chain
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ from robustft.config import check_lora_targets
 from robustft.errors import UserError
 from robustft.models.modes import apply_mode
 from robustft.models.spec import ModelSpec, ModeOptions
+from robustft.models.state import tensors_fingerprint
 from robustft.models.wrapper import ClassifierModel
 
 CUSTOM_PREFIX = "custom:"
@@ -58,6 +60,32 @@ class Normalize(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
+
+
+def check_network(net: object) -> nn.Module:
+    """``net`` if it is an ``nn.Module`` whose parameters and buffers hold values.
+
+    Raises:
+        UserError: not a module, or a tensor of it on the meta device (one line, the fix).
+    """
+    if not isinstance(net, nn.Module):
+        raise UserError(f"model: expected a torch nn.Module, got {type(net).__name__}")
+    for name, tensor in chain(net.named_parameters(), net.named_buffers()):
+        if tensor.is_meta:
+            raise UserError(
+                f"model: {name} is on the meta device (the model was built without its "
+                "weights, e.g. under torch.device('meta') or init_empty_weights); materialise "
+                "it first, e.g. model.to_empty(device='cpu') and then load its weights"
+            )
+    return net
+
+
+def model_fingerprints(net: nn.Module) -> tuple[str, str]:
+    """(architecture, starting weights) of ``net``: the first 16 hex digits of
+    :func:`~robustft.models.state.tensors_fingerprint` over its state dict (parameters and
+    persistent buffers) without and with the values. Hashing reads every weight once."""
+    state = list(net.state_dict().items())
+    return tensors_fingerprint(state, values=False)[:16], tensors_fingerprint(state)[:16]
 
 
 def custom_name(net: nn.Module) -> str:
@@ -100,8 +128,7 @@ def wrap_model(
         UserError: ``mode`` needs a head the network does not have, or its options do not fit
             the network (no LoRA-capable layer, too many blocks).
     """
-    if not isinstance(net, nn.Module):
-        raise UserError(f"model: expected a torch nn.Module, got {type(net).__name__}")
+    check_network(net)
     options = options or ModeOptions()
     own_targets = getattr(net, "lora_targets", None)
     if own_targets is not None and options.lora_targets is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -75,15 +75,28 @@ def base_fingerprint(model: nn.Module) -> str:
     (``requires_grad`` False) in name order: identifies the base weights a trainable-only
     checkpoint belongs to. Deterministic across processes; all-trainable models give the hash
     of nothing."""
-    digest = hashlib.sha256()
     frozen = [
         (n, p) for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
     ]
-    for name, p in sorted(frozen, key=lambda item: item[0]):
-        t = p.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return tensors_fingerprint(frozen)
+
+
+def tensors_fingerprint(named: Iterable[tuple[str, Tensor]], *, values: bool = True) -> str:
+    """SHA-256 (hex) over the names, dtypes and shapes of the tensors in name order and, with
+    ``values``, their bytes (:func:`update_digest`)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named, key=lambda item: item[0]):
+        update_digest(digest, name, tensor, values=values)
     return digest.hexdigest()
+
+
+def update_digest(digest: Any, name: str, tensor: Tensor, *, values: bool = True) -> None:
+    """Feed ``name|dtype|shape`` and, with ``values``, the tensor's bytes (a CPU copy) to a
+    ``hashlib`` digest."""
+    t = tensor.detach()
+    digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+    if values:
+        digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def export_state_dict(model: ClassifierModel) -> dict[str, Tensor]:

@@ -3,8 +3,9 @@
 A run directory is any directory holding ``result.json`` (layout in :mod:`robustft.rundir`).
 :func:`collect_runs` finds every one below a path (a single run, a folder of runs, or a sweep
 with ``runs/<id>/``) without reading any sweep database. Directories that look like runs
-(``config.yaml`` or ``metrics.jsonl``) but have no ``result.json`` are skipped with a warning,
-as are runs whose files cannot be read.
+(``config.yaml`` or ``metrics.jsonl``) but have no ``result.json`` are skipped with a warning
+saying why (failed, with ``failure.json``'s reason; still training; or not finished) and how many
+epochs are done, as are runs whose files cannot be read.
 
 Grouping for the paper-style tables: rows are (backbone = ``model.name``, method = the config
 ``name``), columns are datasets (``data.name``), and one table is made per evaluation budget
@@ -32,10 +33,10 @@ import yaml
 
 from robustft.config import flatten
 from robustft.diagnostics import Finding, task_adaptation_delay
-from robustft.errors import UserError
+from robustft.errors import UserError, is_int
 from robustft.monitor import FGSM_KEY, PGD_KEY
 from robustft.result import diagnose
-from robustft.rundir import read_metrics
+from robustft.rundir import read_metrics, run_state
 
 SKIP_DIRS = frozenset({"checkpoints", "__pycache__"})
 
@@ -182,6 +183,7 @@ class RunRecord:
     stopped: StopRecord | None = None
     autoattack: float | None = None  # AutoAttack accuracy at eval_eps, when measured
     autoattack_version: str | None = None  # standard or plus
+    autoattack_n: int | None = None  # the examples it was measured on
     result: Mapping[str, Any] = field(default_factory=dict, compare=False)  # result.json
     config: Mapping[str, Any] = field(default_factory=dict, compare=False)  # config.yaml
 
@@ -464,7 +466,7 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
     curve = _read_curve(root / "robustness.json")
     num_classes = int(result.get("num_classes") or 0)
     delay = result.get("adaptation_delay")
-    if delay is None and history and num_classes:
+    if history and num_classes:  # today's threshold, as the findings: also for older runs
         delay = task_adaptation_delay([r.as_row() for r in history], num_classes)
     eps_g = float(result["eps_g"])
     steps = attack.get("steps")
@@ -501,6 +503,7 @@ def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) ->
         stopped=_read_stopped(result.get("stopped")),
         autoattack=_opt_float(result.get("autoattack_accuracy")),
         autoattack_version=_autoattack_version(result.get("autoattack")),
+        autoattack_n=_autoattack_n(result.get("autoattack")),
         result=result,
         config=config,
     )
@@ -514,6 +517,11 @@ def _autoattack_version(measured: object) -> str | None:
     if not isinstance(measured, Mapping) or measured.get("version") is None:
         return None
     return str(measured["version"])
+
+
+def _autoattack_n(measured: object) -> int | None:
+    n = measured.get("n") if isinstance(measured, Mapping) else None
+    return n if is_int(n) else None
 
 
 GROUPING_KEYS = frozenset(
@@ -572,6 +580,14 @@ def with_findings(runs: Sequence[RunRecord]) -> tuple[RunRecord, ...]:
     return tuple(out)
 
 
+def _not_finished(path: Path) -> str:
+    """Why a run directory has no result: ``failed (numerical fault ...); 1 of 5 epochs done``,
+    still training, or not finished."""
+    state = run_state(path)
+    of = f" of {state.epochs}" if state.epochs is not None else ""
+    return f"{state.describe()}; {state.epochs_done}{of} epochs done, no result.json"
+
+
 def collect_runs(root: str | Path, *more_roots: str | Path) -> Collection:
     """Load and diagnose every finished run below ``root`` (and each of ``more_roots``: one
     report over several sweeps). A run id found twice is loaded once.
@@ -590,7 +606,7 @@ def collect_runs(root: str | Path, *more_roots: str | Path) -> Collection:
         done, not_done = find_run_dirs(base)
         finished += done
         unfinished += not_done
-    skipped = [f"skipped {d}: no result.json (unfinished run?)" for d in unfinished]
+    skipped = [f"skipped {d}: {_not_finished(d)}" for d in unfinished]
     runs: list[RunRecord] = []
     seen: dict[str, Path] = {}
     for path in finished:

@@ -339,7 +339,7 @@ def _val_legend(ax: Axes, threshold: float) -> None:
         (Line2D([], [], color="black", lw=2), "val. clean accuracy (left)"),
         (Line2D([], [], color="black", lw=1.3, ls="--"), "training eps (right)"),
         (Line2D([], [], color="black", ls="none", marker="X", ms=8), "adaptation delay"),
-        (Line2D([], [], color="#999999", lw=1, ls=":"), f"adaptation threshold ({threshold:.0f}%)"),
+        (Line2D([], [], color="#999999", lw=1, ls=":"), f"adaptation threshold ({threshold:.3g}%)"),
     ]
     _legend(ax, "below", extra=keys)
 

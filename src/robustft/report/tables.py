@@ -243,10 +243,12 @@ def run_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
 
 
 def _autoattack_text(run: RunRecord) -> str:
-    """``12.5 (standard)``: AutoAttack accuracy at the run's eval eps, '-' when not measured."""
+    """``12.5 (standard, n=40)``: AutoAttack accuracy at the run's eval eps and the examples it
+    was measured on, '-' when not measured."""
     if run.autoattack is None:
         return "-"
-    return f"{pct(run.autoattack)} ({run.autoattack_version or '?'})"
+    n = "?" if run.autoattack_n is None else run.autoattack_n
+    return f"{pct(run.autoattack)} ({run.autoattack_version or '?'}, n={n})"
 
 
 def _findings_text(run: RunRecord) -> str:
@@ -289,15 +291,17 @@ def definitions(runs: Sequence[RunRecord]) -> list[str]:
     thresholds = sorted(
         {diagnostics.adaptation_threshold(max(r.num_classes, 1)) for r in runs}, reverse=True
     )
-    shown = ", ".join(f"{100 * t:.0f}%" for t in thresholds)
+    shown = ", ".join(f"{100 * t:.3g}%" for t in thresholds)
     return [
         "Expected robustness (E.rob): accuracy averaged over eps uniform on [0, eps_g], "
         "trapezoid rule on the evaluation grid; it lies between robust and clean accuracy.",
-        "AutoAttack %: accuracy under AutoAttack (the reference implementation, version in "
-        "brackets; the RobustBench number) at the eval eps, when measured (eval.autoattack or "
-        "robustft eval --autoattack); a separate number, not a point of the APGD curve.",
+        "AutoAttack %: accuracy under AutoAttack (the reference implementation, version and "
+        "examples in brackets; the RobustBench number) at the eval eps, when measured "
+        "(eval.autoattack or robustft eval --autoattack) on the curve's examples; a separate "
+        "number, not a point of the APGD curve.",
         "Task-adaptation delay: first epoch whose validation clean accuracy exceeds "
-        f"max(5%, 2 x chance) ({shown} here); 'never' if it did not.",
+        f"{diagnostics.THRESHOLD_TEXT}, chance = 1 / classes ({shown} here); 'never' if it "
+        "did not.",
         "never_adapts: validation accuracy never exceeded that threshold.",
         "collapse_on_ramp: validation accuracy fell more than "
         f"{100 * diagnostics.COLLAPSE_DROP:.0f} points below an earlier peak at an epoch "
@@ -583,6 +587,7 @@ RUN_CSV_FIELDS = (
     "expected_robustness_pct",
     "autoattack_pct",
     "autoattack_version",
+    "autoattack_n",
     "final_val_pct",
     "adaptation_delay",
     "train_seconds",
@@ -736,6 +741,7 @@ def runs_csv(runs: Sequence[RunRecord]) -> str:
             _num(run.expected),
             _num(run.autoattack),
             run.autoattack_version or "",
+            "" if run.autoattack_n is None else run.autoattack_n,
             _num(run.final_val_acc),
             "" if run.delay is None else run.delay,
             "" if run.train_seconds is None else f"{run.train_seconds:.3f}",

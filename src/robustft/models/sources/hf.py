@@ -10,7 +10,8 @@ classifiers (``pip install 'robustft[hf]'``).
   (``model.pretrained=false``: the architecture from its config, randomly initialised).
 - The image processor's ``image_mean``/``image_std`` become the model's normalisation (inside
   the model, so attacks work on ``[0, 1]`` pixels) and its size the model's ``input_size``;
-  without a processor config, ImageNet's mean/std and the config's ``image_size``.
+  without a processor config, ImageNet's mean/std and the config's ``image_size``, with a
+  warning.
 - The network returns a logits tensor (:class:`HFImageClassifier` unwraps the output object)
   and, for ViT-style models, interpolates its position embeddings when the images are not the
   pretraining size (``data.image_size``).
@@ -22,20 +23,19 @@ LoRA targets for ViT/DeiT: the attention's query and value projections and the M
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import logging
-import os
-import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from torch import Tensor, nn
 
 from robustft.errors import UserError, first_line
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, _Built, _head_names
+from robustft.models.sources.hub import hub_unreachable, offline_mode
 from robustft.models.spec import ModelSpec
 
 _logger = logging.getLogger("robustft.models")
@@ -45,12 +45,14 @@ class HFImageClassifier(nn.Module):
     """A transformers image-classification model as a plain network: normalised images
     ``(B, 3, H, W)`` in, logits ``(B, K)`` out. Parameter names are the model's own under
     ``model.`` (the export strips that prefix). ``hub_id``: the Hub repo it came from (None for
-    a local directory): the model card's ``base_model``."""
+    a local directory): the model card's ``base_model``. ``processor``: the source's image
+    processor (None without one), which the export saves beside the weights."""
 
     def __init__(self, model: nn.Module, hub_id: str | None = None) -> None:
         super().__init__()
         self.model = model
         self.hub_id = hub_id
+        self.processor: Any = None
         parameters = inspect.signature(model.forward).parameters
         self.interpolates = "interpolate_pos_encoding" in parameters
         size = getattr(getattr(model, "config", None), "image_size", None)
@@ -93,49 +95,6 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
-
-
-def hub_unreachable() -> bool:
-    """Whether downloads must come from the cache only: Hugging Face's offline mode
-    (``HF_HUB_OFFLINE=1``), or no proxy and a Hub host (``HF_ENDPOINT``) that DNS cannot resolve,
-    i.e. no network. Without this check huggingface_hub retries each file five times with
-    backoff (about 50 s for a repo id on a machine without network) before the same error."""
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return True
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return False  # the proxy resolves the host, not us
-    host = urlparse(constants.ENDPOINT).hostname
-    if not host:
-        return False
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _cache_only(enabled: bool) -> Iterator[None]:
-    """Hugging Face's offline mode while loading, when ``enabled``. ``local_files_only`` is not
-    enough: huggingface_hub 2.x still fetches its agent registry over HTTP to build request
-    headers (``utils/_detect_agent.py``) unless offline mode is on, and it reads
-    ``HF_HUB_OFFLINE`` once at import, so its constant is set here and restored after."""
-    if not enabled:
-        yield
-        return
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
-
-
 def _source(arch: str) -> tuple[str, bool]:
     """The directory or repo id, and whether it is a local directory.
 
@@ -171,23 +130,40 @@ def _load_error(arch: str, local: bool, cache_only: bool, err: BaseException) ->
 
 
 def _normalisation(
-    source: str, config: Any, cache_only: bool
-) -> tuple[tuple[float, ...], tuple[float, ...], int]:
-    """mean, std and input size from the image processor saved with the model (ImageNet's
-    and the config's ``image_size`` without one)."""
+    label: str, source: str, config: Any, cache_only: bool
+) -> tuple[tuple[float, ...], tuple[float, ...], int, Any]:
+    """mean, std, input size and the image processor saved with the model (ImageNet's mean/std
+    and the config's ``image_size`` without one, with a warning: a model trained with other
+    normalisation would be fine-tuned on shifted inputs)."""
     transformers = _transformers()
     size = getattr(config, "image_size", 224)
+    size = int(size if isinstance(size, int) else 224)
     try:
-        with _quiet(), _cache_only(cache_only):
+        with _quiet(), offline_mode(cache_only):
             processor = transformers.AutoImageProcessor.from_pretrained(
                 source, local_files_only=cache_only
             )
     except (OSError, ValueError, KeyError) as err:
-        _logger.info("hf:%s has no image processor (%s): ImageNet mean/std", source, err)
-        return IMAGENET_MEAN, IMAGENET_STD, int(size if isinstance(size, int) else 224)
-    mean = tuple(float(v) for v in getattr(processor, "image_mean", None) or IMAGENET_MEAN)
-    std = tuple(float(v) for v in getattr(processor, "image_std", None) or IMAGENET_STD)
-    return mean, std, _processor_size(getattr(processor, "crop_size", None) or processor.size, size)
+        _logger.debug("%s: no image processor (%s)", label, first_line(err))
+        _logger.warning(
+            "%s has no image processor (preprocessor_config.json): using ImageNet mean/std and "
+            "input size %d; if it was pretrained with other normalisation, save its processor "
+            "with it (processor.save_pretrained)",
+            label,
+            size,
+        )
+        return IMAGENET_MEAN, IMAGENET_STD, size, None
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if mean is None or std is None:
+        _logger.warning(
+            "%s: its image processor (%s) gives no image_mean/image_std: using ImageNet's",
+            label,
+            type(processor).__name__,
+        )
+    mean = tuple(float(v) for v in mean or IMAGENET_MEAN)
+    std = tuple(float(v) for v in std or IMAGENET_STD)
+    side = _processor_size(getattr(processor, "crop_size", None) or processor.size, size)
+    return mean, std, side, processor
 
 
 def _processor_size(size: Any, default: Any) -> int:
@@ -234,7 +210,7 @@ def _build_hf(arch: str, spec: ModelSpec) -> _Built:
     cache_only = not local and hub_unreachable()
     auto = transformers.AutoModelForImageClassification
     try:
-        with _quiet(), _cache_only(cache_only):
+        with _quiet(), offline_mode(cache_only):
             if spec.pretrained:
                 model = auto.from_pretrained(
                     source,
@@ -256,7 +232,7 @@ def _build_hf(arch: str, spec: ModelSpec) -> _Built:
             raise _load_error(arch, local, cache_only, err) from None
         raise UserError(f"{label}: not an image-classification model ({first_line(err)})") from None
     net = HFImageClassifier(model, hub_id=None if local else source)
-    mean, std, size = _normalisation(source, model.config, cache_only)
+    mean, std, size, net.processor = _normalisation(label, source, model.config, cache_only)
     return _Built(net, _head(net, label), mean, std, size, origin)
 
 
@@ -267,6 +243,26 @@ def hf_config_json(net: nn.Module) -> str | None:
     if not isinstance(net, HFImageClassifier):
         return None
     return json.dumps(net.model.config.to_dict())  # type: ignore[union-attr,operator]
+
+
+def pretrained_files(net: nn.Module, class_names: Sequence[str]) -> dict[str, str]:
+    """The files that let transformers open an exported ``hf:`` network from its folder
+    (``AutoModelForImageClassification.from_pretrained(DIR)`` beside ``model.safetensors``):
+    ``config.json``, with the class names as its labels, and ``preprocessor_config.json``
+    when the source had an image processor (its normalisation is the model's). Empty for
+    other networks."""
+    if not isinstance(net, HFImageClassifier):
+        return {}
+    config: Any = copy.deepcopy(net.model.config)
+    labels = [str(c) for c in class_names]
+    if len(labels) == config.num_labels and len(set(labels)) == len(labels):
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+    config.architectures = [type(net.model).__name__]
+    files = {"config.json": config.to_json_string()}
+    if net.processor is not None:
+        files["preprocessor_config.json"] = net.processor.to_json_string()
+    return files
 
 
 def build_from_config_json(text: str) -> HFImageClassifier:

@@ -1,7 +1,10 @@
 """The ``timm:<name>`` source.
 
 - ``timm:<name>``: any timm model (``timm:resnet50.a1_in1k``, ``timm:hf-hub:org/repo``).
-  Pretrained weights come from the Hugging Face hub (needs network), or from ``weights=<file>``.
+  Pretrained weights come from the Hugging Face hub (needs network, or the Hugging Face cache:
+  with ``HF_HUB_OFFLINE=1`` or a Hub host that DNS cannot resolve only the cache is read, so an
+  uncached model fails at once instead of after about 50 s of retries), or from
+  ``weights=<file>``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from robustft.models.sources.base import (
     _download_error,
     _head_names,
 )
-from robustft.models.spec import ModelSpec
+from robustft.models.sources.hub import hub_unreachable, offline_mode
+from robustft.models.spec import DEFAULT_MODEL, ModelSpec
 from robustft.models.weights import load_backbone_weights, read_state_dict
 
 
@@ -47,9 +51,18 @@ def _timm_create(arch: str, pretrained: bool, num_classes: int, label: str) -> n
 
     if not pretrained and not arch.startswith(("hf-hub:", "hf_hub:")):
         return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    offline = hub_unreachable()
     try:
-        return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
+        with offline_mode(offline):
+            return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
     except Exception as exc:
+        if offline:
+            raise UserError(
+                f"cannot get pretrained weights for {label}: offline (no network or "
+                f"HF_HUB_OFFLINE=1) and not in the Hugging Face cache ({type(exc).__name__}); pass "
+                "model.weights=<local .safetensors/.pth> or model.pretrained=false, run once "
+                f"online to cache it, or use the offline default {DEFAULT_MODEL}"
+            ) from exc
         raise _download_error(label, exc) from exc
 
 
