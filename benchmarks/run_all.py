@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from table import markdown, rows_of, section_table
+from table import render, rows_of
 from timing import (
     alternate,
     fit_line,
@@ -585,61 +585,6 @@ SECTIONS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
     "scaling": section_scaling,
     "memory": section_memory,
 }
-MEASURES = {
-    "attacks": ("robust_accuracy", "robust acc"),
-    "curves": ("expected_robustness", "E.rob"),
-    "training": ("vs_pgd7", "time / PGD-7"),
-    "scaling": ("per", "fit per"),
-}
-
-
-def render(results: dict[str, Any]) -> str:
-    """The markdown report of a results.json payload."""
-    head = results["meta"]
-    runs = results.get("runs", [head])
-    lines = [
-        "# robustft benchmarks",
-        "",
-        *(
-            f"- run `{r['command']}`: load {r['load_before']} -> {r['load_after']}, "
-            f"{r['seconds']:.0f} s"
-            for r in runs
-        ),
-        "",
-        f"{head['machine']['cpu']}, {head['machine']['cores']} cores, torch "
-        f"{head['machine']['torch']}. Speed-up = reference median / median (above 1: faster "
-        "than the reference); the load average after each section is in its heading.",
-    ]
-    for name, rows in results["sections"].items():
-        lines += ["", f"## {name} (load {results['load'].get(name)})", ""]
-        if name == "memory":
-            lines.append(
-                markdown(
-                    ["model", "batch", "peak MiB", "step s", "MiB/example", "settings"],
-                    [
-                        [
-                            r["case"],
-                            r["contender"],
-                            r["peak_mib"],
-                            r["step_s"],
-                            r["mib_per_example"],
-                            r["settings_label"],
-                        ]
-                        for r in rows
-                    ],
-                )
-            )
-        else:
-            measure, label = MEASURES[name]
-            lines.append(section_table(rows, measure, label))
-            if name == "curves":
-                lines += ["", "accuracy per eps (0..8/255), example backward passes:"]
-                lines += [
-                    f"- {r['case']}, {r['contender']}: {r['accuracies']}, "
-                    f"{r['example_backward_passes']} passes"
-                    for r in rows
-                ]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

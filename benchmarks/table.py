@@ -3,14 +3,18 @@
 A row is one contender of one comparison (a *case*): its median time, its speed-up over the
 case's reference contender (reference median / its median: above 1 is faster), what it measured
 (accuracy, expected robustness, passes) and the settings it ran with.
+
+:func:`render` turns a ``results.json`` payload into ``RESULTS.md``; the documentation site's
+Performance page calls it too (this module imports no torch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from timing import Settings, Timing
+if TYPE_CHECKING:
+    from timing import Settings, Timing
 
 
 def rows_of(
@@ -72,3 +76,173 @@ def section_table(rows: Sequence[dict[str, Any]], measure: str, label: str) -> s
         for r in rows
     ]
     return markdown(headers, body)
+
+
+MEASURES = {
+    "attacks": ("robust_accuracy", "robust acc"),
+    "curves": ("expected_robustness", "E.rob"),
+    "training": ("vs_pgd7", "time / PGD-7"),
+    "scaling": ("per", "fit per"),
+}
+
+
+def render(
+    results: Mapping[str, Any], *, title: str | None = "robustft benchmarks", level: int = 1
+) -> str:
+    """The markdown report of a results.json payload: the runs, the machine, one table per
+    section and the targets. ``title`` (None: none) is a heading of ``level``; the sections'
+    headings are one level below."""
+    head = results["meta"]
+    runs = results.get("runs", [head])
+    lines = [f"{'#' * level} {title}", ""] if title else []
+    lines += [
+        *(
+            f"- run `{r['command']}`: load {r['load_before']} -> {r['load_after']}, "
+            f"{r['seconds']:.0f} s"
+            for r in runs
+        ),
+        "",
+        f"{head['machine']['cpu']}, {head['machine']['cores']} cores, torch "
+        f"{head['machine']['torch']}. Speed-up = reference median / median (above 1: faster "
+        "than the reference); the load average after each section is in its heading.",
+    ]
+    sub = "#" * (level + 1)
+    for name, rows in results["sections"].items():
+        lines += ["", f"{sub} {name} (load {results['load'].get(name)})", ""]
+        if name == "memory":
+            lines.append(
+                markdown(
+                    ["model", "batch", "peak MiB", "step s", "MiB/example", "settings"],
+                    [
+                        [
+                            r["case"],
+                            r["contender"],
+                            r["peak_mib"],
+                            r["step_s"],
+                            r["mib_per_example"],
+                            r["settings_label"],
+                        ]
+                        for r in rows
+                    ],
+                )
+            )
+        else:
+            measure, label = MEASURES[name]
+            lines.append(section_table(rows, measure, label))
+            if name == "curves":
+                lines += ["", "accuracy per eps (0..8/255), example backward passes:"]
+                lines += [
+                    f"- {r['case']}, {r['contender']}: {r['accuracies']}, "
+                    f"{r['example_backward_passes']} passes"
+                    for r in rows
+                ]
+    goals = targets(results)
+    if goals:
+        lines += ["", f"{sub} targets", "", goals]
+    return "\n".join(lines) + "\n"
+
+
+def _row(rows: Sequence[dict[str, Any]], case: str, contender: str) -> dict[str, Any]:
+    """The row of ``contender`` in the case whose name starts with ``case``."""
+    for r in rows:
+        if r["case"].startswith(case) and r["contender"] == contender:
+            return r
+    raise KeyError(f"no benchmark row {contender!r} in a case starting with {case!r}")
+
+
+def _attack_target(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    measured, verdicts = [], []
+    for kind in ("standard", "robust"):
+        early = {
+            n: _row(rows, f"{n} {kind}", "ours (early exit)") for n in ("pgd-10", "apgd-ce-10")
+        }
+        peers = {n: _row(rows, f"{n} {kind}", "torchattacks") for n in early}
+        accs = sorted({round(100 * r["robust_accuracy"]) for r in early.values()})
+        eps = early["pgd-10"]["case"].split(" eps ")[1].split()[0]
+        span = f"{accs[0]}%" if len(accs) == 1 else f"{accs[0]}-{accs[-1]}%"
+        same = all(early[n]["robust_accuracy"] == peers[n]["robust_accuracy"] for n in early)
+        measured.append(
+            f"{kind} model ({span} at {eps}): PGD-10 {early['pgd-10']['speedup']:.2f}x, "
+            f"APGD-CE-10 {early['apgd-ce-10']['speedup']:.2f}x"
+            + ("; same accuracies" if same else "; accuracies differ")
+        )
+        ok = all(r["speedup"] >= 2 for r in early.values())
+        verdicts.append(f"{'holds' if ok else 'missed'} on the {kind} model")
+    return "; ".join(measured), ", ".join(verdicts)
+
+
+def _curve_target(rows: Sequence[dict[str, Any]], kind: str, goal: float) -> tuple[str, str]:
+    cascade = _row(rows, f"{kind} 9 eps", "ours cascade")
+    independent = _row(rows, f"{kind} 9 eps", "ours independent")
+    peer = _row(rows, f"{kind} 9 eps", "torchattacks per eps")
+    erob = (
+        "same E.rob"
+        if cascade["expected_robustness"] == peer["expected_robustness"]
+        else f"E.rob {cascade['expected_robustness']:.3f} vs {peer['expected_robustness']:.3f}"
+    )
+    text = f"{cascade['speedup']:.2f}x (cascade; independent {independent['speedup']:.2f}x); {erob}"
+    return text, "holds" if cascade["speedup"] >= goal else "missed"
+
+
+def _training_target(rows: Sequence[dict[str, Any]], which: str) -> tuple[str, str]:
+    case = rows[0]["case"]
+    if which == "fgsm":
+        ratio = _row(rows, case, "FGSM-RS")["vs_pgd7"]
+        return f"{ratio:.3f}x", "holds" if ratio <= 0.3 else "missed"
+    if which == "eps0":
+        ratio = _row(rows, case, "eps=0 epoch of hinge(t1=2,t2=3), PGD-7")["speedup"]
+        return f"{ratio:.2f}x a clean epoch's speed", "holds" if ratio >= 1 / 1.05 else "missed"
+    ours = _row(rows, case, "PGD-7")["median_s"]
+    plain = _row(rows, case, "plain loop + torchattacks PGD-7")["median_s"]
+    ratio = plain / ours
+    verdict = (
+        "holds"
+        if ratio >= 1
+        else "parity within noise: not shown to hold"
+        if ratio >= 0.95
+        else "missed"
+    )
+    return f"{ratio:.2f}x (plain loop's median / ours)", verdict
+
+
+TARGETS: tuple[tuple[str, str, Callable[[Sequence[dict[str, Any]]], tuple[str, str]]], ...] = (
+    (
+        "accuracy under attack, every example attacked, >= 2x torchattacks attack + forward",
+        "attacks",
+        _attack_target,
+    ),
+    (
+        "9-point curve 0-8/255 APGD-CE-10, model that stays robust, >= 1.8x torchattacks per eps",
+        "curves",
+        lambda rows: _curve_target(rows, "robust", 1.8),
+    ),
+    (
+        "9-point curve, collapsing (standard) model, >= 5x",
+        "curves",
+        lambda rows: _curve_target(rows, "standard", 5.0),
+    ),
+    ("FGSM-RS epoch <= 0.3x PGD-7 epoch", "training", lambda rows: _training_target(rows, "fgsm")),
+    (
+        "eps = 0 epoch within 5% of a clean epoch",
+        "training",
+        lambda rows: _training_target(rows, "eps0"),
+    ),
+    (
+        "our PGD-7 epoch no slower than the plain torchattacks loop",
+        "training",
+        lambda rows: _training_target(rows, "plain"),
+    ),
+)
+
+
+def targets(results: Mapping[str, Any]) -> str:
+    """The targets table (target, measured, verdict: "holds" when the median ratio clears it)
+    of the targets whose rows ``results`` holds (a partial run, ``--sections`` or ``--quick``,
+    may hold some); empty when it holds none."""
+    body = []
+    for goal, section, judge in TARGETS:
+        try:
+            body.append([goal, *judge(results["sections"][section])])
+        except KeyError:  # the section, or a case of it, was not run
+            continue
+    return markdown(["target", "measured", "verdict"], body) if body else ""
