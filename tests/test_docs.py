@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import unicodedata
+from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -129,7 +130,9 @@ def test_cli_reference_covers_every_command_and_option() -> None:
 
 def test_config_reference_covers_every_key() -> None:
     hook = _hook()
-    defaults = flatten(RunConfig().to_dict())
+    config = RunConfig()
+    # every key, those of the fingerprints section too (to_dict() leaves it out while unset)
+    defaults = flatten({**config.to_dict(), "fingerprints": asdict(config.fingerprints)})
     rows = hook.config_keys()
     assert [r["key"] for r in rows] == list(defaults)
     text = hook.config_reference()

@@ -226,7 +226,8 @@ def config_keys() -> list[dict[str, str]]:
     _use_checkout()
     from robustft.config import RunConfig, flatten
 
-    defaults = flatten(RunConfig().to_dict())
+    config = RunConfig()
+    defaults = flatten(config.to_dict())
     rows: list[dict[str, str]] = []
     top_hints = typing.get_type_hints(RunConfig)
     for top in dataclasses.fields(RunConfig):
@@ -243,7 +244,11 @@ def config_keys() -> list[dict[str, str]]:
                 {
                     "key": key,
                     "type": _type_name(hints[name]),
-                    "default": _yaml(defaults[key]),
+                    "default": _yaml(
+                        defaults[key]
+                        if key in defaults  # to_dict() leaves an unset fingerprints section out
+                        else getattr(getattr(config, top.name), name)
+                    ),
                     "accepts": _accepts(section, name),
                     "meaning": _meaning(doc, name, set(names)),
                     "section": section or "",
