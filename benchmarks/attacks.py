@@ -202,7 +202,7 @@ def _torchattacks_curve(context: Context, grid: Sequence[float]) -> list[float]:
 
 def section_evaluation(context: Context, args: argparse.Namespace) -> None:
     """A 9-point robustness curve: cascade vs independent (ours) vs torchattacks per eps."""
-    from robustft.robustness import robustness_curve
+    from robustft.robustness.evaluate import robustness_curve
 
     eps_max = parse_eps(args.linf_eps, name="linf eps")
     grid = [i * eps_max / 8 for i in range(9)]

@@ -2,11 +2,11 @@
 
 The payload is that of a real run: the default model (``efficientnet_lite0``, full fine-tuning,
 3.38M parameters) after one AdamW step, so the optimizer holds its two moments, built by
-:func:`robustft.train.build_state` and :func:`robustft.train._checkpoint_payload` as training
-builds it. For each format the script reports the file size, the tensors' bytes, the peak
-extra resident memory while saving and while loading (RSS sampled every millisecond by a thread,
-minus the RSS before the call; it includes what torch allocates in C++) and the peak of Python
-allocations (``tracemalloc``), per parameter as well.
+:func:`robustft.training.state.build_state` and :func:`robustft.training.state.checkpoint_payload`
+as training builds it. For each format the script reports the file size, the tensors' bytes, the
+peak extra resident memory while saving and while loading (RSS sampled every millisecond by a
+thread, minus the RSS before the call; it includes what torch allocates in C++) and the peak of
+Python allocations (``tracemalloc``), per parameter as well.
 
 The v1 writer is reproduced here as it was (``torch.save`` of the payload into bytes, then a
 second ``torch.save`` of ``{"format", "sha256", "payload": bytes}``); robustft still reads such
@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 
-from robustft.checkpoint import FORMAT_V1, atomic_write_bytes, load_checkpoint, save_checkpoint
 from robustft.config import build_config
-from robustft.train import _checkpoint_payload, build_state
+from robustft.run.checkpoint import FORMAT_V1, load_checkpoint, save_checkpoint
+from robustft.training.state import _checkpoint_payload, build_state
+from robustft.utils.fsio import atomic_write_bytes
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

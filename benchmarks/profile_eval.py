@@ -31,8 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from robustft.attacks import create
-    from robustft.build import build_data
     from robustft.cost import count_passes
+    from robustft.training.build import build_data
 
     sizes = run_all.FULL
     data = build_data(run_all.base_config(sizes))

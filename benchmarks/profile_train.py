@@ -34,8 +34,8 @@ def main() -> None:
     import torchattacks
 
     from robustft.attacks import create
-    from robustft.build import build_data
     from robustft.objectives import AdversarialCE
+    from robustft.training.build import build_data
 
     sizes = run_all.FULL
     data = build_data(run_all.base_config(sizes))

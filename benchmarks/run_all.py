@@ -172,7 +172,8 @@ def finetune(kind: str, sizes: Sizes, data: Any, device: torch.device) -> nn.Mod
     epochs reached 68.8% clean and 0% at 1/255: not the "stays robust" case, and longer
     robust fine-tuning of it does not fit the time budget.)"""
     from robustft.callbacks import Callbacks
-    from robustft.train import build_state, train_epoch
+    from robustft.training.loop import train_epoch
+    from robustft.training.state import build_state
 
     config = base_config(
         sizes,
@@ -280,7 +281,7 @@ def section_curves(ctx: Context) -> list[dict[str, Any]]:
     """9-point APGD-CE-10 curves on [0, 8/255]: cascade (default), independent, torchattacks."""
     from robustft.attacks import create
     from robustft.cost import count_passes
-    from robustft.robustness import robustness_curve
+    from robustft.robustness.evaluate import robustness_curve
 
     grid = [k / 255 for k in range(9)]
     attack = create("apgd-ce", steps=10)
@@ -351,7 +352,8 @@ def section_curves(ctx: Context) -> list[dict[str, Any]]:
 def _train_contender(ctx: Context, attack: dict[str, Any], **train: Any) -> Callable[[int], float]:
     """A function timing one epoch of robustft's loop (the loop's own clock, no validation)."""
     from robustft.callbacks import Callbacks
-    from robustft.train import build_state, train_epoch
+    from robustft.training.loop import train_epoch
+    from robustft.training.state import build_state
 
     config = base_config(
         ctx.sizes,
@@ -373,7 +375,7 @@ _DATA_CACHE: dict[int, Any] = {}
 
 
 def _train_data(ctx: Context, config: Any) -> Any:
-    from robustft.build import build_data
+    from robustft.training.build import build_data
 
     per_class = config.data.max_train_per_class
     if per_class not in _DATA_CACHE:
@@ -610,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = memory_child(name, int(size), [int(b) for b in batches.split(",")], args.threads)
         print(json.dumps(result))
         return 0
-    from robustft.build import build_data
+    from robustft.training.build import build_data
 
     start = time.perf_counter()
     sizes = QUICK if args.quick else FULL

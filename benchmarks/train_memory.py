@@ -2,7 +2,7 @@
 
 For each backbone (timm, random init: nothing downloaded; a 200-class head as for CUB) and
 batch size, a fresh process builds the model and AdamW exactly as ``robustft train`` does
-(:func:`robustft.build.build_optimizer`), then takes one training step of the paper's
+(:func:`robustft.training.build.build_optimizer`), then takes one training step of the paper's
 objective at 224x224 pixels: APGD-CE crafting (eval mode, input gradients only) followed by the
 update (train mode, forward and backward, AdamW step). Reported: the process's peak resident
 memory (``VmHWM``), its resident memory before the step (Python, torch, weights, optimizer),
@@ -47,10 +47,10 @@ def child(model_name: str, batch: int, steps: int, threads: int) -> dict[str, fl
     import torch
 
     from robustft import attacks
-    from robustft.build import build_optimizer
     from robustft.config import build_config
     from robustft.models import build_model
     from robustft.objectives import AdversarialCE
+    from robustft.training.build import build_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -51,9 +51,9 @@ from typing import Any, Protocol
 import torch
 import yaml
 
-from robustft.checkpoint import load_checkpoint, load_checkpoint_with_fallback
 from robustft.errors import UserError
-from robustft.rundir import RunDir
+from robustft.run.checkpoint import load_checkpoint, load_checkpoint_with_fallback
+from robustft.run.rundir import RunDir
 
 KINDS = ("mid-run", "checkpoint-write", "final-eval")
 POLL_FAST = 0.002  # the checkpoint temp file lives ~50-150 ms with efficientnet_lite0

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from robustft.checkpoint import load_checkpoint
+from robustft.run.checkpoint import load_checkpoint
 from robustft.units import format_eps
 
 ROOT = Path(__file__).resolve().parents[1]

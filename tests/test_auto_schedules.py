@@ -10,7 +10,7 @@ import pytest
 from robustft.config import load_config
 from robustft.errors import UserError
 from robustft.schedules import Auto, Hinge, HingeAuto, convergence_epoch, parse_schedule
-from robustft.train import fit
+from robustft.training.fit import fit
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

@@ -19,17 +19,16 @@ from typing import Any
 import pytest
 import torch
 
-from robustft import checkpoint
-from robustft.checkpoint import (
+from robustft.errors import UserError
+from robustft.run import checkpoint
+from robustft.run.checkpoint import (
     FORMAT_V1,
     TRAILER_BYTES,
-    DiskFull,
-    atomic_write_json,
     load_checkpoint,
     load_checkpoint_with_fallback,
     save_checkpoint,
 )
-from robustft.errors import UserError
+from robustft.utils.fsio import DiskFull, atomic_write_json
 
 
 def test_round_trip_and_prev(tmp_path) -> None:
@@ -203,7 +202,8 @@ def test_train_on_a_full_disk_ends_in_one_line_and_resumes(
     """The epoch-2 checkpoint hits a full disk: one line, exit 2, epoch 1 kept; once space is
     back (and the kept checkpoint rewritten in the v1 format, as an old run's would be),
     --resume finishes with the numbers of an uninterrupted run."""
-    from robustft import cli, train
+    from robustft import cli
+    from robustft.training import fit as train
 
     smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
     assert cli.main(["train", smoke, "--run-dir", str(tmp_path / "ref"), *TINY]) == 0
@@ -260,7 +260,7 @@ def test_a_real_small_filesystem_fills_then_the_run_resumes(tmp_path: Path) -> N
     check = [
         sys.executable,
         "-c",
-        "import sys; from robustft.checkpoint import load_checkpoint; "
+        "import sys; from robustft.run.checkpoint import load_checkpoint; "
         "print('epoch', load_checkpoint(sys.argv[1])['epoch'])",
         f"{mnt}/run/checkpoints/last.pt",
     ]

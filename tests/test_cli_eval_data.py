@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from robustft import cli
-from robustft.checkpoint import save_checkpoint
 from robustft.config import build_config
 from robustft.models import build_model
+from robustft.run.checkpoint import save_checkpoint
 
 CLASSES = ("cat", "dog", "eel")
 FAST = ("--attack", "fgsm", "--eps-max", "1/255", "--max-examples", "4", "--device", "cpu")
@@ -66,7 +66,7 @@ class Reached(Exception):
 @pytest.fixture
 def reached(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Stub ``robustness_curve``; the list receives the test split it was called with."""
-    import robustft.robustness
+    import robustft.robustness.evaluate
 
     seen: list[Any] = []
 
@@ -74,7 +74,7 @@ def reached(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         seen.append(dataset)
         raise Reached
 
-    monkeypatch.setattr(robustft.robustness, "robustness_curve", stub)
+    monkeypatch.setattr(robustft.robustness.evaluate, "robustness_curve", stub)
     return seen
 
 

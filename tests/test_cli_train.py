@@ -10,7 +10,7 @@ import pytest
 from conftest import StopAfterFirstEpoch
 from robustft import cli
 from robustft.config import load_config
-from robustft.train import fit
+from robustft.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustft.build import check_config
 from robustft.config import load_config
 from robustft.demo import demo_configs
+from robustft.training.build import check_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -57,7 +57,7 @@ def test_sweep_files_are_found() -> None:
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[str(p.relative_to(CONFIGS)) for p in SWEEPS])
 def test_sweep_files_expand(path: Path) -> None:
-    from robustft.sweep import expand, load_sweep
+    from robustft.sweep.spec import expand, load_sweep
 
     runs = expand(load_sweep(path))
     assert runs and len({r.run_id for r in runs}) == len(runs)

@@ -13,13 +13,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import digits_tensors
-from robustft.data import (
-    TORCHVISION_SETS,
-    DataSpec,
-    build_datasets,
-    build_datasets_from_spec,
-    build_transform,
-)
+from robustft.data.factory import build_datasets, build_datasets_from_spec
+from robustft.data.spec import DataSpec
+from robustft.data.torchvision import TORCHVISION_SETS
+from robustft.data.transforms import build_transform
 from robustft.errors import UserError
 
 
@@ -418,7 +415,7 @@ def test_a_broken_symlink_is_an_unreadable_image(tmp_path: Path) -> None:
 
 
 def test_threads_find_the_same_bad_files_in_order(tmp_path: Path) -> None:
-    from robustft.data import find_unreadable_images
+    from robustft.data.imagefolder import find_unreadable_images
 
     root, bad = bad_pool(tmp_path / "pool")
     paths = sorted(root.rglob("*.*"))
@@ -498,7 +495,7 @@ def test_bad_images_policy_is_validated() -> None:
     ],
 )
 def test_class_set_mismatch_is_one_line(found: tuple[str, ...], words: list[str]) -> None:
-    from robustft.data import check_class_set
+    from robustft.data.splits import check_class_set
 
     with pytest.raises(UserError) as excinfo:
         check_class_set(("cat", "dog", "eel"), found, source="checkpoint c.pt", dataset="data d")
@@ -509,7 +506,7 @@ def test_class_set_mismatch_is_one_line(found: tuple[str, ...], words: list[str]
 
 
 def test_matching_class_sets_pass() -> None:
-    from robustft.data import check_class_set
+    from robustft.data.splits import check_class_set
 
     check_class_set(["cat", "dog"], ("cat", "dog"), source="checkpoint c.pt")
     check_class_set(list("0123456789"), tuple("0123456789"), source="x")

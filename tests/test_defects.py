@@ -19,9 +19,9 @@ from PIL import Image
 
 from conftest import StopAfterFirstEpoch
 from robustft import cli
-from robustft.checkpoint import save_checkpoint
 from robustft.config import build_config
 from robustft.models import build_model
+from robustft.run.checkpoint import save_checkpoint
 
 CLASSES = ("cat", "dog", "eel")
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_max_examples_is_a_stratified_sample_not_the_first_n(
 def test_export_records_the_trained_input_size(tmp_path: Path) -> None:
     """Defect 2: a model trained at 32 px was exported with input_size 224 (the backbone's
     pretraining size)."""
-    from robustft.export import read_metadata
+    from robustft.run.export import read_metadata
 
     ckpt = always_predicts(0, "digits", tmp_path / "last.pt", image_size=32)
     out = tmp_path / "model.safetensors"
@@ -95,9 +95,9 @@ def test_export_records_the_trained_input_size(tmp_path: Path) -> None:
 def test_resume_keeps_the_thread_count_the_run_started_with(tmp_path: Path) -> None:
     """Defect 3: float sums depend on the thread count; a run started with 1 thread and resumed
     in a process with 2 must still end as the 1-thread run does, and say how many it used."""
-    from robustft.checkpoint import load_checkpoint
     from robustft.config import load_config
-    from robustft.train import cpu_threads, fit
+    from robustft.run.checkpoint import load_checkpoint
+    from robustft.training.fit import cpu_threads, fit
 
     config = load_config(ROOT / "configs" / "smoke.yaml")
     with cpu_threads(1):
@@ -120,7 +120,7 @@ def test_resume_keeps_the_thread_count_the_run_started_with(tmp_path: Path) -> N
 
 def test_train_threads_pins_the_count(tmp_path: Path) -> None:
     from robustft.config import load_config
-    from robustft.train import fit
+    from robustft.training.fit import fit
 
     config = load_config(
         ROOT / "configs" / "smoke.yaml", ["train.threads=1", "eval.max_examples=8"]
@@ -370,7 +370,7 @@ def test_no_masking_warning_for_a_constant_predictor(
     """Defect 15: a near-constant predictor at 10% clean accuracy got 'accuracy 100% at eps
     0.5: possible gradient masking' from its few correct examples, all of one class."""
     from robustft import attacks
-    from robustft.robustness import robustness_curve
+    from robustft.robustness.evaluate import robustness_curve
 
     *_, x_test, y_test = digits_data
     curve = robustness_curve(
@@ -396,7 +396,7 @@ def test_no_masking_warning_when_the_curve_already_broke_the_examples(
     from dataclasses import dataclass
 
     from robustft.attacks import PGD
-    from robustft.robustness import robustness_curve
+    from robustft.robustness.evaluate import robustness_curve
 
     @dataclass(frozen=True, kw_only=True)
     class FailsAtHugeEps(PGD):

@@ -47,7 +47,7 @@ FAST = ("--attack", "fgsm", "--max-examples", "4", "--device", "cpu")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``interrupted``: a run stopped after epoch 1 of 2 (its checkpoint is of epoch 1);
     ``finished``: the same config run to the end (curve on 8 examples, seed 0)."""
-    from robustft.train import cpu_threads, fit
+    from robustft.training.fit import cpu_threads, fit
 
     base = tmp_path_factory.mktemp("evalruns")
     config = load_config(SMOKE, TINY)
@@ -74,13 +74,14 @@ def copy_run(source: Path, target: Path) -> Path:
 def fail_at(epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make training raise the numerical fault ``train_epoch`` raises on a NaN loss, at
     ``epoch``: ``fit`` then records ``failure.json`` as for a real one."""
-    import robustft.train as train
+    import robustft.training.fit as train
+    from robustft.training.loop import _fault
 
     real = train.train_epoch
 
     def train_epoch(state: Any, number: int, cb: Any) -> Any:
         if number == epoch:
-            raise train._fault(state, "nan_loss", float("nan"), "loss is nan")
+            raise _fault(state, "nan_loss", float("nan"), "loss is nan")
         return real(state, number, cb)
 
     monkeypatch.setattr(train, "train_epoch", train_epoch)
@@ -89,7 +90,7 @@ def fail_at(epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
 def failed_run(source: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the interrupted run resumed and failed at epoch 2 (checkpoint: epoch 1)."""
     from robustft.errors import NumericalFault
-    from robustft.train import fit
+    from robustft.training.fit import fit
 
     run = copy_run(source, target)
     fail_at(2, monkeypatch)
@@ -226,7 +227,7 @@ def test_eval_and_export_of_a_run_still_training_say_so_and_which_epoch(
 ) -> None:
     """Evaluating a run in progress silently used whatever checkpoint existed (two evals a
     minute apart gave 5.62% and 4.37%)."""
-    from robustft.rundir import RunDir, locked
+    from robustft.run.rundir import RunDir, locked
 
     run = copy_run(runs["interrupted"], tmp_path / "run")
     with locked(RunDir(run)):  # as the process training it holds it
@@ -284,8 +285,8 @@ def test_a_run_that_failed_before_its_first_checkpoint_says_why(
 ) -> None:
     """eval/export said "checkpoint not found" although failure.json said why."""
     from robustft.errors import NumericalFault
-    from robustft.rundir import RunDir, locked
-    from robustft.train import fit
+    from robustft.run.rundir import RunDir, locked
+    from robustft.training.fit import fit
 
     run = tmp_path / "run"
     fail_at(1, monkeypatch)

@@ -128,7 +128,7 @@ def test_the_demo_shows_standard_fine_tunings_own_findings(tmp_path: Path) -> No
     fine-tuning that never adapted was shown as healthy."""
     from robustft.commands.demo import _findings
     from robustft.demo import demo_configs
-    from robustft.rundir import RunDir
+    from robustft.run.rundir import RunDir
 
     runs = []
     curves = {"standard": [0.1, 0.12, 0.15, 0.18], "fix": [0.1, 0.3, 0.5, 0.6]}
@@ -208,7 +208,7 @@ def test_relative_data_paths_are_stored_absolute_and_found_from_anywhere(
 
 def test_a_class_with_a_single_image_is_named_by_its_folder(tmp_path: Path) -> None:
     """Point 19: sklearn's message named the class by its index ("[2]"), not its folder."""
-    from robustft.data import build_datasets
+    from robustft.data.factory import build_datasets
     from robustft.errors import UserError
 
     image_folder(tmp_path / "pool", ("cat", "dog"), n=6)
@@ -226,7 +226,7 @@ def test_top_level_x_keys_hold_yaml_anchors(tmp_path: Path) -> None:
     level of config and sweep files (not inside sections), and do not change the run id."""
     from robustft.config import build_config, load_config
     from robustft.errors import UserError
-    from robustft.sweep import expand, load_sweep
+    from robustft.sweep.spec import expand, load_sweep
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text(
@@ -273,7 +273,7 @@ def test_fault_messages_count_steps_from_1_and_say_when_no_checkpoint_exists(
     from robustft.config import load_config
     from robustft.errors import NumericalFault
     from robustft.objectives import AdversarialCE
-    from robustft.train import fit
+    from robustft.training.fit import fit
 
     first = tmp_path / "first"
     with pytest.raises(NumericalFault) as caught:
@@ -440,7 +440,7 @@ def test_hf_exports_open_with_transformers_from_their_folder(
     output file instead of the run."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from robustft.export import load_exported
+    from robustft.run.export import load_exported
 
     vit = tiny_vit(tmp_path / "vit", processor=processor)
     run_dir = tmp_path / f"run-{mode}"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import StopAfterFirstEpoch
-from robustft import train
 from robustft.config import load_config
 from robustft.distributed import World
+from robustft.training import fit as train
 from test_distributed import SMOKE, finish, overrides, torchrun
 from test_sweep import run_cli, sweep_file
 

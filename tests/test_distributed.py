@@ -34,12 +34,13 @@ import torch
 
 from robustft import cli, distributed
 from robustft.attacks.geometry import get_geometry
-from robustft.build import load_trained_model
-from robustft.checkpoint import load_checkpoint
 from robustft.config import load_config
 from robustft.distributed import ShardBatches, World
 from robustft.errors import PeerFailed, UserError
-from robustft.train import build_state, cpu_threads, fit
+from robustft.run.checkpoint import load_checkpoint
+from robustft.run.load import load_trained_model
+from robustft.training.fit import cpu_threads, fit
+from robustft.training.state import build_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -227,8 +228,8 @@ def test_two_processes_match_one(two_process_run: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_gathered_curve_equals_one_process_curve(two_process_run: Path) -> None:
     """The 2-process run's final curve, evaluated again in one process on the same weights."""
-    from robustft.build import build_data, build_eval_attack, eval_grid
-    from robustft.robustness import robustness_curve
+    from robustft.robustness.evaluate import robustness_curve
+    from robustft.training.build import build_data, build_eval_attack, eval_grid
 
     model, config, _ = load_trained_model(two_process_run, device="cpu")
     ecfg = config.eval

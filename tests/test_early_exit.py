@@ -15,7 +15,7 @@ from torch import nn
 from robustft import attacks
 from robustft.attacks.base import misclassified
 from robustft.cost import count_passes
-from robustft.robustness import robustness_curve
+from robustft.robustness.evaluate import robustness_curve
 
 EPS = {"linf": 8 / 255, "l2": 1.0}
 N = 128  # test images

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import robustft.data as data_module
+import robustft.data.images as data_module
 from conftest import TinyCNN
 from robustft.config import build_config
-from robustft.data import build_datasets
-from robustft.loader import TrainBatches, default_workers
+from robustft.data.factory import build_datasets
+from robustft.data.loader import TrainBatches, default_workers
 
 
 @pytest.mark.parametrize("augment", ["basic", "paper", "none"])
@@ -98,7 +98,8 @@ def _one_epoch(*overrides: str):
     """One PGD-2 training epoch of a TinyCNN on 40 digits (16 px): (state, metrics row)."""
     from robustft.callbacks import Callbacks
     from robustft.models.custom import wrap_model
-    from robustft.train import build_state, train_epoch
+    from robustft.training.loop import train_epoch
+    from robustft.training.state import build_state
 
     config = build_config(
         {

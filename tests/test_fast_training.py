@@ -13,18 +13,19 @@ import yaml
 
 from conftest import TinyCNN
 from robustft import attacks, cli
-from robustft.build import load_trained_model
-from robustft.checkpoint import load_checkpoint, save_checkpoint
 from robustft.config import build_config, load_config
 from robustft.cost import PassCount, count_passes
 from robustft.diagnostics import diagnose_run
 from robustft.errors import NumericalFault, UserError
-from robustft.export import load_exported, read_metadata
 from robustft.monitor import OverfitRule, overfit_onset
 from robustft.objectives import AdversarialCE
-from robustft.sweep import load_sweep, run_sweep
-from robustft.sweep_store import SweepStore
-from robustft.train import fit
+from robustft.run.checkpoint import load_checkpoint, save_checkpoint
+from robustft.run.export import load_exported, read_metadata
+from robustft.run.load import load_trained_model
+from robustft.sweep.driver import run_sweep
+from robustft.sweep.spec import load_sweep
+from robustft.sweep.store import SweepStore
+from robustft.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -158,7 +159,7 @@ def test_monitor_stops_or_rolls_back_at_the_onset(
         pgd, fgsm = next(verdicts)
         return {"co_pgd_acc": pgd, "co_fgsm_acc": fgsm}
 
-    monkeypatch.setattr("robustft.train.measure", fake_measure)
+    monkeypatch.setattr("robustft.training.evaluate.measure", fake_measure)
     config = tiny_config("train.epochs=4", "attack.name=fgsm", "attack.schedule=hinge(t1=1,t2=2)")
     config = build_config({**config.to_dict(), "monitor": {"action": action}})
     run = tmp_path / "r"

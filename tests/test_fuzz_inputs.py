@@ -2,7 +2,7 @@
 arguments give a :class:`UserError` (one line, exit code 2), never a traceback.
 
 Property tests use a fixed, database-less, derandomized profile, so CI sees the same examples
-every run. Nothing here trains or downloads: ``robustft.train.fit`` is replaced by a sentinel
+every run. Nothing here trains or downloads: ``robustft.training.fit.fit`` is replaced by a sentinel
 that counts as "input accepted" when reached, and sweeps only run with ``--dry-run``/``--status``.
 The plain tests at the end pin the bugs the fuzzers found.
 """
@@ -25,13 +25,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import robustft.build
-import robustft.train
+import robustft.training.build
+import robustft.training.fit
 from robustft import cli
 from robustft.config import RunConfig, build_config, load_config, parse_override, read_yaml
 from robustft.errors import UserError
 from robustft.schedules import KINDS, EpsSchedule, Schedule, parse_schedule
-from robustft.sweep import expand, load_sweep, parse_sweep
+from robustft.sweep.spec import expand, load_sweep, parse_sweep
 from robustft.units import eps_grid, parse_eps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -931,7 +931,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int |
     """
     capsys.readouterr()
     code: int | None
-    with mock.patch.object(robustft.train, "fit", side_effect=ReachedFit):
+    with mock.patch.object(robustft.training.fit, "fit", side_effect=ReachedFit):
         try:
             code = cli.main(argv)
         except SystemExit as stop:  # --help, --version
@@ -1013,7 +1013,7 @@ def test_eps_grids_are_bounded() -> None:
     _user_error(lambda: eps_grid(1.0, 5e-324), "larger eps step")
     _user_error(lambda: eps_grid(1.0, 1e-12), "larger eps step", "1e+12 steps")
     config = build_config({"eval": {"eps_step": "5e-324", "eps_max": "8/255"}})
-    _user_error(lambda: robustft.build.check_config(config), "larger eps step", "e-324")
+    _user_error(lambda: robustft.training.build.check_config(config), "larger eps step", "e-324")
     assert len(eps_grid(8 / 255, 1 / 255)) == 9
 
 
@@ -1106,7 +1106,7 @@ def test_report_skips_run_dirs_with_unreadable_config_yaml(tmp_path: Path) -> No
 
 def test_sweep_status_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     # was sqlite3.DatabaseError: file is not a database
-    from robustft.sweep_store import SweepStore
+    from robustft.sweep.store import SweepStore
 
     (tmp_path / "sweep.db").write_bytes(b"not a database at all, just some garbage bytes")
     _user_error(lambda: SweepStore.open_existing(tmp_path / "sweep.db"), "sweep.db", "move it away")
@@ -1115,7 +1115,7 @@ def test_sweep_status_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
 @pytest.mark.parametrize("data", [b"e", b"\x80\x02h\x00", b"\x80\x02(."])
 def test_garbage_checkpoints_are_user_errors(data: bytes, tmp_path: Path) -> None:
     # torch's weights-only unpickler raised IndexError / KeyError on these
-    from robustft.checkpoint import load_checkpoint
+    from robustft.run.checkpoint import load_checkpoint
 
     path = tmp_path / "last.pt"
     path.write_bytes(data)

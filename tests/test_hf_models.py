@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from robustft import cli
-from robustft.build import load_trained_model
 from robustft.errors import UserError
-from robustft.export import load_exported, read_metadata
-from robustft.modelcard import front_matter
 from robustft.models import block_layout, build_model, lora_target_modules
+from robustft.run.export import load_exported, read_metadata
+from robustft.run.load import load_trained_model
+from robustft.run.modelcard import front_matter
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from robustft.config import load_config
-from robustft.train import fit
+from robustft.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

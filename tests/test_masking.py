@@ -23,9 +23,10 @@ from torch import Tensor, nn
 
 from robustft import attacks
 from robustft.attacks import Square
-from robustft.checks import gradient_free_check, gradient_free_warning
 from robustft.errors import UserError
-from robustft.robustness import RobustnessCurve, robustness_curve
+from robustft.robustness.checks import gradient_free_check, gradient_free_warning
+from robustft.robustness.curve import RobustnessCurve
+from robustft.robustness.evaluate import robustness_curve
 from robustft.units import eps_grid
 
 EPS = 16 / 255  # largest eps of the curves below; the quantiser's half step is 18/255

@@ -25,9 +25,9 @@ import yaml
 
 from robustft import cli
 from robustft.config import load_config
-from robustft.sweep import expand, load_sweep
-from robustft.sweep_store import SweepStore
-from robustft.train import fit
+from robustft.sweep.spec import expand, load_sweep
+from robustft.sweep.store import SweepStore
+from robustft.training.fit import fit
 
 ray = pytest.importorskip("ray")
 
@@ -138,7 +138,7 @@ def test_a_trials_last_epoch_is_reported_after_its_evaluation(
 
     from ray import tune as ray_tune
 
-    from robustft.tune import _Report
+    from robustft.tune.trial import _Report
 
     sent: list[tuple[str, int, float]] = []
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from robustft import attacks
-from robustft.robustness import RobustnessCurve, expected_robustness, robustness_curve
+from robustft.robustness.curve import RobustnessCurve, expected_robustness
+from robustft.robustness.evaluate import robustness_curve
 from robustft.units import eps_grid
 
 

@@ -25,17 +25,10 @@ from robustft import cli
 from robustft.config import build_config
 from robustft.demo import demo_configs
 from robustft.launchers.local import LocalLauncher, gpu_for_slot, visible_gpus
-from robustft.sweep import (
-    RunOutcome,
-    RunSpec,
-    SweepDir,
-    expand,
-    load_sweep,
-    parse_sweep,
-    run_sweep,
-)
-from robustft.sweep_store import HOST, SweepStore
-from robustft.train import fit
+from robustft.sweep.driver import RunOutcome, SweepDir, run_sweep
+from robustft.sweep.spec import RunSpec, expand, load_sweep, parse_sweep
+from robustft.sweep.store import HOST, SweepStore
+from robustft.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -413,7 +406,7 @@ _CLAIMER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from robustft.sweep_store import SweepStore
+    from robustft.sweep.store import SweepStore
 
     db, go, ids = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
     mine = []
@@ -490,7 +483,7 @@ def test_local_workers_get_a_gpu_each_in_turn(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_journal_falls_back_from_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from robustft import sweep_store
+    from robustft.sweep import store as sweep_store
 
     mounts = "/dev/vda / ext4 rw 0 0\nserver:/export /shared nfs4 rw 0 0\n"
     assert sweep_store.filesystem_type("/shared/sweeps/x/sweep.db", mounts) == "nfs4"

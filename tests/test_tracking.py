@@ -19,8 +19,8 @@ from conftest import StopAfterFirstEpoch
 from robustft import cli
 from robustft.callbacks import Callbacks
 from robustft.config import load_config
-from robustft.rundir import RunDir
-from robustft.train import fit
+from robustft.run.rundir import RunDir
+from robustft.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

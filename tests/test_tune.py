@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from robustft import cli
-from robustft.tune import Search, parse_search
+from robustft.tune.spec import Search, parse_search
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from robustft._version import __version__
 
 _EXPORTS = {
     "fit": "robustft.api",
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from robustft.config import RunConfig, load_config
     from robustft.errors import UserError
     from robustft.models.custom import Normalize
-    from robustft.robustness import RobustnessCurve, expected_robustness
+    from robustft.robustness.curve import RobustnessCurve, expected_robustness
     from robustft.schedules import parse_schedule
 
 

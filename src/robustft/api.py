@@ -15,7 +15,8 @@
 
 Everything not given is built from the config, exactly as ``robustft train`` builds it; the run
 directory is the same (checkpoints, ``resume``, ``metrics.jsonl``, reports). This module turns
-the arguments into what :func:`robustft.train.fit` takes and checks them, one line per mistake.
+the arguments into what :func:`robustft.training.fit.fit` takes and checks them, one line per
+mistake.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch.utils.data import Dataset
 from robustft.callbacks import Callbacks
 from robustft.config import RunConfig, build_config, load_config
 from robustft.errors import DataFault, UserError, printable, python_api
-from robustft.robustness import RobustnessCurve
+from robustft.robustness.curve import RobustnessCurve
 
 ConfigLike = RunConfig | Mapping[str, Any] | str | Path
 DataLike = Dataset | tuple[Tensor, Tensor]
@@ -362,12 +363,12 @@ def fit(
     Returns:
         The result dict (clean, robust, expected robustness, delay, cost, findings, ...).
     """
-    from robustft.build import build_data
     from robustft.config import FingerprintConfig
     from robustft.models.custom import check_network, custom_name, model_fingerprints, wrap_model
     from robustft.models.spec import mode_options_from_config
-    from robustft.rundir import default_run_dir
-    from robustft.train import fit as train_fit
+    from robustft.run.rundir import default_run_dir
+    from robustft.training.build import build_data
+    from robustft.training.fit import fit as train_fit
 
     with python_api():
         cfg = as_config(config)
@@ -428,7 +429,8 @@ def _user_splits(
     every split must be one of them."""
     from torch.utils.data import Subset
 
-    from robustft.data import DataSpec, DataSplits, stratified_split
+    from robustft.data.spec import DataSpec, DataSplits
+    from robustft.data.splits import stratified_split
 
     if train is None or test is None:
         raise UserError(
@@ -498,13 +500,13 @@ def evaluate(
     on ``data`` over the grid ``0, eps_step, ..., eps_max`` (pixel units; ``"8/255"`` accepted;
     ``eps_step`` None: ``1/255`` in l-inf, ``eps_max / 8`` in l2), on a seeded, stratified
     sample of ``max_examples`` (None: all), with expected robustness and sanity warnings; see
-    :func:`robustft.robustness.robustness_curve` (``early_stop``: settle each example at its
-    first fooling iterate).
+    :func:`robustft.robustness.evaluate.robustness_curve` (``early_stop``: settle each example at
+    its first fooling iterate).
     """
-    from robustft.build import build_attack
     from robustft.config import SEED_RANGE, valid_seed
     from robustft.models.custom import check_network
-    from robustft.robustness import robustness_curve
+    from robustft.robustness.evaluate import robustness_curve
+    from robustft.training.build import build_attack
     from robustft.units import default_eps_step, eps_grid, parse_eps
 
     check_network(model)
@@ -555,10 +557,10 @@ def load(path: str | Path, *, model: nn.Module | None = None, device: str = "cpu
             check_network(model)
         p = Path(path)
         if p.suffix == ".safetensors":
-            from robustft.export import load_exported
+            from robustft.run.export import load_exported
 
             return load_exported(p).to(device)  # type: ignore[no-any-return]
-        from robustft.build import load_trained_model
+        from robustft.run.load import load_trained_model
 
         loaded, _, _ = load_trained_model(p, device=device, model=model)
         return loaded

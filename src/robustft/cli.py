@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
-from robustft import __version__
+from robustft._version import __version__
 from robustft.errors import NumericalFault, PeerFailed, Terminated, UserError, printable
 
 FIRST_COMMANDS = ("schedule", "train", "eval", "demo")

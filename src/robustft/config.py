@@ -163,7 +163,7 @@ class TrainConfig:
     split across the processes (a multiple of their number). ``sync_bn``: BatchNorm statistics
     of the global batch (SyncBatchNorm, GPUs only) instead of each process's shard.
 
-    Speed (see :mod:`robustft.loader` and the README's Performance section): ``num_workers``
+    Speed (see :mod:`robustft.data.loader` and the README's Performance section): ``num_workers``
     loader processes (null = 0 on CPU, one per core but one, at most 8, on a GPU; workers
     augment each image from its own seed, so any positive count gives the same numbers, which
     differ from those of 0), ``pin_memory`` (null = on with CUDA), ``bf16`` (autocast for
@@ -426,7 +426,7 @@ class FingerprintConfig:
 
 
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers
-# (train.num_workers only between positive counts; see robustft.loader)
+# (train.num_workers only between positive counts; see robustft.data.loader)
 RESOURCE_KEYS = (
     ("train", "num_workers"),
     ("eval", "batch_size"),

@@ -110,7 +110,7 @@ def rank_device(name: str, world: World) -> torch.device:
     Raises:
         UserError: a device with an index, or one that DDP does not run on, under torchrun.
     """
-    from robustft.build import pick_device
+    from robustft.utils.device import pick_device
 
     if not world.active:
         return pick_device(name)
@@ -196,7 +196,7 @@ def _die_with_agent() -> None:
     """
     if "TORCHELASTIC_RESTART_COUNT" not in os.environ:  # not started by a torchrun agent
         return
-    from robustft.launchers import die_with_parent
+    from robustft.utils.process import die_with_parent
 
     parent = os.getppid()
     die_with_parent()
@@ -242,7 +242,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The global sample order of epoch ``epoch``: the permutation a one-process run's
     ``DataLoader(shuffle=True, generator=Generator().manual_seed(derive_seed(seed, "order",
     epoch)))`` yields (the loader draws its workers' base seed from the generator first)."""
-    from robustft.build import derive_seed
+    from robustft.utils.seeding import derive_seed
 
     generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
     torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's base seed

@@ -4,7 +4,7 @@ M. Andriushchenko, F. Croce, N. Flammarion and M. Hein, "Square Attack: a query-
 black-box adversarial attack via random search", ECCV 2020 (arXiv:1912.00049); reference code
 max-andr/square-attack. Because it never asks for a gradient, it is unaffected by gradient
 masking (zero, ``None`` or NaN input gradients, non-differentiable preprocessing, saturated
-softmax layers), which is what :func:`robustft.checks.gradient_free_check` uses it for.
+softmax layers), which is what :func:`robustft.robustness.checks.gradient_free_check` uses it for.
 
 Only the l-inf version is implemented; the paper's l2 variant is not (building the attack with
 ``norm="l2"`` is a :class:`~robustft.errors.UserError`).

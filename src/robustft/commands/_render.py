@@ -52,7 +52,7 @@ EVAL_LINES = 10  # without a terminal, an evaluation prints about this many prog
 
 
 class Progress(Callbacks):
-    """Progress callbacks for :func:`robustft.train.fit` rendered on ``stream``; eps in the
+    """Progress callbacks for :func:`robustft.training.fit.fit` rendered on ``stream``; eps in the
     unit of ``norm`` (k/255 for l-inf)."""
 
     def __init__(self, stream: TextIO | None = None, label: str = "", norm: str = "linf") -> None:

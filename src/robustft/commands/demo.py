@@ -63,8 +63,8 @@ def _setting(config: RunConfig, eps: float) -> str:
 def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
     """Diagnoses of each run, standard fine-tuning (the first) included; it is the
     suboptimal-transfer reference of the others."""
-    from robustft.result import diagnose
-    from robustft.rundir import RunDir
+    from robustft.run.result import diagnose
+    from robustft.run.rundir import RunDir
 
     reference = runs[0][2]["clean_accuracy"]
     lines = []
@@ -80,8 +80,8 @@ def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from robustft.demo import METHOD_LABELS, demo_configs
     from robustft.diagnostics import THRESHOLD_TEXT, adaptation_threshold
-    from robustft.rundir import RunDir, default_run_dir
-    from robustft.train import fit
+    from robustft.run.rundir import RunDir, default_run_dir
+    from robustft.training.fit import fit
 
     if args.epochs < 2:
         raise UserError(f"--epochs must be >= 2 for a schedule to ramp, got {args.epochs}")

@@ -14,9 +14,9 @@ from robustft.units import default_eps_step, format_eps, parse_eps
 
 if TYPE_CHECKING:
     from robustft.config import RunConfig
-    from robustft.data import DataSplits
+    from robustft.data.spec import DataSplits
     from robustft.distributed import World
-    from robustft.robustness import RobustnessCurve
+    from robustft.robustness.curve import RobustnessCurve
 
 HELP = """\
 Evaluate a trained run (its directory or a checkpoint file) on its test split: accuracy under
@@ -136,7 +136,7 @@ def check_checkpoint_classes(
     payload: dict[str, Any], data: DataSplits, *, run: str, data_given: bool
 ) -> None:
     """Refuse evaluating a checkpoint on a dataset with other classes (see check_class_set)."""
-    from robustft.data import check_class_set
+    from robustft.data.splits import check_class_set
 
     source = f"the checkpoint of {run}"
     dataset = f"dataset {data.spec.name}"
@@ -174,7 +174,7 @@ class EvalSettings:
 
 def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
     """Validate the arguments and fill what is missing from the run's config."""
-    from robustft.build import eval_grid
+    from robustft.training.build import eval_grid
 
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -218,7 +218,7 @@ def settings(args: argparse.Namespace, config: RunConfig) -> EvalSettings:
 
 def differences(chosen: EvalSettings, config: RunConfig) -> list[str]:
     """The settings that differ from the run's own evaluation (which result.json reports)."""
-    from robustft.build import eval_grid
+    from robustft.training.build import eval_grid
 
     own = EvalSettings(
         attack=config.eval.attack,
@@ -254,12 +254,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
-    from robustft.build import build_attack, build_data, load_trained_model
-    from robustft.checkpoint import atomic_write_json
-    from robustft.robustness import robustness_curve
-    from robustft.rundir import run_dir_of, run_state
+    from robustft.robustness.evaluate import robustness_curve
+    from robustft.run.load import load_trained_model
+    from robustft.run.rundir import run_dir_of, run_state
     from robustft.subset import sample_size
+    from robustft.training.build import build_attack, build_data
     from robustft.units import eps_grid
+    from robustft.utils.fsio import atomic_write_json
 
     say = print if world.is_main else _quiet
     model, config, payload = load_trained_model(args.run, device=device)
@@ -330,7 +331,7 @@ def with_autoattack(
 ) -> RobustnessCurve:
     """Measure AutoAttack (``--autoattack``), print it, store it in the run when it is the
     run's own evaluation budget and data; returns the curve with it attached."""
-    from robustft.autoattack import autoattack_accuracy, label
+    from robustft.robustness.autoattack import autoattack_accuracy, label
     from robustft.subset import sample_size
 
     progress = Progress(label="eval", norm=chosen.norm)
@@ -372,8 +373,8 @@ def _not_stored_because(
 ) -> str:
     """Why an AutoAttack number measured on ``sample`` (its ``examples``) does not belong in the
     run's files ('' when it does): it must sit beside the run's own curve, on its examples."""
-    from robustft.build import eval_grid
-    from robustft.rundir import RunDir, read_json_object
+    from robustft.run.rundir import RunDir, read_json_object
+    from robustft.training.build import eval_grid
 
     if not Path(args.run).is_dir():
         return "a checkpoint file was given, not a run directory"
@@ -403,9 +404,9 @@ def store_autoattack(run_dir: Path, measured: dict[str, Any]) -> None:
     (``autoattack_accuracy``, ``autoattack``), atomically, holding the run's lock."""
     import json
 
-    from robustft.checkpoint import atomic_write_json
-    from robustft.result import autoattack_fields
-    from robustft.rundir import RunDir, locked
+    from robustft.run.result import autoattack_fields
+    from robustft.run.rundir import RunDir, locked
+    from robustft.utils.fsio import atomic_write_json
 
     with locked(RunDir(run_dir)) as run:
         if run.robustness.is_file():

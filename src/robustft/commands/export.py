@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustft.export import export_run
+    from robustft.run.export import export_run
 
     summary = export_run(args.run, args.out, force=args.force, card=not args.no_card)
     meta = summary.metadata

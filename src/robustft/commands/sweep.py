@@ -16,20 +16,10 @@ from typing import Any, TextIO
 
 from robustft.commands._render import Progress, pct, table
 from robustft.errors import UserError
-from robustft.rundir import RunDir
-from robustft.sweep import (
-    RunOutcome,
-    RunSpec,
-    SweepDir,
-    collect,
-    default_sweep_dir,
-    expand,
-    load_sweep,
-    run_sweep,
-    short_keys,
-    show_value,
-)
-from robustft.sweep_store import StoredRun, SweepStore, as_planned
+from robustft.run.rundir import RunDir
+from robustft.sweep.driver import RunOutcome, SweepDir, collect, default_sweep_dir, run_sweep
+from robustft.sweep.spec import RunSpec, expand, load_sweep, short_keys, show_value
+from robustft.sweep.store import StoredRun, SweepStore, as_planned
 from robustft.units import format_eps
 
 HELP = """\
@@ -361,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_sweep(args.target)
     if args.status:  # the runs of the file as it is now, recorded or not
         return show_status(sweep_dir, expand(spec), args.target)
-    from robustft.sweep import tracked
+    from robustft.sweep.driver import tracked
 
     # --log and the sweep's name as log.group, on every path (run_sweep, --index): a bad or
     # missing backend is one line before anything runs; run ids do not change

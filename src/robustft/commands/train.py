@@ -9,7 +9,7 @@ from typing import Any
 from robustft.commands._render import Progress, pct, table
 from robustft.config import add_log_backends, load_config
 from robustft.errors import PeerFailed, UserError
-from robustft.rundir import RunDir, default_run_dir
+from robustft.run.rundir import RunDir, default_run_dir
 from robustft.units import format_eps
 
 HELP = """\
@@ -80,7 +80,7 @@ def autoattack_rows(result: dict[str, Any]) -> list[list[Any]]:
     measured = result.get("autoattack")
     if not measured or result.get("autoattack_accuracy") is None:
         return []
-    from robustft.autoattack import label
+    from robustft.robustness.autoattack import label
 
     name = label(measured["version"], measured["eps"], measured.get("norm", "linf"))
     return [[f"{name} (%), {measured['n']} examples", pct(result["autoattack_accuracy"])]]
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if main:
             raise
         raise PeerFailed(str(err)) from None  # rank 0 prints the same line
-    from robustft.train import fit
+    from robustft.training.fit import fit
 
     run_dir = args.run_dir or default_run_dir(config)
     if main and args.resume and not RunDir(Path(run_dir)).has_checkpoint():

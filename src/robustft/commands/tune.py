@@ -78,8 +78,8 @@ def add_parser(sub: Any) -> None:
 
 
 def build_spec(args: argparse.Namespace) -> Any:
-    """The :class:`robustft.tune.TuneSpec` the arguments describe (validated)."""
-    from robustft.tune import METRICS, TuneSpec, parse_search
+    """The :class:`robustft.tune.spec.TuneSpec` the arguments describe (validated)."""
+    from robustft.tune.spec import METRICS, TuneSpec, parse_search
 
     data = apply_overrides(load_yaml(args.config), args.overrides)
     return TuneSpec(
@@ -103,7 +103,7 @@ class _Lines:
         self.metric = metric
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> None:
-        from robustft.tune import trial_number
+        from robustft.tune.trials import trial_number
 
         if result.get("recorded"):  # an earlier trial's epochs, shown when it trained
             return
@@ -119,15 +119,8 @@ class _Lines:
 
 def run(args: argparse.Namespace) -> int:
     from robustft.launchers.ray import require_ray
-    from robustft.tune import (
-        TuneDir,
-        best_trial,
-        default_tune_dir,
-        earlier_trials,
-        markdown,
-        trials_table,
-        tune_runs,
-    )
+    from robustft.tune.driver import earlier_trials, tune_runs
+    from robustft.tune.trials import TuneDir, best_trial, default_tune_dir, markdown, trials_table
 
     spec = build_spec(args)
     require_ray()  # a missing Ray is one line before anything starts

@@ -7,23 +7,21 @@
   task whose node died is retried by Ray and resumes from its checkpoint.
 * :mod:`~robustft.launchers.index`: ``--index I``, the I-th run in this process (Slurm arrays).
 
-The sweep process (:func:`robustft.sweep.run_sweep`) is the driver: it claims runs, starts them
-through a launcher, follows their ``metrics.jsonl`` and records everything in ``sweep.db``,
-which it alone writes. A launcher only runs ``robustft train`` with a run directory; whether
-the run resumes is decided where and when it starts (from the checkpoint in its directory), so
-a retried task picks up where its killed attempt stopped.
+The sweep process (:func:`robustft.sweep.driver.run_sweep`) is the driver: it claims runs, starts
+them through a launcher, follows their ``metrics.jsonl`` and records everything in ``sweep.db``,
+which it alone writes. A launcher only runs ``robustft train`` with a run directory; whether the run
+resumes is decided where and when it starts (from the checkpoint in its directory), so a retried
+task picks up where its killed attempt stopped.
 """
 
 from __future__ import annotations
 
-import ctypes
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from robustft.rundir import RunDir
+from robustft.run.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -75,16 +73,3 @@ def train_command(run_dir: Path, device: str, *, processes: int = 1) -> list[str
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
         return [sys.executable, *launcher, "-m", "robustft", *args]
     return [sys.executable, "-m", "robustft.cli", *args]
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere nothing).
-
-    For a process whose parent supervises it and would leave it orphaned when killed: a run's
-    ``robustft train`` under a Ray worker, a torchrun worker under its agent (torchrun starts
-    workers in sessions of their own, so a SIGKILL to the agent or its process group alone left
-    them training and holding the run directory). Safe between fork and exec.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -17,8 +17,9 @@ import yaml
 
 from robustft.callbacks import Callbacks
 from robustft.errors import UserError
-from robustft.rundir import RunDir
-from robustft.sweep import RunOutcome, RunSpec, SweepDir, SweepSpec
+from robustft.run.rundir import RunDir
+from robustft.sweep.driver import RunOutcome, SweepDir
+from robustft.sweep.spec import RunSpec, SweepSpec
 
 
 def pick(runs: list[RunSpec], index: int) -> RunSpec:
@@ -48,8 +49,8 @@ def run_index(
     Raises:
         UserError: a bad index, or the run's own errors (a numerical fault among them).
     """
-    from robustft.checkpoint import atomic_write_text
-    from robustft.train import fit
+    from robustft.training.fit import fit
+    from robustft.utils.fsio import atomic_write_text
 
     run = pick(runs, index)
     layout = SweepDir(Path(sweep_dir))

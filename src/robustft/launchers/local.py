@@ -17,14 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from robustft.launchers import Ended, train_command
-from robustft.sweep_store import now
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+from robustft.utils.fsio import now
+from robustft.utils.process import cpu_count, thread_env
 
 
 def visible_gpus() -> list[str]:
@@ -94,7 +88,7 @@ class LocalLauncher:
     _busy: set[int] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
-        self.threads = max(1, available_cores() // self.jobs)
+        self.threads = max(1, cpu_count() // self.jobs)
         if self.gpus is None:
             self.gpus = visible_gpus() if self.device in ("auto", "cuda") else []
 
@@ -103,8 +97,7 @@ class LocalLauncher:
 
     def assignment(self, slot: int) -> tuple[dict[str, str], str]:
         """(environment additions, ``--device``) of worker slot ``slot``."""
-        env = {v: str(self.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        env["OPENBLAS_NUM_THREADS"] = str(self.threads)
+        env = thread_env(self.threads)
         gpu = gpu_for_slot(slot, self.gpus or [])
         if gpu is None:
             return env, self.device

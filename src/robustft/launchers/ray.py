@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from robustft.errors import UserError, first_line
-from robustft.launchers import Ended, die_with_parent, train_command
+from robustft.launchers import Ended, train_command
 from robustft.launchers.local import worker_error
-from robustft.sweep_store import now
+from robustft.utils.fsio import now
+from robustft.utils.process import die_with_parent, thread_env
 
 _logger = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ def train_task(run_dir: str, device: str, processes: int, threads: int) -> int:
     this worker; returns its exit code."""
     path = Path(run_dir)
     cmd = train_command(path, device, processes=processes)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **thread_env(threads)}
     node = os.uname().nodename
     with (path / "train.log").open("ab") as log:
         log.write(f"=== {now()} ray task on {node}: {' '.join(cmd)}\n".encode())

@@ -79,7 +79,7 @@ def write_report(collection: Collection, out_dir: str | Path, *, plots: bool = T
     Returns:
         A :class:`Report` listing the files.
     """
-    from robustft.checkpoint import atomic_write_bytes, atomic_write_text
+    from robustft.utils.fsio import atomic_write_bytes, atomic_write_text
 
     out = Path(out_dir)
     runs = collection.runs

@@ -1,6 +1,6 @@
 """Load finished runs from run directories into frozen records, diagnose and aggregate them.
 
-A run directory is any directory holding ``result.json`` (layout in :mod:`robustft.rundir`).
+A run directory is any directory holding ``result.json`` (layout in :mod:`robustft.run.rundir`).
 :func:`collect_runs` finds every one below a path (a single run, a folder of runs, or a sweep
 with ``runs/<id>/``) without reading any sweep database. Directories that look like runs
 (``config.yaml`` or ``metrics.jsonl``) but have no ``result.json`` are skipped with a warning
@@ -35,8 +35,8 @@ from robustft.config import flatten
 from robustft.diagnostics import Finding, task_adaptation_delay
 from robustft.errors import UserError, is_int
 from robustft.monitor import FGSM_KEY, PGD_KEY
-from robustft.result import diagnose
-from robustft.rundir import read_metrics, run_state
+from robustft.run.result import diagnose
+from robustft.run.rundir import read_metrics, run_state
 
 SKIP_DIRS = frozenset({"checkpoints", "__pycache__"})
 
@@ -317,7 +317,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_history(path: Path) -> tuple[tuple[EpochRecord, ...], list[str]]:
-    """The rows of ``metrics.jsonl`` (:func:`robustft.rundir.read_metrics`) and its problems."""
+    """The rows of ``metrics.jsonl`` (:func:`robustft.run.rundir.read_metrics`) and its problems."""
     metrics = read_metrics(path)
     rows = []
     for row in metrics.rows:
@@ -564,7 +564,7 @@ def standard_references(runs: Iterable[RunRecord]) -> dict[tuple[str, str], floa
 
 def with_findings(runs: Sequence[RunRecord]) -> tuple[RunRecord, ...]:
     """The runs with their :class:`~robustft.diagnostics.Finding` s filled in by
-    :func:`robustft.result.diagnose`, as training diagnosed them, now with a reference: the mean
+    :func:`robustft.run.result.diagnose`, as training diagnosed them, now with a reference: the mean
     clean accuracy of the eps_g = 0 runs with the same backbone and dataset among ``runs``.
     """
     references = standard_references(runs)
@@ -719,11 +719,6 @@ def _cost_summary(
         trainable_fraction=_optional_stat(c.trainable_fraction for _, c in costed),
         reference=references.get(_cost_key(costed[0][0])),
     )
-
-
-def eval_eps_values(runs: Iterable[RunRecord]) -> list[float]:
-    """The distinct evaluation budgets, ascending (to 1e-9)."""
-    return sorted({round(r.eval_eps, 9) for r in runs})
 
 
 def same_eps(a: float, b: float) -> bool:

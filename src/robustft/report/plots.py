@@ -49,7 +49,6 @@ import statistics
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.diagnostics import adaptation_threshold
@@ -142,11 +141,6 @@ def method_styles(runs: Sequence[RunRecord]) -> dict[str, Style]:
         )
         for i, method in enumerate(method_order(runs))
     }
-
-
-def method_colors(runs: Sequence[RunRecord]) -> dict[str, str]:
-    """A fixed colour per method, in :func:`~robustft.report.collect.method_order`."""
-    return {method: style.color for method, style in method_styles(runs).items()}
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -774,13 +768,3 @@ def render_plots(runs: Sequence[RunRecord]) -> list[PlotFile]:
         PlotFile(p.stem, p.title, figure_bytes(p.figure, "png"), figure_bytes(p.figure, "svg"))
         for p in iter_figures(runs)
     ]
-
-
-def run_curve_png(run_dir: str | Path) -> bytes | None:
-    """The robustness curve of one finished run (``result.json`` and ``robustness.json`` in
-    ``run_dir``) as PNG bytes, drawn as in reports; None when the run has no curve. Model cards
-    and experiment trackers use it."""
-    from robustft.report.collect import load_run
-
-    fig = robustness_figure([load_run(run_dir)])
-    return None if fig is None else figure_bytes(fig, "png")

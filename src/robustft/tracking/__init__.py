@@ -8,7 +8,7 @@ and ``robustft sweep``. Each backend is a :class:`~robustft.tracking.base.Tracke
 - :mod:`~robustft.tracking.mlflow`: an MLflow run (``MLFLOW_TRACKING_URI``);
 - :mod:`~robustft.tracking.wandb`: a W&B run (``WANDB_MODE=offline`` works without network).
 
-:func:`robustft.train.fit` adds the trackers of the config to the caller's callbacks. The ids
+:func:`robustft.training.fit.fit` adds the trackers of the config to the caller's callbacks. The ids
 of the tracked runs are stored in the run directory (``tracking.json``), so ``--resume``
 continues them.
 """

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from robustft.callbacks import Callbacks
 from robustft.config import LogConfig
 from robustft.errors import first_line
-from robustft.rundir import RunDir
+from robustft.run.rundir import RunDir
 
 _logger = logging.getLogger("robustft.tracking")
 
@@ -209,9 +209,8 @@ class Tracker(Callbacks):
         assert self.run is not None
         return self.run.root.name
 
-    def curve_png(self) -> bytes | None:
-        """The run's robustness curve plot (PNG), as reports draw it."""
-        assert self.run is not None
-        from robustft.report.plots import run_curve_png
+    def curve_png(self, curve: Any) -> bytes | None:
+        """The robustness curve plot (PNG) of ``curve`` (a :class:`RobustnessCurve`)."""
+        from robustft.run.figures import curve_png
 
-        return run_curve_png(self.run.root)
+        return curve_png(curve.to_dict(), title=f"{self.run_name()}: accuracy under attack")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustft.rundir import RunDir
+from robustft.run.rundir import RunDir
 from robustft.tracking.base import (
     Tracker,
     curve_markdown,
@@ -90,7 +90,7 @@ class MlflowTracker(Tracker):
         self.client.log_text(self.run_id, findings_text(result) or "none\n", "findings.txt")
         self.client.log_text(self.run_id, curve_markdown(curve, self.norm), "robustness_curve.md")
         self.client.log_dict(self.run_id, curve.to_dict(), "robustness.json")
-        png = self.curve_png()
+        png = self.curve_png(curve)
         if png is not None:
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "robustness_curve.png"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from robustft.rundir import RunDir
+from robustft.run.rundir import RunDir
 from robustft.tracking.base import (
     Tracker,
     curve_markdown,
@@ -63,7 +63,7 @@ class TensorBoardTracker(Tracker):
             self.writer.add_scalar(key, value, step)
         self.writer.add_text("findings", findings_text(result) or "none", step)
         self.writer.add_text("robustness_curve", curve_markdown(curve, self.norm), step)
-        png = self.curve_png()
+        png = self.curve_png(curve)
         if png is not None:
             import numpy as np
             from PIL import Image

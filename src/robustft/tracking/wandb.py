@@ -16,7 +16,7 @@ import io
 import os
 from typing import Any
 
-from robustft.rundir import RunDir
+from robustft.run.rundir import RunDir
 from robustft.tracking.base import Tracker, curve_rows, findings_text, result_summary
 
 
@@ -58,7 +58,7 @@ class WandbTracker(Tracker):
             data=[list(row) for row in curve_rows(curve)],
         )
         logged: dict[str, Any] = {"robustness_curve": table, "epoch": self.last_epoch}
-        png = self.curve_png()
+        png = self.curve_png(curve)
         if png is not None:
             from PIL import Image
 

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustft import __version__
-from robustft.checkpoint import atomic_write_json, atomic_write_text, previous
+from robustft._version import __version__
 from robustft.config import RunConfig, build_config, flatten, load_yaml
 from robustft.errors import UserError, is_int, option
+from robustft.run.checkpoint import previous
+from robustft.utils.fsio import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch

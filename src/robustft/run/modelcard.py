@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from robustft import __version__
+from robustft._version import __version__
 from robustft.units import format_eps
 
 if TYPE_CHECKING:
-    from robustft.rundir import RunState
+    from robustft.run.rundir import RunState
 
 MARKER = "<!-- written by robustft export -->"  # a README.md without it is never overwritten
 CURVE_FILE = "robustness_curve.png"
@@ -291,17 +291,17 @@ def write_card(
     ``out``, atomically; returns the README's path. ``exported``: what was exported (a run
     directory or a checkpoint file), named in the footer. The caller checked that overwriting
     is allowed (:func:`is_ours`)."""
-    from robustft.checkpoint import atomic_write_bytes, atomic_write_text
-    from robustft.rundir import RunDir, read_json_object, run_state
+    from robustft.run.rundir import RunDir, read_json_object, run_state
+    from robustft.utils.fsio import atomic_write_bytes, atomic_write_text
 
     readme, plot = card_files(out)
     run = RunDir(run_dir) if run_dir else None
     result = read_json_object(run.result) if run else None
     curve = read_json_object(run.robustness) if run else None
-    if result is not None and run_dir is not None:
-        from robustft.report.plots import run_curve_png
+    if result is not None and curve is not None:
+        from robustft.run.figures import curve_png
 
-        png = run_curve_png(run_dir)
+        png = curve_png(curve, title=f"{config.get('name', 'model')}: accuracy under attack")
         if png is not None:
             atomic_write_bytes(plot, png)
     state = run_state(run_dir) if run_dir is not None else None

@@ -18,22 +18,16 @@ Two ways to feed the model, chosen by the number of worker processes:
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from robustft.utils.process import cpu_count
+from robustft.utils.seeding import derive_seed
+
 MAX_DEFAULT_WORKERS = 8
-
-
-def cpu_count() -> int:
-    """CPUs this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def default_workers(device: torch.device) -> int:
@@ -43,12 +37,6 @@ def default_workers(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return max(0, min(MAX_DEFAULT_WORKERS, cpu_count() - 1))
-
-
-def item_seed(epoch_seed: int, index: int) -> int:
-    """The augmentation seed of item ``index`` in the epoch seeded ``epoch_seed`` (63 bits)."""
-    digest = hashlib.sha256(f"{epoch_seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class _SeededOrder(Sampler[tuple[int, int]]):
@@ -68,7 +56,7 @@ class _SeededOrder(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.epoch_seed))
         for index in order.tolist():
-            yield item_seed(self.epoch_seed, index), index
+            yield derive_seed(self.epoch_seed, index), index
 
 
 class _SeededItems(Dataset[Any]):

@@ -1,10 +1,4 @@
-"""Robustness curves and expected robustness.
-
-A robustness curve is the accuracy of a model under attack at every perturbation size of a grid
-``0 = eps_0 < eps_1 < ... < eps_K = eps_g`` (pixel units). *Expected robustness* (Ngnawé et al.
-2025) is the accuracy averaged over eps uniform on ``[0, eps_g]``: the trapezoid rule over the
-grid divided by ``eps_g``, i.e. the mean of the trapezoid heights. It always lies between the
-robust accuracy at ``eps_g`` and the clean accuracy.
+"""How a robustness curve is measured: the attack loop over batches and grid points.
 
 Two modes:
 
@@ -37,13 +31,11 @@ most examples are settled within two or three steps (see the README's Performanc
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -57,138 +49,23 @@ from robustft.attacks.base import evaluation_mode
 from robustft.cost import PassCount, count_passes
 from robustft.distributed import SINGLE, World
 from robustft.errors import UserError
+from robustft.robustness.curve import RobustnessCurve, _pack_bits, expected_robustness
 from robustft.subset import select, subset
+from robustft.utils.seeding import eval_batch_seed
 
 _logger = logging.getLogger(__name__)
 
+
 MODES = ("cascade", "independent")
+
+
 GRADIENT_FREE_EXAMPLES = 64  # default subset of the gradient-free (Square) check
+
+
 GRADIENT_FREE_QUERIES = 300  # default Square budget of that check (forward passes per example)
+
+
 ProgressFn = Callable[[int, int], None]
-
-
-def expected_robustness(epsilons: Sequence[float], accuracies: Sequence[float]) -> float:
-    """Accuracy averaged over eps uniform on ``[0, eps_max]`` (trapezoid rule / eps_max).
-
-    Args:
-        epsilons: ascending grid starting at 0 (pixel units), at least two points.
-        accuracies: accuracy at each grid point (any unit: fraction or %).
-
-    Returns:
-        The mean accuracy, in the unit of ``accuracies``.
-
-    Example:
-        >>> expected_robustness([0, 1/255, 2/255, 3/255, 4/255], [80, 60, 50, 40, 30])
-        51.25
-    """
-    if len(epsilons) != len(accuracies) or len(epsilons) < 2:
-        raise ValueError(f"need >= 2 matching points, got {len(epsilons)} and {len(accuracies)}")
-    if epsilons[0] != 0 or any(b <= a for a, b in pairwise(epsilons)):
-        raise ValueError(f"grid must start at 0 and ascend, got {list(epsilons)}")
-    area = sum(
-        (e1 - e0) * (a0 + a1) / 2
-        for (e0, e1), (a0, a1) in zip(pairwise(epsilons), pairwise(accuracies))
-    )
-    return round(area / epsilons[-1], 12)
-
-
-def _pack_bits(row: Sequence[bool]) -> str:
-    return "".join("1" if v else "0" for v in row)
-
-
-@dataclass(frozen=True)
-class RobustnessCurve:
-    """Accuracy under attack over an eps grid, with per-example results and provenance.
-
-    Attributes:
-        epsilons: the grid, ascending, first point 0 (clean), pixel units.
-        accuracy: accuracy (fraction in [0, 1]) at each eps; ``accuracy[0]`` is clean.
-        correct: per eps, per example correctness as a string of '0'/'1' (N characters).
-        expected_robustness: mean accuracy for eps uniform on [0, eps_max] (fraction).
-        attack: the attack's description (name, norm, hyperparameters).
-        mode: "cascade" or "independent".
-        seed: seed of the attacks' random starts.
-        attacked: number of examples attacked at each eps (cost; 0 at eps = 0).
-        seconds: wall time of the evaluation.
-        warnings: sanity-check findings (robust above clean, rising curve, masking, gradient-free
-            check, probabilities).
-        masking_check: accuracy at a very large eps on a stratified sample (see
-            :func:`robustft.checks.masking_check`), or None if not run.
-        gradient_free_check: on a stratified sample of ``n`` examples at ``eps_max``, the
-            gradient attack's accuracy and the accuracy once the gradient-free Square attack
-            also attacks its survivors (see :func:`robustft.checks.gradient_free_check`);
-            ``{"skipped": reason}`` where it cannot run (l2), None if not run (or written before
-            it existed).
-        examples: which examples were evaluated: ``{"method": "all" | "stratified" |
-            "uniform", "seed", "n", "of"}`` plus ``"indices"`` (dataset order) for a subset
-            (:class:`robustft.subset.Selection`); None in curves written before it existed.
-        early_stop: whether attacks settled examples at their first fooling iterate (see the
-            module docstring); None in curves written before it existed.
-        passes: the forward and backward passes the curve's clean predictions and attacks
-            made through the model (:class:`robustft.cost.PassCount`, checks excluded), plain
-            and weighted by batch size; None in curves written before it existed.
-        autoattack: AutoAttack at ``eps_max`` on the same examples, when measured
-            (:meth:`robustft.autoattack.AutoAttackResult.to_dict`: version, norm, eps, accuracy,
-            n, seed, seconds, per-example ``correct``, ...); a separate number, not a point of
-            the curve.
-    """
-
-    epsilons: tuple[float, ...]
-    accuracy: tuple[float, ...]
-    correct: tuple[str, ...]
-    expected_robustness: float
-    attack: dict[str, Any]
-    mode: str
-    seed: int
-    attacked: tuple[int, ...]
-    seconds: float
-    warnings: tuple[str, ...] = ()
-    masking_check: dict[str, Any] | None = None
-    gradient_free_check: dict[str, Any] | None = None
-    examples: dict[str, Any] | None = None
-    version: int = field(default=1)
-    early_stop: bool | None = None
-    passes: dict[str, int] | None = None
-    autoattack: dict[str, Any] | None = None
-
-    @property
-    def n_examples(self) -> int:
-        return len(self.correct[0]) if self.correct else 0
-
-    @property
-    def clean_accuracy(self) -> float:
-        return self.accuracy[0]
-
-    @property
-    def robust_accuracy(self) -> float:
-        """Accuracy at the largest eps of the grid (eps_g)."""
-        return self.accuracy[-1]
-
-    @property
-    def eps_max(self) -> float:
-        return self.epsilons[-1]
-
-    def correct_tensor(self) -> Tensor:
-        """Per-example correctness, (K, N) bool."""
-        return torch.tensor([[c == "1" for c in row] for row in self.correct], dtype=torch.bool)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["clean_accuracy"] = self.clean_accuracy
-        out["robust_accuracy"] = self.robust_accuracy
-        out["n_examples"] = self.n_examples
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RobustnessCurve:
-        names = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        for key in ("epsilons", "accuracy", "correct", "attacked", "warnings"):
-            kwargs[key] = tuple(kwargs.get(key, ()))
-        return cls(**kwargs)
 
 
 def _as_dataset(data: Dataset | tuple[Tensor, Tensor]) -> Dataset:
@@ -196,11 +73,6 @@ def _as_dataset(data: Dataset | tuple[Tensor, Tensor]) -> Dataset:
         x, y = data
         return TensorDataset(x, y)
     return data
-
-
-def _batch_seed(seed: int, batch_index: int, eps_index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{batch_index}:{eps_index}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")
 
 
 def _uses_random_start(attack: Attack) -> bool:
@@ -253,7 +125,7 @@ def _attack_batch(
     result = _BatchResult(correct=[clean], attacked=[0], logits_sample=logits[:8].float().cpu())
     x_prev = x
     for k, eps in enumerate(epsilons[1:], start=1):
-        gen = torch.Generator().manual_seed(_batch_seed(seed, batch_index, k))
+        gen = torch.Generator().manual_seed(eval_batch_seed(seed, batch_index, k))
         eps_t = torch.full((len(x),), float(eps), device=x.device)
         idx = (result.correct[-1] if mode == "cascade" else clean).nonzero().flatten()
         warm = warm_start and mode == "cascade"
@@ -392,9 +264,10 @@ def _masking(
     n_examples: int,
     seed: int,
 ) -> dict[str, Any] | None:
-    """:func:`robustft.checks.masking_check` on a stratified sample of ``n_examples`` (None when
-    ``n_examples == 0``). ``final_correct``: (N,) correctness at the grid's largest eps."""
-    from robustft.checks import masking_check
+    """:func:`robustft.robustness.checks.masking_check` on a stratified sample of ``n_examples``
+    (None when ``n_examples == 0``). ``final_correct``: (N,) correctness at the grid's largest
+    eps."""
+    from robustft.robustness.checks import masking_check
 
     if n_examples <= 0:
         return None
@@ -415,14 +288,14 @@ def _gradient_free(
     queries: int,
     seed: int,
 ) -> dict[str, Any] | None:
-    """Run :func:`robustft.checks.gradient_free_check` on a stratified sample of
+    """Run :func:`robustft.robustness.checks.gradient_free_check` on a stratified sample of
     ``n_examples`` at ``eps``.
 
     ``final_correct`` is the (N,) per-example correctness under ``attack`` at ``eps``. Returns
     None when disabled (``n_examples == 0``) or when ``attack`` is Square itself, and
     ``{"skipped": reason}`` for l2 (Square is l-inf only).
     """
-    from robustft.checks import gradient_free_check
+    from robustft.robustness.checks import gradient_free_check
 
     if n_examples <= 0 or attack.name == "square":
         return None
@@ -493,7 +366,7 @@ def robustness_curve(
     Returns:
         A :class:`RobustnessCurve` with sanity-check warnings attached.
     """
-    from robustft.checks import curve_warnings
+    from robustft.robustness.checks import curve_warnings
 
     grid = _validate_grid(eps_grid, mode)
     dataset, chosen = subset(_as_dataset(data), max_examples, seed)

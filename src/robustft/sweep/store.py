@@ -38,14 +38,14 @@ import socket
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.errors import UserError
+from robustft.utils.fsio import now
 
 if TYPE_CHECKING:
-    from robustft.sweep import RunSpec
+    from robustft.sweep.spec import RunSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -77,11 +77,6 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 STATUSES = ("pending", "running", "done", "failed")
 HOST = socket.gethostname()
-
-
-def now() -> str:
-    """The current UTC time in ISO 8601 (seconds), as stored in ``started``/``finished``."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _process_start(pid: int) -> str | None:

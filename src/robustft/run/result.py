@@ -12,8 +12,8 @@ from robustft.diagnostics import Finding, diagnose_run, task_adaptation_delay
 from robustft.monitor import OverfitRule
 
 if TYPE_CHECKING:
-    from robustft.robustness import RobustnessCurve
-    from robustft.train import TrainState
+    from robustft.robustness.curve import RobustnessCurve
+    from robustft.training.state import TrainState
 
 
 def run_result(state: TrainState, curve: RobustnessCurve) -> dict[str, Any]:

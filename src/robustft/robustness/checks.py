@@ -16,7 +16,7 @@ from robustft.units import format_eps
 
 if TYPE_CHECKING:
     from robustft.attacks import Attack
-    from robustft.robustness import RobustnessCurve
+    from robustft.robustness.curve import RobustnessCurve
 
 MASKING_ACCURACY = 0.10  # accuracy above this at a very large eps suggests gradient masking
 MASKING_MIN_CORRECT = 16  # ... on at least this many clean-correct examples (of 64 checked)

@@ -1,0 +1,39 @@
+"""Datasets: the splits a run trains, validates and tests on, built from its ``data`` section.
+
+:func:`build_datasets` returns a :class:`DataSplits` whose ``train``, ``val`` and ``test`` datasets
+yield ``(image, label)``: ``image`` a float32 tensor ``(3, image_size, image_size)`` in ``[0, 1]``
+(no mean/std normalisation: that lives inside the model), ``label`` an ``int`` in
+``[0, num_classes)``.
+
+Modules: :mod:`~robustft.data.spec` (what a dataset is: :class:`DataSpec`, :class:`DataSplits`),
+:mod:`~robustft.data.factory` (:func:`build_datasets`, the one entry point), one module per source
+(:mod:`~robustft.data.digits`, :mod:`~robustft.data.imagefolder`,
+:mod:`~robustft.data.torchvision`), :mod:`~robustft.data.images` (how images are read and
+cached), :mod:`~robustft.data.splits` (stratified splits, few-shot subsets, class checks),
+:mod:`~robustft.data.transforms` (resizing and augmentation) and :mod:`~robustft.data.loader`
+(training batches).
+"""
+
+from robustft.data.factory import build_datasets, build_datasets_from_spec
+from robustft.data.imagefolder import IMAGE_EXTENSIONS, find_unreadable_images
+from robustft.data.spec import DataSpec, DataSplits, ImageSplit, default_root
+from robustft.data.splits import check_class_set, few_shot_indices, stratified_split
+from robustft.data.torchvision import TORCHVISION_SETS
+from robustft.data.transforms import build_transform, resize_transform
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "TORCHVISION_SETS",
+    "DataSpec",
+    "DataSplits",
+    "ImageSplit",
+    "build_datasets",
+    "build_datasets_from_spec",
+    "build_transform",
+    "check_class_set",
+    "default_root",
+    "few_shot_indices",
+    "find_unreadable_images",
+    "resize_transform",
+    "stratified_split",
+]
