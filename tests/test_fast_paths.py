@@ -27,7 +27,7 @@ def test_digits_cache_gives_the_same_images_bit_for_bit(monkeypatch, augment: st
         test = torch.stack([splits.test[i][0] for i in range(40)])
         images[cache] = (train, test, type(splits.train.source).__name__)
     (train_a, test_a, kind_a), (train_b, test_b, kind_b) = images.values()
-    assert (kind_a, kind_b) == ("_TensorSource", "_CachedSource")
+    assert (kind_a, kind_b) == ("TensorSource", "_CachedSource")
     assert torch.equal(train_a, train_b) and torch.equal(test_a, test_b)
     assert train_a.shape == (40, 3, 24, 24)
 
@@ -35,7 +35,7 @@ def test_digits_cache_gives_the_same_images_bit_for_bit(monkeypatch, augment: st
 def test_cache_only_within_its_memory_budget(monkeypatch) -> None:
     monkeypatch.setattr(data_module, "CACHE_BYTES", 1797 * 3 * 24 * 24 * 4 - 1)
     splits = build_datasets("digits", image_size=24, seed=0)
-    assert type(splits.train.source).__name__ == "_TensorSource"  # too big: per item, as before
+    assert type(splits.train.source).__name__ == "TensorSource"  # too big: per item, as before
 
 
 def _epoch_images(batches: TrainBatches, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
