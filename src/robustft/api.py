@@ -38,8 +38,9 @@ from torch.utils.data import Dataset
 
 from robustft.callbacks import Callbacks
 from robustft.config import RunConfig, build_config, load_config
-from robustft.errors import DataFault, UserError, printable, python_api
+from robustft.errors import DataFault, UserError, describe, printable, python_api
 from robustft.robustness.curve import RobustnessCurve
+from robustft.utils.device import model_device
 
 ConfigLike = RunConfig | Mapping[str, Any] | str | Path
 DataLike = Dataset | tuple[Tensor, Tensor]
@@ -287,14 +288,13 @@ def _outputs(net: nn.Module, shape: Sequence[int]) -> int:
     was_training = net.training
     net.eval()
     try:
-        param = next(net.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = model_device(net)
         with torch.no_grad():
             out = net(torch.rand(1, *shape, device=device))
     except Exception as err:  # the user's network: any failure is theirs to see, in one line
         raise UserError(
             f"model: calling it on a (1, {', '.join(map(str, shape))}) image failed "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            f"({describe(err)})"
         ) from None
     finally:
         net.train(was_training)

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
-from robustft.errors import PeerFailed, UserError
+from robustft.errors import PeerFailed, UserError, describe
 
 _logger = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ def broadcast(obj: T, world: World) -> T:
 def _describe(error: BaseException) -> str:
     if isinstance(error, UserError):
         return str(error)
-    return f"{error.__class__.__name__}: {error}".splitlines()[0]
+    return describe(error)
 
 
 def on_main(world: World, fn: Callable[[], T]) -> T | None:

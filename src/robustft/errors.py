@@ -92,12 +92,20 @@ def is_real(value: object) -> bool:
     return is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
 
 
-def first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message, shortened (its type name when empty), for
-    one-line errors that quote what a library said."""
+def first_line(exc: BaseException, limit: int | None = 160) -> str:
+    """The first line of an exception's message, shortened to ``limit`` characters (None: not
+    shortened; its type name when the message is empty), for one-line errors that quote what a
+    library said."""
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(exc: BaseException, limit: int | None = None) -> str:
+    """``TypeName: first line of the message`` (the type name alone when the message is empty):
+    an unexpected exception in one line, for records and messages that name what failed."""
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc, limit)}" if str(exc).strip() else name
 
 
 def few(items: Sequence[str], n: int = 4) -> str:

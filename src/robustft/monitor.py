@@ -111,8 +111,9 @@ def attack_accuracy(
 
     from robustft.attacks.base import evaluation_mode
     from robustft.subset import subset
+    from robustft.utils.device import model_device
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     sample, _ = subset(data, examples, seed)
     n = len(sample)  # type: ignore[arg-type]
     loader = DataLoader(sample, batch_size=batch_size)

@@ -39,6 +39,7 @@ from robustft.attacks.base import crafting_mode
 from robustft.config import AUTOATTACK_VERSIONS
 from robustft.errors import UserError
 from robustft.subset import subset
+from robustft.utils.device import model_device
 
 _logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _attacker(
 ) -> Any:
     """The reference's ``AutoAttack`` for ``version``, targets capped at ``classes - 1``."""
     package = reference()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     attacker = package.AutoAttack(
         model, norm=NORMS[norm], eps=eps, version=version, seed=seed, device=device
     )

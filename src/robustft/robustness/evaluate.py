@@ -51,6 +51,7 @@ from robustft.distributed import SINGLE, World
 from robustft.errors import UserError
 from robustft.robustness.curve import RobustnessCurve, _pack_bits, expected_robustness
 from robustft.subset import select, subset
+from robustft.utils.device import model_device
 from robustft.utils.seeding import eval_batch_seed
 
 _logger = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def _attack_batches(
     process; across ``world``'s ranks, rank r takes batches r, r + N, ... and the results are
     gathered (on every rank) in batch order."""
     total = len(dataset)  # type: ignore[arg-type]
-    device = _model_device(model)
+    device = model_device(model)
     starts = list(range(0, total, batch_size))
     mine = [b for b in range(len(starts)) if b % world.size == world.rank]
     batches = [list(range(starts[b], min(total, starts[b] + batch_size))) for b in mine]
@@ -218,11 +219,6 @@ def _attack_batches(
         samples=[p[3] for p in parts],
         passes=passes,
     )
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _validate_grid(eps_grid: Sequence[float], mode: str) -> tuple[float, ...]:
@@ -272,7 +268,7 @@ def _masking(
     if n_examples <= 0:
         return None
     chosen = select(dataset, n_examples, seed)
-    x, y = _examples(dataset, chosen.indices, _model_device(model))
+    x, y = _examples(dataset, chosen.indices, model_device(model))
     huge = eps or default_masking_eps(attack.norm, x.shape[1:])
     broken = ~final_correct[list(chosen.indices)]
     return masking_check(model, attack, x, y, huge, seed=seed, broken=broken)
@@ -304,7 +300,7 @@ def _gradient_free(
         _logger.info("robustness check: %s", reason)
         return {"attack": "square", "eps": eps, "skipped": reason}
     chosen = select(dataset, n_examples, seed)
-    x, y = _examples(dataset, chosen.indices, _model_device(model))
+    x, y = _examples(dataset, chosen.indices, model_device(model))
     start = time.perf_counter()
     result = gradient_free_check(
         model, x, y, final_correct[list(chosen.indices)], eps, queries=queries, seed=seed

@@ -36,7 +36,7 @@ from robustft.callbacks import Callbacks
 from robustft.config import (
     RunConfig,
 )
-from robustft.errors import UserError
+from robustft.errors import UserError, describe
 from robustft.run.rundir import RunDir
 from robustft.sweep.spec import RunSpec, SweepSpec, expand
 from robustft.sweep.store import SweepStore
@@ -207,7 +207,7 @@ def _run_in_process(ctx: _Context, run: RunSpec) -> RunOutcome:
     except UserError as err:
         error = str(err)
     except Exception as err:
-        error = f"{err.__class__.__name__}: {err}".splitlines()[0]
+        error = describe(err)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.log").write_text(traceback.format_exc())
         error += f" (traceback in {run_dir / 'error.log'})"
