@@ -5,13 +5,16 @@ case's reference contender (reference median / its median: above 1 is faster), w
 (accuracy, expected robustness, passes) and the settings it ran with.
 
 :func:`render` turns a ``results.json`` payload into ``RESULTS.md``; the documentation site's
-Performance page calls it too (this module imports no torch).
+Performance page calls it too (this module imports no torch: neither does
+:mod:`robustft.utils.text`, whose markdown table it uses).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from robustft.utils.text import markdown_table
 
 if TYPE_CHECKING:
     from timing import Settings, Timing
@@ -55,9 +58,8 @@ def _cell(value: Any) -> str:
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """robustft's markdown table of ``rows``, each value shown by :func:`_cell`."""
+    return markdown_table(headers, [[_cell(v) for v in row] for row in rows])
 
 
 def section_table(rows: Sequence[dict[str, Any]], measure: str, label: str) -> str:

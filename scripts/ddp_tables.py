@@ -33,6 +33,7 @@ import torch
 
 from robustft.run.checkpoint import load_checkpoint
 from robustft.units import format_eps
+from robustft.utils.text import percent
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -78,10 +79,6 @@ def read(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
 def table(one: dict[str, Any], two: dict[str, Any]) -> str:
     """The markdown table comparing a 1-process run (``one``) with a 2-process run (``two``)."""
     rows1, rows2 = one["rows"], two["rows"]
@@ -101,7 +98,7 @@ def table(one: dict[str, Any], two: dict[str, Any]) -> str:
     same = all(a[k] == b[k] for a, b in zip(rows1, rows2, strict=True) for k in keys)
 
     def accuracies(rows: Sequence[dict[str, Any]]) -> str:
-        return " / ".join(f"{_pct(r['train_acc'])}, {_pct(r['val_acc'])}" for r in rows)
+        return " / ".join(f"{percent(r['train_acc'])}, {percent(r['val_acc'])}" for r in rows)
 
     if same:
         lines.append(
@@ -127,7 +124,7 @@ def table(one: dict[str, Any], two: dict[str, Any]) -> str:
     keys = ("clean_accuracy", "robust_accuracy", "expected_robustness")
 
     def headline(result: dict[str, Any]) -> str:
-        return " / ".join(_pct(result[k]) for k in keys) + " %"
+        return " / ".join(percent(result[k]) for k in keys) + " %"
 
     second = "identical" if all(r1[k] == r2[k] for k in keys) else headline(r2)
     lines.append(

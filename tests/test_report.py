@@ -18,7 +18,8 @@ from robustft.config import build_config
 from robustft.errors import UserError
 from robustft.report import Report, build_report, write_report
 from robustft.report.collect import Stat, aggregate, collect_runs
-from robustft.report.tables import COST_HEADERS, cost_tables, fmt_stat, results_tables
+from robustft.report.cost import COST_HEADERS, cost_tables
+from robustft.report.tables import fmt_stat, results_tables
 
 EPS = 8 / 255
 PLOT_STEMS = (

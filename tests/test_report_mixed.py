@@ -275,7 +275,8 @@ def test_budget_text() -> None:
 
 def test_norms_never_share_a_table(tmp_path: Path) -> None:
     # an l2 and an l-inf budget of the same size: two tables, each with its norm
-    from robustft.report.tables import cost_tables, results_tables
+    from robustft.report.cost import cost_tables
+    from robustft.report.tables import results_tables
 
     make_run(tmp_path, "fix", clean=0.8, robust=0.3, eps_g=51 / 255)
     make_run(tmp_path, "fix", clean=0.7, robust=0.2, eps_g=51 / 255, norm="l2")

@@ -3,6 +3,7 @@ needed for these; the tuning itself is tested on a local Ray instance in test_ra
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,37 @@ def test_bad_tune_arguments_are_one_line(
     assert err.startswith("robustft: error: ") and err.count("\n") == 1, err
     assert needle in err, err
     assert not (tmp_path / "t").exists()  # nothing started, nothing written
+
+
+def test_the_trials_table_keeps_a_bar_in_one_cell(tmp_path: Path) -> None:
+    """Issue 20 point 3: ``trials.md`` did not escape ``|``, so a choice of regular-expression
+    LoRA targets (``qkv|proj``) split its row into one cell too many; ``trials.csv`` ended its
+    lines in ``\\r\\n`` where ``report.csv`` ends them in ``\\n``; the percentages were 4
+    significant digits of a rounded number (``5``, ``100``) where every other table shows 2
+    decimals."""
+    import csv
+    import io
+
+    from robustft.config import load_config
+    from robustft.tune.spec import TuneSpec
+    from robustft.tune.trials import Trial, TuneDir, write_outputs
+
+    config = load_config(SMOKE, ["model.mode=lora"]).to_dict()
+    search = parse_search("model.lora_targets=choice(qkv|proj,fc1)")
+    spec = TuneSpec(config, (search,), trials=2)
+    result = {"clean_accuracy": 0.05, "robust_accuracy": 0.98765, "expected_robustness": 1.0}
+    trials = [
+        Trial(1, "r1", {search.key: "qkv|proj"}, "done", 2, 0.91234, result),
+        Trial(2, "r2", {search.key: "fc1"}, "failed", 0, None, None, "boom"),
+    ]
+    layout = TuneDir(tmp_path)
+    write_outputs(spec, layout, trials)
+    lines = layout.table_md.read_text().splitlines()
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    assert {len(row) for row in cells} == {len(cells[0])}, lines
+    assert cells[2][2] == "qkv\\|proj" and cells[2][-3:] == ["5.00", "98.77", "100.00"]
+    assert cells[3][-4:] == ["-", "-", "-", "-"]
+    raw = layout.table_csv.read_bytes()
+    assert b"\r" not in raw and raw.count(b"\n") == 3
+    rows = list(csv.reader(io.StringIO(raw.decode())))
+    assert rows[1][2] == "qkv|proj" and rows[1][-3:] == ["5.00", "98.77", "100.00"]

@@ -279,6 +279,7 @@ def config_reference() -> str:
 
 def benchmark_tables() -> str:
     """The tables of ``benchmarks/results.json``, as ``benchmarks/RESULTS.md`` has them."""
+    _use_checkout()  # table.py takes its markdown table from robustft.utils.text
     bench = ROOT / "benchmarks"
     spec = importlib.util.spec_from_file_location("robustft_benchmark_table", bench / "table.py")
     assert spec is not None and spec.loader is not None

@@ -45,6 +45,7 @@ from typing import Any
 
 from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, best_pgd, overfit_onset
 from robustft.units import format_eps
+from robustft.utils.text import percent
 
 PAPER_THRESHOLD = 0.05
 KAPPA_CAP = 0.2
@@ -83,10 +84,6 @@ def task_adaptation_delay(
             return int(row["epoch"])
     return None
 
-
-# --------------------------------------------------------------------------------------------
-# Failure signatures of robust fine-tuning, per run.
-# --------------------------------------------------------------------------------------------
 
 COLLAPSE_DROP = 0.20
 """``collapse_on_ramp``: validation accuracy fell more than 20 points below its earlier peak."""
@@ -205,10 +202,6 @@ def find_collapse(
     return worst
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
 def _eps(value: float) -> str:
     return "0" if value <= _EPS_TOL else format_eps(value)
 
@@ -270,8 +263,8 @@ def _never_adapts(
         return None
     best = max((float(r["val_acc"]) for r in history if r.get("val_acc") is not None), default=0.0)
     message = (
-        f"validation accuracy never exceeded {_pct(adaptation_threshold(num_classes))} "
-        f"(best {_pct(best)} in {profile.epochs} epochs)"
+        f"validation accuracy never exceeded {percent(adaptation_threshold(num_classes), 1)}% "
+        f"(best {percent(best, 1)}% in {profile.epochs} epochs)"
     )
     if profile.eps_max <= _EPS_TOL:
         suggestion = "no eps was used either: check train.lr, the data and train.epochs"
@@ -299,8 +292,8 @@ def _collapse_on_ramp(
     if found is None:
         return None
     message = (
-        f"validation accuracy fell from {_pct(found.peak_acc)} (epoch {found.peak_epoch}, "
-        f"eps {_eps(found.peak_eps)}) to {_pct(found.low_acc)} (epoch {found.low_epoch}, "
+        f"validation accuracy fell from {percent(found.peak_acc, 1)}% (epoch {found.peak_epoch}, "
+        f"eps {_eps(found.peak_eps)}) to {percent(found.low_acc, 1)}% (epoch {found.low_epoch}, "
         f"eps {_eps(found.low_eps)}) as eps grew"
     )
     if _is_uniform(schedule):
@@ -323,7 +316,9 @@ def _no_robustness(
     if not (clean > NO_ROBUSTNESS_CLEAN and robust < NO_ROBUSTNESS_ROBUST):
         return None
     eval_eps = float(result.get("eval_eps_max") or eps_g)
-    message = f"clean {_pct(clean)} but robust {_pct(robust)} at {format_eps(eval_eps)}"
+    message = (
+        f"clean {percent(clean, 1)}% but robust {percent(robust, 1)}% at {format_eps(eval_eps)}"
+    )
     if eval_eps > eps_g * (1 + 1e-6):
         suggestion = (
             f"evaluated beyond the training eps_g {format_eps(eps_g)}: set "
@@ -357,8 +352,8 @@ def _suboptimal_transfer(
     if gap <= SUBOPTIMAL_TRANSFER_GAP + 1e-9:  # "more than", robust to float noise
         return None
     message = (
-        f"clean {_pct(clean)} is {100 * gap:.1f} points below standard fine-tuning "
-        f"({_pct(reference_clean)})"
+        f"clean {percent(clean, 1)}% is {percent(gap, 1)} points below standard fine-tuning "
+        f"({percent(reference_clean, 1)}%)"
     )
     if profile.clean_epochs == 0 or _is_uniform(schedule):
         suggestion = f"eps > 0 from epoch 1 ({schedule}): try {PAPER_HINGE}"
@@ -379,7 +374,8 @@ def _catastrophic_overfitting(
     return Finding(
         "catastrophic_overfitting",
         f"at epoch {onset} (eps {_eps(float(row.get('eps', 0.0)))}) PGD accuracy collapsed to "
-        f"{_pct(pgd)} (best before: {_pct(before)}) while FGSM accuracy stayed at {_pct(fgsm)}",
+        f"{percent(pgd, 1)}% (best before: {percent(before, 1)}%) while FGSM accuracy stayed at "
+        f"{percent(fgsm, 1)}%",
         "train with attack.name=fgsm-rs (random start, step 1.25 eps) or pgd, a smaller or "
         "later-ramping eps, or set monitor.action=rollback to keep the last good epoch",
     )

@@ -235,9 +235,6 @@ def leave(created: bool) -> None:
         dist.destroy_process_group()
 
 
-# ------------------------------------------------------------------------ sample order
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The global sample order of epoch ``epoch``: the permutation a one-process run's
     ``DataLoader(shuffle=True, generator=Generator().manual_seed(derive_seed(seed, "order",
@@ -307,9 +304,6 @@ def shard_start(
     first, total = bounds
     eps_all = torch.full((total,), float(eps), device=x.device)
     return attack.geometry.random_init_rows(x, eps_all, generator, first=first)
-
-
-# --------------------------------------------------------------------- model and buffers
 
 
 def wrap(model: nn.Module, device: torch.device, world: World, *, sync_bn: bool) -> nn.Module:
@@ -383,9 +377,6 @@ def average_buffers(module: nn.Module, world: World) -> None:
     for t in stats:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
-
-
-# --------------------------------------------------------------------------- collectives
 
 
 def all_sum(values: Sequence[float], world: World) -> list[float]:

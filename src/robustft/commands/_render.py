@@ -1,41 +1,17 @@
-"""Terminal rendering for the CLI: progress bars and tables (stderr for progress, stdout for
-results). On a TTY a bar is redrawn in place; otherwise one line is printed per finished epoch
-or evaluation, so logs of batch jobs stay readable."""
+"""Terminal rendering for the CLI: progress bars on stderr (on a TTY a bar is redrawn in place;
+otherwise one line is printed per finished epoch or evaluation, so logs of batch jobs stay
+readable) and attack labels. The tables and percentages the commands print on stdout come from
+:mod:`robustft.utils.text`."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any, TextIO
 
 from robustft.callbacks import Callbacks
 from robustft.units import format_eps
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An aligned plain-text table (first column left-aligned, the rest right-aligned)."""
-    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(row: Sequence[str]) -> str:
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        return "  ".join(parts).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
-
-
-def _fmt(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+from robustft.utils.text import percent
 
 
 def attack_label(described: dict[str, Any]) -> str:
@@ -87,11 +63,11 @@ class Progress(Callbacks):
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         robust = row.get("val_robust_acc")
-        extra = f" val robust {pct(robust)}%" if robust is not None else ""
+        extra = f" val robust {percent(robust)}%" if robust is not None else ""
         text = (
             f"{self.label}epoch {row['epoch']} eps {format_eps(row['eps'], self.norm)} "
-            f"loss {row['train_loss']:.3f} train {pct(row['train_acc'])}% "
-            f"val {pct(row['val_acc'])}%{extra} ({row['seconds']:.1f}s)"
+            f"loss {row['train_loss']:.3f} train {percent(row['train_acc'])}% "
+            f"val {percent(row['val_acc'])}%{extra} ({row['seconds']:.1f}s)"
         )
         if self.tty:
             self.stream.write("\r\033[K")

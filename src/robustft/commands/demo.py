@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustft.commands._render import Progress, pct, table
+from robustft.commands._render import Progress
 from robustft.config import RunConfig
 from robustft.errors import UserError
 from robustft.units import format_eps, parse_eps
+from robustft.utils.text import percent, text_table
 
 HELP = """\
 Train standard fine-tuning, RFT-fix and Epsilon-Scheduling with the same budget on the offline
@@ -41,12 +42,22 @@ def add_parser(sub: Any) -> None:
 def _row(label: str, result: dict[str, Any]) -> list[object]:
     return [
         label,
-        pct(result["clean_accuracy"]),
-        pct(result["robust_accuracy"]),
-        pct(result["expected_robustness"]),
+        percent(result["clean_accuracy"]),
+        percent(result["robust_accuracy"]),
+        percent(result["expected_robustness"]),
         result["adaptation_delay"] or "never",
         f"{result['train_seconds'] + result['eval_seconds']:.0f}",
     ]
+
+
+def summary_table(runs: list[tuple[RunConfig, Path, dict[str, Any]]], eps: float) -> str:
+    """The demo's table, one row per method (the README shows it): clean, robust and expected
+    robustness in % with 2 decimals, the adaptation delay and the wall time."""
+    from robustft.demo import METHOD_LABELS
+
+    rows = [_row(METHOD_LABELS[c.name.removeprefix("demo-")], r) for c, _, r in runs]
+    headers = ["method", "clean %", f"robust@{format_eps(eps)} %", "expected rob. %"]
+    return text_table([*headers, "delay (epoch)", "time (s)"], rows)
 
 
 def _setting(config: RunConfig, eps: float) -> str:
@@ -78,7 +89,7 @@ def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustft.demo import METHOD_LABELS, demo_configs
+    from robustft.demo import demo_configs
     from robustft.diagnostics import THRESHOLD_TEXT, adaptation_threshold
     from robustft.run.rundir import RunDir, default_run_dir
     from robustft.training.fit import fit
@@ -99,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
         progress = Progress(label=method)
         result = fit(config, run_dir, resume=resume, callbacks=progress, device=args.device)
         runs.append((config, run_dir, result))
-    rows = [_row(METHOD_LABELS[c.name.removeprefix("demo-")], r) for c, _, r in runs]
-    headers = ["method", "clean %", f"robust@{format_eps(eps)} %", "expected rob. %"]
-    print(table([*headers, "delay (epoch)", "time (s)"], rows))
+    print(summary_table(runs, eps))
     threshold = adaptation_threshold(int(runs[0][2]["num_classes"]))
     print(
         "expected robustness: accuracy averaged over eps uniform on "

@@ -7,10 +7,11 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustft.commands._render import Progress, attack_label, pct, table
+from robustft.commands._render import Progress, attack_label
 from robustft.config import AUTOATTACK_VERSIONS, SEED_RANGE, valid_seed
 from robustft.errors import UserError
 from robustft.units import default_eps_step, format_eps, parse_eps
+from robustft.utils.text import percent, text_table
 
 if TYPE_CHECKING:
     from robustft.config import RunConfig
@@ -116,10 +117,10 @@ def add_parser(sub: Any) -> None:
 def curve_table(curve: RobustnessCurve) -> str:
     norm = str(curve.attack.get("norm", "linf"))
     rows = [
-        [format_eps(e, norm), pct(a), attacked]
+        [format_eps(e, norm), percent(a), attacked]
         for e, a, attacked in zip(curve.epsilons, curve.accuracy, curve.attacked)
     ]
-    return table([f"eps ({norm})", "accuracy (%)", "attacked"], rows)
+    return text_table([f"eps ({norm})", "accuracy (%)", "attacked"], rows)
 
 
 def with_data_overrides(config: RunConfig, name: str | None, bad_images: str | None) -> RunConfig:
@@ -304,7 +305,7 @@ def _evaluate(args: argparse.Namespace, world: World, device: str) -> int:
     )
     say(
         f"expected robustness on [0, {format_eps(chosen.eps_max, chosen.norm)}]: "
-        f"{pct(curve.expected_robustness)}% ({attack_label(curve.attack)}, {chosen.norm}, "
+        f"{percent(curve.expected_robustness)}% ({attack_label(curve.attack)}, {chosen.norm}, "
         f"{chosen.mode}, {examples}, {curve.seconds:.1f}s)"
     )
     for warning in curve.warnings:
@@ -351,10 +352,10 @@ def with_autoattack(
         progress=progress.on_eval,
     )
     print(
-        f"{measured.label()}: {pct(measured.accuracy)}% ({measured.n} examples, seed "
+        f"{measured.label()}: {percent(measured.accuracy)}% ({measured.n} examples, seed "
         f"{measured.seed}, {', '.join(measured.attacks)}, {measured.implementation}, "
         f"{measured.seconds:.1f}s); the curve's {attack_label(curve.attack)} at the same eps: "
-        f"{pct(curve.robust_accuracy)}%"
+        f"{percent(curve.robust_accuracy)}%"
     )
     for warning in measured.warnings:
         print(f"warning (AutoAttack): {warning}")

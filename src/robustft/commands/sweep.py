@@ -14,13 +14,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from robustft.commands._render import Progress, pct, table
+from robustft.commands._render import Progress
 from robustft.errors import UserError
 from robustft.run.rundir import RunDir
 from robustft.sweep.driver import RunOutcome, SweepDir, collect, default_sweep_dir, run_sweep
 from robustft.sweep.spec import RunSpec, expand, load_sweep, short_keys, show_value
 from robustft.sweep.store import StoredRun, SweepStore, as_planned
 from robustft.units import format_eps
+from robustft.utils.text import percent, text_table
 
 HELP = """\
 Expand a sweep file (a base config, named methods and a grid of dotted keys) into runs, then
@@ -135,16 +136,16 @@ class Printer:
             run,
             total,
             f"epoch {row['epoch']}/{epochs} eps {format_eps(row['eps'], run.config.attack.norm)} "
-            f"loss {row['train_loss']:.3f} val {pct(row['val_acc'])}%",
+            f"loss {row['train_loss']:.3f} val {percent(row['val_acc'])}%",
         )
 
     def on_run_end(self, run: RunSpec, total: int, outcome: RunOutcome) -> None:
         if outcome.status == "done" and outcome.result is not None:
             r = outcome.result
             text = (
-                f"done in {_duration(outcome.seconds)}: clean {pct(r['clean_accuracy'])}% "
-                f"robust {pct(r['robust_accuracy'])}% "
-                f"expected robustness {pct(r['expected_robustness'])}%"
+                f"done in {_duration(outcome.seconds)}: clean {percent(r['clean_accuracy'])}% "
+                f"robust {percent(r['robust_accuracy'])}% "
+                f"expected robustness {percent(r['expected_robustness'])}%"
             )
         elif outcome.status == "skipped":
             text = "skipped (finished earlier)"
@@ -191,12 +192,12 @@ def status_table(records: Sequence[StoredRun]) -> str:
                 rec.shown_status,
                 epochs,
                 _duration(_time(rec)),
-                pct(rec.clean_accuracy),
-                pct(rec.robust_accuracy),
-                pct(rec.expected_robustness),
+                percent(rec.clean_accuracy),
+                percent(rec.robust_accuracy),
+                percent(rec.expected_robustness),
             ]
         )
-    lines = [table(headers, rows), counts_line(records)]
+    lines = [text_table(headers, rows), counts_line(records)]
     lines += [f"failed {rec.id} ({rec.method}): {rec.error}" for rec in records if rec.error]
     if any(rec.position is None for rec in records):
         lines.append("runs numbered '-' are no longer in the sweep file (kept in runs/)")
@@ -276,7 +277,7 @@ def dry_run(runs: Sequence[RunSpec], sweep_dir: Path) -> str:
         grid = [show_value(run.grid[k]) for k in keys]
         rows.append([run.index + 1, run.index, run.run_id, run.method, *grid, plan])
     headers = ["#", "--index", "run id", "method", *(names[k] for k in keys), "plan"]
-    out = [table(headers, rows)]
+    out = [text_table(headers, rows)]
     out += [f"{run.label} also stands for: {', '.join(run.aliases)}" for run in runs if run.aliases]
     return "\n".join(out)
 

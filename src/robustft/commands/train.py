@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from robustft.commands._render import Progress, pct, table
+from robustft.commands._render import Progress
 from robustft.config import add_log_backends, load_config
 from robustft.errors import PeerFailed, UserError
 from robustft.run.rundir import RunDir, default_run_dir
 from robustft.units import format_eps
+from robustft.utils.text import percent, text_table
 
 HELP = """\
 Fine-tune a pretrained backbone with adversarial training under an eps schedule, checkpoint
@@ -64,15 +65,15 @@ def summary(result: dict[str, Any]) -> str:
     """The end-of-run table."""
     eps = format_eps(result["eval_eps_max"], result.get("norm", "linf"))
     rows = [
-        ["clean accuracy (%)", pct(result["clean_accuracy"])],
-        [f"robust accuracy at {eps} (%)", pct(result["robust_accuracy"])],
-        [f"expected robustness [0, {eps}] (%)", pct(result["expected_robustness"])],
+        ["clean accuracy (%)", percent(result["clean_accuracy"])],
+        [f"robust accuracy at {eps} (%)", percent(result["robust_accuracy"])],
+        [f"expected robustness [0, {eps}] (%)", percent(result["expected_robustness"])],
         *autoattack_rows(result),
         ["task-adaptation delay (epoch)", result["adaptation_delay"] or "never"],
         ["training time (s)", f"{result['train_seconds']:.1f}"],
         ["evaluation time (s)", f"{result['eval_seconds']:.1f}"],
     ]
-    return table(["metric", "value"], rows)
+    return text_table(["metric", "value"], rows)
 
 
 def autoattack_rows(result: dict[str, Any]) -> list[list[Any]]:
@@ -83,7 +84,7 @@ def autoattack_rows(result: dict[str, Any]) -> list[list[Any]]:
     from robustft.robustness.autoattack import label
 
     name = label(measured["version"], measured["eps"], measured.get("norm", "linf"))
-    return [[f"{name} (%), {measured['n']} examples", pct(result["autoattack_accuracy"])]]
+    return [[f"{name} (%), {measured['n']} examples", percent(result["autoattack_accuracy"])]]
 
 
 def print_findings(result: dict[str, Any], label: str = "") -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from robustft.config import apply_overrides, load_yaml
 from robustft.errors import UserError
+from robustft.utils.text import markdown_table, short_number
 
 HELP = """\
 Tune hyperparameters of a run config with ASHA (Ray Tune's ASHAScheduler), as the paper tuned
@@ -120,7 +121,7 @@ class _Lines:
 def run(args: argparse.Namespace) -> int:
     from robustft.launchers.ray import require_ray
     from robustft.tune.driver import earlier_trials, tune_runs
-    from robustft.tune.trials import TuneDir, best_trial, default_tune_dir, markdown, trials_table
+    from robustft.tune.trials import TuneDir, best_trial, default_tune_dir, trials_table
 
     spec = build_spec(args)
     require_ray()  # a missing Ray is one line before anything starts
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 130
     headers, rows = trials_table(spec, trials)
-    print(markdown(headers, rows))
+    print(markdown_table(headers, rows))
     layout = TuneDir(out.resolve())
     counts = {s: sum(t.status == s for t in trials) for s in ("done", "early-stopped", "failed")}
     print(
@@ -162,11 +163,7 @@ def run(args: argparse.Namespace) -> int:
         best = best_trial(trials)
     except UserError as err:
         raise UserError(f"{err} ({layout.table_md})") from None
-    values = ", ".join(f"{k}={_short(v)}" for k, v in best.values.items())
-    print(f"best: trial {best.number} ({values}), {spec.metric} {_short(best.metric)}")
+    values = ", ".join(f"{k}={short_number(v)}" for k, v in best.values.items())
+    print(f"best: trial {best.number} ({values}), {spec.metric} {short_number(best.metric)}")
     print(f"best config: {layout.best} (robustft train {layout.best})")
     return 0
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

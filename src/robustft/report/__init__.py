@@ -25,15 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustft.report.collect import Collection, RunRecord, collect_runs
-from robustft.report.tables import (
-    ResultsTable,
-    markdown_results,
-    render_html,
-    render_markdown,
-    results_tables,
-    runs_csv,
-    summary_csv,
-)
+from robustft.report.csvfiles import runs_csv, summary_csv
+from robustft.report.render import markdown_results, render_html, render_markdown
+from robustft.report.tables import ResultsTable, results_tables
 
 __all__ = [
     "Collection",

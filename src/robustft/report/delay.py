@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from robustft.report.collect import RunRecord
+from robustft.utils.text import markdown_table
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,19 @@ def delay_correlations(runs: Sequence[RunRecord]) -> list[DelayCorrelation]:
 
 def markdown_section(runs: Sequence[RunRecord]) -> str:
     """The report's "Adaptation delay and clean accuracy" table."""
-    rows = []
-    for c in delay_correlations(runs):
-        r = "-" if c.r is None else f"{c.r:+.2f}"
-        rows.append(f"| {c.backbone} | {c.dataset} | {len(c.points)} | {c.censored} | {r} |")
+    rows = [
+        [
+            c.backbone,
+            c.dataset,
+            str(len(c.points)),
+            str(c.censored),
+            "-" if c.r is None else f"{c.r:+.2f}",
+        ]
+        for c in delay_correlations(runs)
+    ]
+    headers = ["backbone", "dataset", "runs", "never adapted", "r"]
     return (
-        "\n".join(
-            [
-                "Pearson's r between the task-adaptation delay (epochs) and the final clean "
-                "accuracy, over all runs of a backbone and dataset (the paper reports r < -0.9); "
-                "runs that never adapted count with a delay of their length + 1.\n",
-                "| backbone | dataset | runs | never adapted | r |",
-                "|---|---|---|---|---|",
-                *rows,
-            ]
-        )
-        + "\n"
+        "Pearson's r between the task-adaptation delay (epochs) and the final clean accuracy, "
+        "over all runs of a backbone and dataset (the paper reports r < -0.9); runs that never "
+        "adapted count with a delay of their length + 1.\n\n" + markdown_table(headers, rows) + "\n"
     )

@@ -1,14 +1,13 @@
-"""Report tables: paper-style results (markdown, HTML), per-run tables, CSV files.
+"""Report tables: paper-style results tables and the per-run table, as text cells, with the
+definitions of their numbers.
 
 Results tables follow the paper's Table 1: rows are backbone x method, columns are datasets,
 each cell "clean / robust at eps_g / expected robustness" in %, here as mean ± sample standard
 deviation over seeds (no ± when a cell has one seed; n is always stated). One table per
 evaluation budget, a budget being a threat-model norm and an eps (:func:`budgets`): an l2 run
-evaluated at 0.5 and an l-inf run evaluated at 8/255 never share a table. The cost tables put
-each method's training compute (measured example-passes, wall time, trainable parameters) next
-to its expected robustness, also one per budget. The CSV files are tidy: ``report.csv`` has one
-row per run, and ``report_summary.csv`` one row per table cell (backbone, method, dataset, norm,
-eval eps).
+evaluated at 0.5 and an l-inf run evaluated at 8/255 never share a table. The cost tables
+(:mod:`robustft.report.cost`) use the same budgets; :mod:`robustft.report.render` writes the
+tables into ``report.md`` and ``report.html``, :mod:`robustft.report.csvfiles` the CSV files.
 
 Every table that shows an eps or a robust accuracy names the norm: table titles print the
 budget as ``8/255 (l-inf)`` or ``0.5 (l2)`` (:func:`budget_text`), and the per-run table and
@@ -19,26 +18,13 @@ when they are multiples of 1/255; l2 (and any other norm) eps as plain decimals,
 
 from __future__ import annotations
 
-import csv
-import html
-import io
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from robustft import diagnostics
-from robustft.report import delay
-from robustft.report.collect import (
-    Cell,
-    Collection,
-    CostSummary,
-    RunRecord,
-    Stat,
-    aggregate,
-    method_order,
-    same_eps,
-)
+from robustft.report.collect import Cell, RunRecord, Stat, aggregate, method_order, same_eps
 from robustft.units import format_eps
+from robustft.utils.text import percent
 
 
 @dataclass(frozen=True)
@@ -149,13 +135,8 @@ def runs_at(runs: Sequence[RunRecord], budget: Budget) -> list[RunRecord]:
 
 def fmt_stat(stat: Stat, digits: int = 1) -> str:
     """A fraction statistic in %: ``81.7`` (n = 1) or ``81.7±1.2``."""
-    mean = f"{100 * stat.mean:.{digits}f}"
-    return mean if stat.n == 1 else f"{mean}±{100 * stat.std:.{digits}f}"
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage text, ``-`` for None."""
-    return "-" if value is None else f"{100 * value:.{digits}f}"
+    mean = percent(stat.mean, digits)
+    return mean if stat.n == 1 else f"{mean}±{percent(stat.std, digits)}"
 
 
 def results_tables(runs: Sequence[RunRecord]) -> list[ResultsTable]:
@@ -229,9 +210,9 @@ def run_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
             eps_text(run.eps_g, run.norm),
             run.schedule,
             eps_text(run.eval_eps, run.norm),
-            pct(run.clean),
-            pct(run.robust),
-            pct(run.expected),
+            percent(run.clean, 1),
+            percent(run.robust, 1),
+            percent(run.expected, 1),
             _autoattack_text(run),
             "never" if run.delay is None else str(run.delay),
             _seconds(run.train_seconds),
@@ -248,7 +229,7 @@ def _autoattack_text(run: RunRecord) -> str:
     if run.autoattack is None:
         return "-"
     n = "?" if run.autoattack_n is None else run.autoattack_n
-    return f"{pct(run.autoattack)} ({run.autoattack_version or '?'}, n={n})"
+    return f"{percent(run.autoattack, 1)} ({run.autoattack_version or '?'}, n={n})"
 
 
 def _findings_text(run: RunRecord) -> str:
@@ -304,13 +285,13 @@ def definitions(runs: Sequence[RunRecord]) -> list[str]:
         "did not.",
         "never_adapts: validation accuracy never exceeded that threshold.",
         "collapse_on_ramp: validation accuracy fell more than "
-        f"{100 * diagnostics.COLLAPSE_DROP:.0f} points below an earlier peak at an epoch "
+        f"{percent(diagnostics.COLLAPSE_DROP, 0)} points below an earlier peak at an epoch "
         "trained with a larger eps.",
         "suboptimal_transfer: clean accuracy more than "
-        f"{100 * diagnostics.SUBOPTIMAL_TRANSFER_GAP:.0f} points below standard fine-tuning "
+        f"{percent(diagnostics.SUBOPTIMAL_TRANSFER_GAP, 0)} points below standard fine-tuning "
         "(eps_g = 0, same backbone and dataset, mean over seeds in this report).",
-        f"no_robustness: clean above {100 * diagnostics.NO_ROBUSTNESS_CLEAN:.0f}% but robust "
-        f"accuracy below {100 * diagnostics.NO_ROBUSTNESS_ROBUST:.0f}% (runs with eps_g > 0).",
+        f"no_robustness: clean above {percent(diagnostics.NO_ROBUSTNESS_CLEAN, 0)}% but robust "
+        f"accuracy below {percent(diagnostics.NO_ROBUSTNESS_ROBUST, 0)}% (runs with eps_g > 0).",
         *_norm_definitions(runs),
     ]
 
@@ -325,555 +306,3 @@ def _norm_definitions(runs: Sequence[RunRecord]) -> list[str]:
         "and are written as plain decimals (0.5). Runs of different norms are never in the "
         "same table or plot panel."
     ]
-
-
-# ---------------------------------------------------------------------------- cost
-
-COST_HEADERS = (
-    "backbone",
-    "dataset",
-    "method",
-    "n",
-    "trainable params (% of all)",
-    "passes/step",
-    "train example-passes (10^6)",
-    "x standard FT",
-    "s/epoch",
-    "examples/s",
-    "E.rob %",
-    "E.rob gain (points per 10^6 extra example-passes)",
-)
-
-
-@dataclass(frozen=True)
-class CostTable:
-    """Training compute next to expected robustness, per (backbone, dataset, method), for one
-    evaluation budget (``norm``, ``eval_eps``); ``missing`` runs of that budget had no cost
-    data."""
-
-    eval_eps: float
-    cells: tuple[Cell, ...]
-    missing: int = 0
-    norm: str = "linf"
-
-    @property
-    def title(self) -> str:
-        """Heading naming the budget at which E.rob was measured: ``E.rob on [0, 8/255]
-        (l-inf)``."""
-        return f"E.rob on [0, {eps_text(self.eval_eps, self.norm)}] ({norm_name(self.norm)})"
-
-    def caption(self) -> str:
-        """What the columns hold and how they were averaged."""
-        text = (
-            "Training compute per method, mean over the n runs with cost data (± sample std when "
-            "the runs differ). Example-passes: forward + backward passes through the model "
-            "during training, weighted by batch size (measured, hardware-independent). "
-            "'x standard FT' and 'E.rob gain' compare with standard fine-tuning (eps_g = 0) of "
-            "the same backbone, dataset and fine-tuning mode; '-' when there is none or the "
-            "method used no extra passes. s/epoch and examples/s are wall-clock (hardware-"
-            "dependent)."
-        )
-        if self.missing:
-            runs = "run has" if self.missing == 1 else "runs have"
-            text += f" {self.missing} {runs} no cost data (made before cost accounting), left out."
-        return text
-
-    def body(self) -> list[list[str]]:
-        """Rows of text cells (headers in :data:`COST_HEADERS`)."""
-        rows = []
-        for cell in self.cells:
-            cost = cell.cost
-            assert cost is not None  # cells without cost are not in the table
-            rows.append(
-                [
-                    cell.backbone,
-                    cell.dataset,
-                    cell.method,
-                    str(cost.n),
-                    _params_text(cost),
-                    _stat_text(cost.passes_per_step, lambda v, _: f"{v:.3g}"),
-                    _stat_text(cost.example_passes, _sig, scale=1e-6),
-                    "-" if cost.relative_cost is None else f"{cost.relative_cost:.3g}x",
-                    _stat_text(cost.seconds_per_epoch, _sig),
-                    _stat_text(cost.examples_per_second, _sig),
-                    fmt_stat(cost.expected),
-                    "-" if cost.gain_per_million is None else _sig(cost.gain_per_million),
-                ]
-            )
-        return rows
-
-
-def _digits(value: float) -> int:
-    """Decimals that show three significant digits of ``value`` (0 for |value| >= 100)."""
-    if value == 0 or not math.isfinite(value):
-        return 0
-    return max(0, 2 - math.floor(math.log10(abs(value))))
-
-
-def _sig(value: float, digits: int | None = None) -> str:
-    """``value`` with three significant digits and no exponent: 0.0560, 5.60, 560, 5600."""
-    return f"{value:.{_digits(value) if digits is None else digits}f}"
-
-
-def _stat_text(stat: Stat | None, fmt: Callable[[float, int], str], scale: float = 1.0) -> str:
-    """Mean (and ±std at the mean's precision when n > 1 and the values differ); ``-`` for
-    None. ``fmt(value, digits)`` formats a number."""
-    if stat is None:
-        return "-"
-    mean = scale * stat.mean
-    text = fmt(mean, _digits(mean))
-    if stat.n > 1 and stat.std > 0:
-        text += "±" + fmt(scale * stat.std, _digits(mean))
-    return text
-
-
-def _count_text(value: float) -> str:
-    """``4.01M``, ``12.3k``, ``830``."""
-    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= size:
-            return _sig(value / size) + suffix
-    return f"{value:.0f}"
-
-
-def _params_text(cost: CostSummary) -> str:
-    if cost.trainable_parameters is None:
-        return "-"
-    text = _count_text(cost.trainable_parameters.mean)
-    if cost.trainable_fraction is not None:
-        text += f" ({100 * cost.trainable_fraction.mean:.3g}%)"
-    return text
-
-
-def cost_tables(runs: Sequence[RunRecord]) -> list[CostTable]:
-    """One :class:`CostTable` per evaluation budget that has runs with cost data."""
-    tables = []
-    for norm, eps in budgets(runs):
-        members = runs_at(runs, (norm, eps))
-        rank = {m: i for i, m in enumerate(method_order(members))}
-        here = sorted(
-            (c for c in aggregate(members) if c.cost is not None),
-            key=lambda c: (c.backbone, c.dataset, rank[c.method]),
-        )
-        if here:
-            missing = sum(r.cost is None for r in members)
-            tables.append(CostTable(eps, tuple(here), missing, norm))
-    return tables
-
-
-def cost_definitions(runs: Sequence[RunRecord]) -> list[str]:
-    """Definitions of the cost numbers (none when no run has cost data)."""
-    if all(r.cost is None for r in runs):
-        return []
-    return [
-        "Training example-passes: forward plus backward passes through the model during "
-        "training (attack crafting and parameter updates), each weighted by its batch size, "
-        "counted by hooks on the model as they happen; the overfitting monitor and the "
-        "evaluation are not included. Passes are not FLOPs: a backward pass costs about two "
-        "forwards, and with a frozen backbone (linear probe, LoRA, BitFit, partial) it skips "
-        "most weight gradients (an attack's input gradient still crosses the whole network).",
-        "Passes per step: forward passes per optimizer step (1 for standard fine-tuning, 2 for "
-        "FGSM, k + 1 for PGD-k).",
-        "Pass counts are measured and hardware-independent: they depend only on the data, the "
-        "epochs actually trained, the batch and the attack. Seconds per epoch and examples per "
-        "second are wall-clock: they depend on the hardware, data loading and other load on "
-        "the machine, and compare only runs made on the same machine under the same load.",
-        "Trainable parameters: parameters the optimizer updates, with their share of all "
-        "parameters of the model (head included).",
-        "Robustness per compute: E.rob is not divided by cost (a ratio would favour standard "
-        "fine-tuning, cheap and with E.rob above zero). The Cost table shows E.rob next to the "
-        "cost, the cost as a multiple of standard fine-tuning (eps_g = 0, same backbone, "
-        "dataset, fine-tuning mode and eval budget, mean over its seeds), and the E.rob gain "
-        "over it per unit of extra compute: (E.rob - E.rob of standard FT) in points / "
-        "((example-passes - those of standard FT) / 10^6). The gain is the average rate "
-        "between two points, not a slope; compare methods of similar cost, or read the "
-        "cost_vs_robustness plot.",
-    ]
-
-
-# ---------------------------------------------------------------------------- markdown
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(_md_escape(h) for h in headers) + " |"]
-    lines.append("|" + "|".join("---" for _ in headers) + "|")
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def markdown_results(tables: Sequence[ResultsTable]) -> str:
-    """The results tables with their headings and captions."""
-    parts = []
-    for table in tables:
-        parts.append(f"### {table.title}\n\n{table.caption()}\n")
-        parts.append(markdown_table(table.headers(), table.body()) + "\n")
-    return "\n".join(parts)
-
-
-def markdown_cost(runs: Sequence[RunRecord]) -> str:
-    """The cost tables with headings and captions (a note when no run has cost data)."""
-    tables = cost_tables(runs)
-    if not tables:
-        return "No run recorded its compute cost (runs made before cost accounting).\n"
-    parts = []
-    for table in tables:
-        parts.append(f"### {table.title}\n\n{table.caption()}\n")
-        parts.append(markdown_table(COST_HEADERS, table.body()) + "\n")
-    return "\n".join(parts)
-
-
-def render_markdown(collection: Collection, plots: Sequence[tuple[str, str]]) -> str:
-    """The whole ``report.md``.
-
-    Args:
-        collection: the diagnosed runs.
-        plots: ``(file name, title)`` of each PNG written next to the report.
-    """
-    runs = collection.runs
-    parts = [
-        "# robustft report\n",
-        f"{len(runs)} runs from {', '.join(f'`{r}`' for r in collection.roots)}.\n",
-        "## Results\n",
-        markdown_results(results_tables(runs)),
-        "## Cost\n",
-        markdown_cost(runs),
-        "## Adaptation delay and clean accuracy\n",
-        delay.markdown_section(runs),
-        "## Runs\n",
-        markdown_table(RUN_HEADERS, run_rows(runs)) + "\n",
-        "## Findings\n",
-    ]
-    lines = finding_lines(runs)
-    if not lines:
-        parts.append(f"No failure signature in {len(runs)} runs.\n")
-    for run, code, message, suggestion in lines:
-        parts.append(f"- `{run.label}` ({run.context}) **{code}**: {message}.")
-        parts.append(f"  Suggestion: {suggestion}.")
-    parts.append("\n## Plots\n")
-    parts += [f"![{title}]({name})\n" for name, title in plots] or ["No plots rendered.\n"]
-    parts.append("## Definitions\n")
-    parts += [f"- {line}" for line in definitions(runs) + cost_definitions(runs)]
-    if collection.skipped:
-        parts.append("\n## Skipped\n")
-        parts += [f"- {_md_escape(line)}" for line in collection.skipped]
-    return "\n".join(parts) + "\n"
-
-
-# ---------------------------------------------------------------------------- CSV
-
-RUN_CSV_FIELDS = (
-    "run_id",
-    "run_dir",
-    "name",
-    "method",
-    "backbone",
-    "dataset",
-    "seed",
-    "norm",
-    "eps_g",
-    "eps_g_255",
-    "schedule",
-    "eval_eps",
-    "eval_eps_255",
-    "eval_attack",
-    "epochs",
-    "num_classes",
-    "clean_pct",
-    "robust_pct",
-    "expected_robustness_pct",
-    "autoattack_pct",
-    "autoattack_version",
-    "autoattack_n",
-    "final_val_pct",
-    "adaptation_delay",
-    "train_seconds",
-    "eval_seconds",
-    "findings",
-    "trainable_parameters",
-    "total_parameters",
-    "train_forward_passes",
-    "train_backward_passes",
-    "train_example_forward_passes",
-    "train_example_backward_passes",
-    "train_example_passes",
-    "train_steps",
-    "passes_per_step",
-    "seconds_per_epoch",
-    "examples_per_second",
-    "monitor_seconds",
-    "stopped_reason",
-    "stopped_onset",
-    "stopped_action",
-    "rolled_back_to",
-)
-
-SUMMARY_CSV_FIELDS = (
-    "norm",
-    "eval_eps",
-    "eval_eps_255",
-    "backbone",
-    "method",
-    "dataset",
-    "n",
-    "seeds",
-    "clean_pct_mean",
-    "clean_pct_std",
-    "robust_pct_mean",
-    "robust_pct_std",
-    "expected_robustness_pct_mean",
-    "expected_robustness_pct_std",
-    "cost_n",
-    "trainable_parameters",
-    "trainable_pct",
-    "passes_per_step",
-    "train_example_passes_mean",
-    "train_example_passes_std",
-    "cost_vs_standard",
-    "seconds_per_epoch_mean",
-    "seconds_per_epoch_std",
-    "examples_per_second_mean",
-    "examples_per_second_std",
-    "cost_expected_robustness_pct_mean",
-    "erob_gain_points_per_1e6_extra_passes",
-)
-
-
-def _num(value: float | None, scale: float = 100.0) -> str:
-    return "" if value is None else f"{scale * value:.4f}"
-
-
-def _eps_csv(eps: float, norm: str) -> list[str]:
-    """An eps as text and in 1/255 units (``8/255``, ``8.0000``); l2 and other norms: the plain
-    decimal and an empty 1/255 column (those budgets are not counted in 1/255 steps)."""
-    if norm == "linf":
-        return [format_eps(eps), _num(eps, 255)]
-    return [eps_text(eps, norm), ""]
-
-
-def _opt(value: object) -> object:
-    return "" if value is None else value
-
-
-def _run_cost_fields(run: RunRecord) -> list[object]:
-    """The cost and early-stop columns of ``report.csv`` (empty without data)."""
-    cost, stop = run.cost, run.stopped
-    if cost is None:
-        values: list[object] = [""] * 12
-    else:
-        values = [
-            _opt(cost.trainable_parameters),
-            _opt(cost.total_parameters),
-            _opt(cost.forward_passes),
-            _opt(cost.backward_passes),
-            cost.example_forward_passes,
-            cost.example_backward_passes,
-            cost.example_passes,
-            _opt(cost.steps),
-            _opt(cost.passes_per_step),
-            _opt(cost.seconds_per_epoch),
-            _opt(cost.examples_per_second),
-            _opt(cost.monitor_seconds),
-        ]
-    if stop is None:
-        return [*values, "", "", "", ""]
-    return [*values, stop.reason, _opt(stop.onset), stop.action, _opt(stop.rolled_back_to)]
-
-
-def _stat_fields(stat: Stat | None, scale: float = 1.0) -> list[str]:
-    """Mean and sample std (empty when n = 1 or no data)."""
-    if stat is None:
-        return ["", ""]
-    return [_num(stat.mean, scale), _num(stat.std, scale) if stat.n > 1 else ""]
-
-
-def _cell_cost_fields(cost: CostSummary | None) -> list[object]:
-    """The cost columns of ``report_summary.csv`` (empty without data)."""
-    if cost is None:
-        return [""] * 13
-    return [
-        cost.n,
-        _num(None if cost.trainable_parameters is None else cost.trainable_parameters.mean, 1),
-        _num(None if cost.trainable_fraction is None else cost.trainable_fraction.mean),
-        _num(None if cost.passes_per_step is None else cost.passes_per_step.mean, 1),
-        *_stat_fields(cost.example_passes),
-        _num(cost.relative_cost, 1),
-        *_stat_fields(cost.seconds_per_epoch),
-        *_stat_fields(cost.examples_per_second),
-        _num(cost.expected.mean),
-        _num(cost.gain_per_million, 1),
-    ]
-
-
-def _csv(fields: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(fields)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def runs_csv(runs: Sequence[RunRecord]) -> str:
-    """``report.csv``: one row per run; accuracies in %, the norm, eps as text and (l-inf) in
-    1/255 units."""
-    rows = [
-        [
-            run.run_id,
-            str(run.path),
-            run.name,
-            run.method,
-            run.backbone,
-            run.dataset,
-            run.seed,
-            run.norm,
-            eps_text(run.eps_g, run.norm),
-            _eps_csv(run.eps_g, run.norm)[1],
-            run.schedule,
-            *_eps_csv(run.eval_eps, run.norm),
-            run.eval_attack,
-            run.epochs,
-            run.num_classes,
-            _num(run.clean),
-            _num(run.robust),
-            _num(run.expected),
-            _num(run.autoattack),
-            run.autoattack_version or "",
-            "" if run.autoattack_n is None else run.autoattack_n,
-            _num(run.final_val_acc),
-            "" if run.delay is None else run.delay,
-            "" if run.train_seconds is None else f"{run.train_seconds:.3f}",
-            "" if run.eval_seconds is None else f"{run.eval_seconds:.3f}",
-            ";".join(f.code for f in run.findings),
-            *_run_cost_fields(run),
-        ]
-        for run in runs
-    ]
-    return _csv(RUN_CSV_FIELDS, rows)
-
-
-def summary_csv(runs: Sequence[RunRecord]) -> str:
-    """``report_summary.csv``: one row per table cell (per budget, :func:`budgets` order), mean
-    and sample std over seeds in % (std empty when n = 1)."""
-    rows = []
-    for norm, eps in budgets(runs):
-        rows += _summary_rows(runs_at(runs, (norm, eps)), norm)
-    return _csv(SUMMARY_CSV_FIELDS, rows)
-
-
-def _summary_rows(runs: Sequence[RunRecord], norm: str) -> list[list[object]]:
-    """The ``report_summary.csv`` rows of the runs of one budget."""
-    rows = []
-    for cell in aggregate(runs):
-        rows.append(
-            [
-                norm,
-                *_eps_csv(cell.eval_eps, norm),
-                cell.backbone,
-                cell.method,
-                cell.dataset,
-                cell.clean.n,
-                " ".join(str(s) for s in cell.seeds),
-                *(
-                    value
-                    for stat in (cell.clean, cell.robust, cell.expected)
-                    for value in (_num(stat.mean), _num(stat.std) if stat.n > 1 else "")
-                ),
-                *_cell_cost_fields(cell.cost),
-            ]
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------------- HTML
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
-       max-width: 1200px; padding: 0 1rem; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
-th { background: #f3f3f3; } td:first-child, td:nth-child(2), th:first-child { text-align: left; }
-.caption { color: #555; font-size: 0.9rem; } .wide { overflow-x: auto; }
-code { background: #f5f5f5; padding: 0 0.2rem; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9rem; }
-.finding { margin: 0.4rem 0; } .code { font-weight: 600; }
-"""
-
-
-def html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An HTML table with escaped text."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
-
-
-def _html_findings(runs: Sequence[RunRecord]) -> str:
-    lines = finding_lines(runs)
-    if not lines:
-        return f"<p>No failure signature in {len(runs)} runs.</p>"
-    items = [
-        f'<li class="finding"><code>{html.escape(run.label)}</code> '
-        f"({html.escape(run.context)}) "
-        f'<span class="code">{html.escape(code)}</span>: {html.escape(message)}.<br>'
-        f"Suggestion: {html.escape(suggestion)}.</li>"
-        for run, code, message, suggestion in lines
-    ]
-    return "<ul>" + "".join(items) + "</ul>"
-
-
-def render_html(
-    collection: Collection, images: Mapping[str, str], titles: Mapping[str, str]
-) -> str:
-    """The self-contained ``report.html``: inline CSS, plots as base64 PNG data URIs.
-
-    Args:
-        collection: the diagnosed runs.
-        images: plot stem -> base64-encoded PNG.
-        titles: plot stem -> caption.
-    """
-    runs = collection.runs
-    parts = [
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-        f"<title>robustft report</title><style>{CSS}</style></head><body>",
-        "<h1>robustft report</h1>",
-        f"<p>{len(runs)} runs from "
-        + ", ".join(f"<code>{html.escape(str(r))}</code>" for r in collection.roots)
-        + ".</p>",
-        "<h2>Results</h2>",
-    ]
-    for table in results_tables(runs):
-        parts.append(f"<h3>{html.escape(table.title)}</h3>")
-        parts.append(f'<p class="caption">{html.escape(table.caption())}</p>')
-        parts.append(html_table(table.headers(), table.body()))
-    parts.append("<h2>Cost</h2>")
-    tables = cost_tables(runs)
-    if not tables:
-        parts.append("<p>No run recorded its compute cost (runs made before cost accounting).</p>")
-    for cost in tables:
-        parts.append(f"<h3>{html.escape(cost.title)}</h3>")
-        parts.append(f'<p class="caption">{html.escape(cost.caption())}</p>')
-        parts.append(html_table(COST_HEADERS, cost.body()))
-    parts.append("<h2>Plots</h2>" + ("" if images else "<p>No plots rendered.</p>"))
-    for stem, data in images.items():
-        title = html.escape(titles.get(stem, stem))
-        parts.append(
-            f'<figure><img alt="{title}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{title}</figcaption></figure>"
-        )
-    parts += ["<h2>Runs</h2>", html_table(RUN_HEADERS, run_rows(runs))]
-    parts += ["<h2>Findings</h2>", _html_findings(runs), "<h2>Definitions</h2><ul>"]
-    lines = definitions(runs) + cost_definitions(runs)
-    parts += [f"<li>{html.escape(line)}</li>" for line in lines]
-    parts.append("</ul>")
-    if collection.skipped:
-        parts.append("<h2>Skipped</h2><ul>")
-        parts += [f"<li>{html.escape(line)}</li>" for line in collection.skipped]
-        parts.append("</ul>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)

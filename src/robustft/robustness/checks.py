@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robustft.units import format_eps
+from robustft.utils.text import percent
 
 if TYPE_CHECKING:
     from robustft.attacks import Attack
@@ -43,21 +44,21 @@ def curve_warnings(curve: RobustnessCurve, logits_sample: Tensor) -> list[str]:
     for eps, acc in zip(curve.epsilons[1:], curve.accuracy[1:]):
         if acc > clean + 1e-12:
             warnings.append(
-                f"robust accuracy {100 * acc:.2f}% at eps {format_eps(eps, norm)} is above clean "
-                f"accuracy {100 * clean:.2f}%"
+                f"robust accuracy {percent(acc)}% at eps {format_eps(eps, norm)} is above clean "
+                f"accuracy {percent(clean)}%"
             )
     for (e0, a0), (e1, a1) in zip(
         zip(curve.epsilons, curve.accuracy), zip(curve.epsilons[1:], curve.accuracy[1:])
     ):
         if a1 > a0 + 1e-12:
             warnings.append(
-                f"accuracy rises with eps: {100 * a0:.2f}% at {format_eps(e0, norm)} -> "
-                f"{100 * a1:.2f}% at {format_eps(e1, norm)} (weak attack or gradient masking)"
+                f"accuracy rises with eps: {percent(a0)}% at {format_eps(e0, norm)} -> "
+                f"{percent(a1)}% at {format_eps(e1, norm)} (weak attack or gradient masking)"
             )
     masking = curve.masking_check
     if masking is not None and masking_suspected(masking):
         warnings.append(
-            f"accuracy {100 * masking['accuracy']:.1f}% at the very large eps "
+            f"accuracy {percent(masking['accuracy'], 1)}% at the very large eps "
             f"{format_eps(masking['eps'], norm)} is not near zero: possible gradient "
             "masking; try more steps/restarts or a gradient-free attack (attacks.create('square'))"
         )
@@ -208,8 +209,8 @@ def gradient_free_warning(result: dict[str, Any] | None, attack_name: str | None
     return (
         f"the gradient-free Square attack ({result['queries']} queries) broke {missed} of the "
         f"{round(grad * n)} examples that {attack_name or 'the gradient attack'} left correct "
-        f"at eps {format_eps(result['eps'])} ({n} sampled examples: accuracy {100 * grad:.1f}% "
-        f"-> {100 * both:.1f}%): likely gradient masking/obfuscation (non-differentiable or "
+        f"at eps {format_eps(result['eps'])} ({n} sampled examples: accuracy {percent(grad, 1)}% "
+        f"-> {percent(both, 1)}%): likely gradient masking/obfuscation (non-differentiable or "
         "randomised preprocessing such as input quantisation, a saturated softmax, zero or NaN "
         "input gradients), so the curve overstates robustness. Evaluate with gradient-free or "
         "transfer attacks (attacks.create('square')) and remove non-differentiable "

@@ -24,6 +24,7 @@ import yaml
 
 from robustft._version import __version__
 from robustft.units import format_eps
+from robustft.utils.text import markdown_table, percent, percent_number
 
 if TYPE_CHECKING:
     from robustft.run.rundir import RunState
@@ -44,10 +45,6 @@ def is_ours(readme: Path) -> bool:
         return MARKER in readme.read_text(errors="replace")
     except OSError:
         return False
-
-
-def _pct(value: Any) -> float | None:
-    return None if value is None else round(100 * float(value), 2)
 
 
 def _dataset_id(name: str) -> str | None:
@@ -82,16 +79,20 @@ def front_matter(
     eps = format_eps(float(result["eval_eps_max"]), norm)
     attack = result.get("eval_attack") or {}
     metrics = [
-        {"type": "accuracy", "value": _pct(result["clean_accuracy"]), "name": "Clean accuracy"},
         {
             "type": "accuracy",
-            "value": _pct(result["robust_accuracy"]),
+            "value": percent_number(result["clean_accuracy"]),
+            "name": "Clean accuracy",
+        },
+        {
+            "type": "accuracy",
+            "value": percent_number(result["robust_accuracy"]),
             "name": f"Robust accuracy, {attack.get('name', '?')}-{attack.get('steps', '?')} "
             f"at {norm} {eps}",
         },
         {
             "type": "accuracy",
-            "value": _pct(result["expected_robustness"]),
+            "value": percent_number(result["expected_robustness"]),
             "name": f"Expected robustness, {norm} [0, {eps}]",
         },
     ]
@@ -100,7 +101,7 @@ def front_matter(
         metrics.append(
             {
                 "type": "accuracy",
-                "value": _pct(result["autoattack_accuracy"]),
+                "value": percent_number(result["autoattack_accuracy"]),
                 "name": f"AutoAttack ({measured['version']}) at {norm} "
                 f"{format_eps(float(measured['eps']), norm)}, {measured.get('n', '?')} examples",
             }
@@ -125,23 +126,22 @@ def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None)
     eps = format_eps(float(result["eval_eps_max"]), norm)
     attack = result.get("eval_attack") or {}
     label = f"{attack.get('name', '?')}, {attack.get('steps', '?')} steps"
-    lines = [
-        "## Results (test split)",
-        "",
-        "| metric | value (%) |",
-        "| --- | --- |",
-        f"| clean accuracy | {100 * result['clean_accuracy']:.2f} |",
-        f"| robust accuracy at {norm} {eps} ({label}) | {100 * result['robust_accuracy']:.2f} |",
-        f"| expected robustness on [0, {eps}] | {100 * result['expected_robustness']:.2f} |",
+    rows = [
+        ["clean accuracy", percent(result["clean_accuracy"])],
+        [f"robust accuracy at {norm} {eps} ({label})", percent(result["robust_accuracy"])],
+        [f"expected robustness on [0, {eps}]", percent(result["expected_robustness"])],
     ]
     measured = result.get("autoattack")
     if measured and result.get("autoattack_accuracy") is not None:
         at = format_eps(float(measured["eps"]), norm)
-        lines.append(
-            f"| AutoAttack ({measured['version']}) at {norm} {at}, {measured.get('n', '?')} "
-            "examples | "
-            f"{100 * result['autoattack_accuracy']:.2f} |"
+        rows.append(
+            [
+                f"AutoAttack ({measured['version']}) at {norm} {at}, {measured.get('n', '?')} "
+                "examples",
+                percent(result["autoattack_accuracy"]),
+            ]
         )
+    lines = ["## Results (test split)", "", markdown_table(["metric", "value (%)"], rows)]
     lines += [
         "",
         f"{result.get('eval_examples', '?')} test examples. Expected robustness is the accuracy "
@@ -154,12 +154,11 @@ def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None)
         )
     lines += ["", "## Robustness curve", "", f"![robustness curve]({CURVE_FILE})", ""]
     if curve:
-        lines += [f"| eps ({norm}) | accuracy (%) |", "| --- | --- |"]
-        lines += [
-            f"| {format_eps(float(e), norm)} | {100 * float(a):.2f} |"
+        points = [
+            [format_eps(float(e), norm), percent(float(a))]
             for e, a in zip(curve.get("epsilons", ()), curve.get("accuracy", ()))
         ]
-        lines.append("")
+        lines += [markdown_table([f"eps ({norm})", "accuracy (%)"], points), ""]
     findings = result.get("findings") or []
     lines += ["## Findings", ""]
     lines += [f"- {f['code']}: {f['message']}" for f in findings] or ["- none"]

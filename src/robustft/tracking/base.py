@@ -22,6 +22,8 @@ from robustft.callbacks import Callbacks
 from robustft.config import LogConfig
 from robustft.errors import first_line
 from robustft.run.rundir import RunDir
+from robustft.units import format_eps
+from robustft.utils.text import markdown_table, percent
 
 _logger = logging.getLogger("robustft.tracking")
 
@@ -90,11 +92,8 @@ def curve_rows(curve: Any) -> list[tuple[float, float, int]]:
 
 def curve_markdown(curve: Any, norm: str) -> str:
     """The robustness curve as a markdown table (eps in the norm's unit, accuracy in %)."""
-    from robustft.units import format_eps
-
-    lines = [f"| eps ({norm}) | accuracy (%) | attacked |", "| --- | --- | --- |"]
-    lines += [f"| {format_eps(e, norm)} | {100 * a:.2f} | {n} |" for e, a, n in curve_rows(curve)]
-    return "\n".join(lines)
+    rows = [[format_eps(e, norm), percent(a), str(n)] for e, a, n in curve_rows(curve)]
+    return markdown_table([f"eps ({norm})", "accuracy (%)", "attacked"], rows)
 
 
 class Tracker(Callbacks):

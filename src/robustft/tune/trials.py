@@ -1,9 +1,9 @@
-"""TODO docstring."""
+"""The trials of a tuning: where its files go (:class:`TuneDir`), each trial's status, metric
+and results read back from Ray Tune and the trials' run directories, and the outputs written at
+the end: ``trials.md`` and ``trials.csv`` (best first) and ``best.yaml``."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Any
 from robustft.errors import UserError
 from robustft.run.rundir import RunDir
 from robustft.tune.spec import TuneSpec, trial_config
+from robustft.utils.text import csv_text, markdown_table, percent, short_number
 
 EARLY_STOPPED = "early_stopped.json"
 
@@ -135,12 +136,8 @@ def write_outputs(spec: TuneSpec, layout: TuneDir, trials: Sequence[Trial]) -> N
     from robustft.utils.fsio import atomic_write_text
 
     headers, rows = trials_table(spec, trials)
-    atomic_write_text(layout.table_md, markdown(headers, rows) + "\n")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(headers)
-    writer.writerows(rows)
-    atomic_write_text(layout.table_csv, buffer.getvalue())
+    atomic_write_text(layout.table_md, markdown_table(headers, rows) + "\n")
+    atomic_write_text(layout.table_csv, csv_text(headers, rows))
     try:
         best = best_trial(trials)
     except UserError:
@@ -153,14 +150,6 @@ def write_outputs(spec: TuneSpec, layout: TuneDir, trials: Sequence[Trial]) -> N
     atomic_write_text(layout.best, header + config.to_yaml())
 
 
-def _number(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def trials_table(spec: TuneSpec, trials: Sequence[Trial]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the trials table (best first)."""
     from robustft.sweep.spec import short_keys
@@ -171,26 +160,18 @@ def trials_table(spec: TuneSpec, trials: Sequence[Trial]) -> tuple[list[str], li
     rows = []
     for t in trials:
         r = t.result or {}
-        pct = [_number(None if r.get(k) is None else round(100 * r[k], 2)) for k in _RESULT_KEYS]
         rows.append(
             [
                 str(t.number),
                 t.run_id,
-                *(_number(t.values[s.key]) for s in spec.searches),
+                *(short_number(t.values[s.key]) for s in spec.searches),
                 t.status,
                 str(t.epochs),
-                _number(t.metric),
-                *pct,
+                short_number(t.metric),
+                *(percent(r.get(k)) for k in _RESULT_KEYS),
             ]
         )
     return headers, rows
 
 
 _RESULT_KEYS = ("clean_accuracy", "robust_accuracy", "expected_robustness")
-
-
-def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
