@@ -50,7 +50,6 @@ KEYS_WITHOUT_MEANING = {
     "train.weight_decay",
     "train.momentum",
     "train.seed",
-    "attack.norm",
     "attack.granularity",
     "attack.eval_mode",
     "val.max_examples",

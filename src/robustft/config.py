@@ -94,6 +94,7 @@ class ModelConfig:
 AUGMENTS = ("basic", "paper", "none")  # training augmentation presets (robustft.data)
 BAD_IMAGES = ("refuse", "skip")  # what to do with unreadable image files
 IMAGEFOLDER = "imagefolder:"
+CUSTOM_PREFIX = "custom:"  # model.name and data.name of a model or datasets given from Python
 
 
 def absolute_path(text: str) -> str:
@@ -228,11 +229,15 @@ class TrainConfig:
             _check(self.threads >= 1, "train.threads", self.threads, "an integer >= 1 or null")
 
 
+NORMS = ("linf", "l2")  # the threat models (robustft.attacks.geometry)
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """Training perturbation: ``eps`` is eps_g (pixel units, e.g. 8/255; 0 = standard
-    fine-tuning), ``schedule`` the text form of the eps schedule, ``name``/``steps`` the attack
-    that crafts training examples (``rel_step`` only for pgd/fgsm; null = the attack's default)."""
+    fine-tuning), ``norm`` the threat model eps is measured in (``linf`` or ``l2``), ``schedule``
+    the text form of the eps schedule, ``name``/``steps`` the attack that crafts training examples
+    (``rel_step`` only for pgd/fgsm; null = the attack's default)."""
 
     name: str = "apgd-ce"
     norm: str = "linf"
@@ -244,6 +249,7 @@ class AttackConfig:
     eval_mode: bool = True
 
     def __post_init__(self) -> None:
+        _choice("attack.norm", self.norm, NORMS)
         object.__setattr__(
             self, "eps", parse_eps(self.eps, name="config attack.eps", upper=_eps_upper(self.norm))
         )
@@ -465,7 +471,7 @@ class RunConfig:
             section = "model" if key.startswith("model_") else "data"
             name = getattr(self, section).name
             _check(
-                name.startswith("custom:"),
+                name.startswith(CUSTOM_PREFIX),
                 f"fingerprints.{key}",
                 getattr(self.fingerprints, key),
                 f"null: robustft.fit sets it for a {section} given from Python, and "

@@ -66,10 +66,12 @@ from typing import Any, ClassVar, Literal
 
 from robustft.errors import UserError, did_you_mean, unknown_name
 from robustft.units import parse_eps
+from robustft.utils.registry import Registry
 
 __all__ = [
     "GRANULARITIES",
     "KINDS",
+    "SCHEDULES",
     "AdaptiveSchedule",
     "Auto",
     "Constant",
@@ -624,10 +626,15 @@ def _positive_int(value: object, what: str) -> int:
     return int(number)
 
 
-_REGISTRY: dict[str, type[Schedule]] = {
-    cls.kind: cls for cls in (Constant, Hinge, Linear, Cosine, Piecewise, Uniform, Auto, HingeAuto)
-}
-KINDS: tuple[str, ...] = tuple(_REGISTRY)
+SCHEDULES: Registry[type[Schedule]] = Registry(
+    "schedule",
+    {
+        cls.kind: cls
+        for cls in (Constant, Hinge, Linear, Cosine, Piecewise, Uniform, Auto, HingeAuto)
+    },
+)
+"""The schedule kinds by name; :func:`parse_schedule` creates one from its text."""
+KINDS: tuple[str, ...] = SCHEDULES.names()
 
 
 def _split_call(text: str) -> tuple[str, list[str]]:
@@ -695,9 +702,7 @@ def parse_schedule(text: str) -> Schedule:
         raise UserError(f"empty schedule; write one, {_EXAMPLE}")
     text = text.strip()
     name, items = _split_call(text)
-    if name not in _REGISTRY:
-        raise unknown_name("schedule", name, KINDS)
-    cls = _REGISTRY[name]
+    cls = SCHEDULES.lookup(name)
     if cls is Hinge and any(item.replace(" ", "").lower() in ("auto", "t1=auto") for item in items):
         rest = [i for i in items if i.replace(" ", "").lower() not in ("auto", "t1=auto")]
         return HingeAuto.from_args(_keyword_args("hinge(auto)", rest, text))
@@ -717,12 +722,11 @@ def schedule_from_dict(data: Mapping[str, Any]) -> Schedule:
     if not isinstance(data, Mapping) or "kind" not in data:
         raise UserError(f"a schedule dict needs a 'kind' key, got {data!r}")
     kind = str(data["kind"]).lower()
-    if kind not in _REGISTRY:
-        raise unknown_name("schedule", kind, KINDS)
+    cls = SCHEDULES.lookup(kind)
     args = {k: v for k, v in data.items() if k != "kind"}
-    if kind == Uniform.kind and args.get("seed", 0) is None:
+    if cls is Uniform and args.get("seed", 0) is None:
         del args["seed"]
-    return _REGISTRY[kind].from_args(args)
+    return cls.from_args(args)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ in ``[0, 1]`` and returns examples inside the eps-ball and ``[0, 1]``; see
 :class:`~robustft.attacks.base.Attack` for the full contract. ``attack.evaluate(...)`` also
 judges each point, with early exit: an example is settled at its first fooling iterate.
 
+The registry :data:`ATTACKS` (a :class:`~robustft.utils.registry.Registry`) holds them by name:
+:func:`list_attacks` lists the names, :func:`is_attack` checks one and :func:`create` builds one,
+validating the name, the norm and the hyperparameters.
+
 Example:
     >>> from robustft import attacks
     >>> pgd = attacks.create("pgd", norm="linf", steps=10)
@@ -16,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
 
 from robustft.attacks.apgd import APGD
 from robustft.attacks.base import Attack, Verdict, crafting_mode
 from robustft.attacks.geometry import GEOMETRIES, Geometry, get_geometry
 from robustft.attacks.pgd import PGD
 from robustft.attacks.square import Square
-from robustft.errors import UserError, did_you_mean, unknown_name
+from robustft.errors import UserError, did_you_mean
+from robustft.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class AttackSpec:
         return "steps" not in self.fixed and any(f.name == "steps" for f in fields(self.cls))
 
 
-ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(
+ATTACKS: Registry[AttackSpec] = Registry(
+    "attack",
     {
         "fgsm": AttackSpec(
             PGD,
@@ -82,8 +87,19 @@ ATTACKS: Mapping[str, AttackSpec] = MappingProxyType(
             "gradient-free random search, 300 queries, l-inf only (Andriushchenko et al. 2020)",
             norms=("linf",),
         ),
-    }
+    },
 )
+"""The attacks by name (a read-only mapping to their :class:`AttackSpec`)."""
+
+
+def list_attacks() -> tuple[str, ...]:
+    """The attack names, in the order of :data:`ATTACKS`."""
+    return ATTACKS.names()
+
+
+def is_attack(name: object) -> bool:
+    """Whether ``name`` is an attack :func:`create` builds."""
+    return ATTACKS.is_known(name)
 
 
 def create(name: str, norm: str = "linf", **hyperparameters: object) -> Attack:
@@ -103,10 +119,8 @@ def create(name: str, norm: str = "linf", **hyperparameters: object) -> Attack:
         UserError: unknown name, a norm the attack does not support, unknown hyperparameter, a
             change to a hyperparameter the name fixes, or an invalid value.
     """
-    if name not in ATTACKS:
-        raise unknown_name("attack", name, ATTACKS)
-    spec = ATTACKS[name]
-    if norm not in spec.norms and norm in GEOMETRIES:
+    spec = ATTACKS.lookup(name)
+    if norm not in spec.norms and GEOMETRIES.is_known(norm):
         others = sorted(n for n, s in ATTACKS.items() if norm in s.norms)
         raise UserError(
             f"attack '{name}' supports only norm {', '.join(spec.norms)}, got '{norm}'; "
@@ -140,4 +154,6 @@ __all__ = [
     "crafting_mode",
     "create",
     "get_geometry",
+    "is_attack",
+    "list_attacks",
 ]

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robustft.errors import unknown_name
+from robustft.utils.registry import Registry
 
 _TINY = 1e-12  # guards divisions by a norm that may be zero
 
@@ -207,7 +207,10 @@ class L2Geometry(Geometry):
         return torch.where(_per_example(outside, x_adv), shrunk, x_adv)
 
 
-GEOMETRIES: dict[str, Geometry] = {g.name: g for g in (LinfGeometry(), L2Geometry())}
+GEOMETRIES: Registry[Geometry] = Registry(
+    "norm", {g.name: g for g in (LinfGeometry(), L2Geometry())}
+)
+"""The threat models by norm name (``linf``, ``l2``: :data:`robustft.config.NORMS`)."""
 
 
 def get_geometry(name: str) -> Geometry:
@@ -216,7 +219,4 @@ def get_geometry(name: str) -> Geometry:
     Raises:
         UserError: the name is not a known norm (the message suggests the closest one).
     """
-    try:
-        return GEOMETRIES[name]
-    except (KeyError, TypeError):
-        raise unknown_name("norm", str(name), GEOMETRIES) from None
+    return GEOMETRIES.lookup(name)

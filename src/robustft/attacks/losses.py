@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from robustft.errors import UserError, unknown_name
+from robustft.errors import UserError
+from robustft.utils.registry import Registry
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -61,7 +62,7 @@ def dlr(logits: Tensor, y: Tensor) -> Tensor:
     return -(z_true - best_other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
 
 
-LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "dlr": dlr}
+LOSSES: Registry[LossFn] = Registry("loss", {"ce": cross_entropy, "dlr": dlr})
 
 
 def get_loss(name: str) -> LossFn:
@@ -70,7 +71,4 @@ def get_loss(name: str) -> LossFn:
     Raises:
         UserError: unknown name.
     """
-    try:
-        return LOSSES[name]
-    except (KeyError, TypeError):
-        raise unknown_name("loss", str(name), LOSSES) from None
+    return LOSSES.lookup(name)

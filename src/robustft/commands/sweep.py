@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from robustft.commands._render import Progress
 from robustft.errors import UserError
+from robustft.launchers import list_launchers
 from robustft.run.rundir import RunDir
 from robustft.sweep.driver import RunOutcome, SweepDir, collect, default_sweep_dir, run_sweep
 from robustft.sweep.spec import RunSpec, expand, load_sweep, short_keys, show_value
@@ -84,7 +85,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1")
     p.add_argument(
         "--launcher",
-        choices=["local", "ray"],
+        choices=list_launchers(),
         default="local",
         help="local: this process or --jobs workers (default); ray: Ray tasks",
     )

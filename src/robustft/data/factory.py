@@ -1,16 +1,21 @@
 """The one entry point: :func:`build_datasets` (and :func:`build_datasets_from_spec`) turn a
 dataset name and its settings into :class:`~robustft.data.spec.DataSplits`.
+
+Dataset names are those of the registry :data:`DATASETS`: ``digits``, ``imagefolder:<path>`` and
+the torchvision sets (:data:`~robustft.data.torchvision.TORCHVISION_SETS`); :func:`list_datasets`
+lists them and :func:`check_dataset_name` validates one without reading any data.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from robustft.config import CUSTOM_PREFIX
 from robustft.data.digits import load_digits
-from robustft.data.imagefolder import (
-    load_imagefolder,
-)
+from robustft.data.imagefolder import check_path_text, load_imagefolder
 from robustft.data.images import fits_cache, preprocess
 from robustft.data.spec import (
     DEFAULT_DATASET,
@@ -27,7 +32,7 @@ from robustft.data.splits import (
 )
 from robustft.data.torchvision import TORCHVISION_SETS, load_torchvision
 from robustft.data.transforms import build_transform, identity, resize_transform
-from robustft.errors import unknown_name
+from robustft.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +127,55 @@ def build_datasets_from_spec(spec: DataSpec) -> DataSplits:
 
 def _load_raw(spec: DataSpec) -> Raw:
     """Dispatch on the dataset name."""
-    name = spec.name.strip()
-    if name == "digits":
-        return load_digits()
-    if name.startswith("imagefolder:"):
-        return load_imagefolder(name.removeprefix("imagefolder:"), spec.bad_images)
-    if name in TORCHVISION_SETS:
-        root = Path(spec.root).expanduser() if spec.root else default_root()
-        return load_torchvision(name, root, spec.download)
-    raise unknown_name("dataset", name, ["digits", "imagefolder:<path>", *TORCHVISION_SETS])
+    raw: Raw = DATASETS.create(spec.name.strip(), spec)
+    return raw
+
+
+def _digits(spec: DataSpec) -> Raw:
+    return load_digits()
+
+
+def _imagefolder(path: str, spec: DataSpec) -> Raw:
+    return load_imagefolder(path, spec.bad_images)
+
+
+def _torchvision(name: str, spec: DataSpec) -> Raw:
+    root = Path(spec.root).expanduser() if spec.root else default_root()
+    return load_torchvision(name, root, spec.download)
+
+
+DATASETS: Registry[Callable[..., Raw]] = Registry("dataset")
+"""The datasets by name: each entry reads a dataset's images and labels from a
+:class:`~robustft.data.spec.DataSpec` (``imagefolder`` gets the path after its colon first)."""
+DATASETS.register("digits", _digits)
+DATASETS.register("imagefolder", _imagefolder, argument="path")
+for _name in TORCHVISION_SETS:
+    DATASETS.register(_name, functools.partial(_torchvision, _name))
+
+
+def list_datasets() -> tuple[str, ...]:
+    """The dataset names as written in ``data.name``: ``digits``, ``imagefolder:<path>``, the
+    torchvision sets."""
+    return DATASETS.choices()
+
+
+def is_dataset(name: object) -> bool:
+    """Whether ``name`` is a dataset name :func:`build_datasets` reads."""
+    return DATASETS.is_known(name)
+
+
+def check_dataset_name(name: str) -> None:
+    """Validate a ``data.name`` without reading any data: a name of :data:`DATASETS` (an
+    ``imagefolder:`` one with a path), or ``custom:<class>``, which a run of datasets given
+    from Python records.
+
+    Raises:
+        UserError: an unknown name (with the closest valid one) or an image folder without a
+            path.
+    """
+    name = name.strip()
+    if name.startswith(CUSTOM_PREFIX):
+        return
+    _, path = DATASETS.resolve(name)
+    if path is not None:
+        check_path_text(path)

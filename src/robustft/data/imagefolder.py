@@ -52,11 +52,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 _VAL_DIRS = ("val", "valid", "validation")
 
 
+def check_path_text(path_text: str) -> None:
+    """Refuse an ``imagefolder:`` name without a path (whether the folder exists is seen when
+    it is read, on the machine that trains)."""
+    if not path_text.strip():
+        raise UserError("imagefolder: no path given; write imagefolder:<directory>")
+
+
 def load_imagefolder(path_text: str, bad_images: str = "refuse") -> Raw:
     """Read ``<path>/{train,val,test}/<class>/`` or a pool ``<path>/<class>/``, then decode every
     image once and refuse or skip the unreadable ones (``bad_images``)."""
-    if not path_text.strip():
-        raise UserError("imagefolder: no path given; write imagefolder:<directory>")
+    check_path_text(path_text)
     root = Path(path_text).expanduser().absolute()
     if not root.is_dir():
         raise UserError(f"imagefolder: {root} is not a directory; check the path in data.name")

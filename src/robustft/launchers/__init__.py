@@ -7,6 +7,10 @@
   task whose node died is retried by Ray and resumes from its checkpoint.
 * :mod:`~robustft.launchers.index`: ``--index I``, the I-th run in this process (Slurm arrays).
 
+The registry :data:`LAUNCHERS` names the first two (``robustft sweep --launcher NAME``):
+:func:`list_launchers` lists them and ``LAUNCHERS.create(name, ...)`` makes one, importing its
+module only then (Ray's only for ``ray``).
+
 The sweep process (:func:`robustft.sweep.driver.run_sweep`) is the driver: it claims runs, starts
 them through a launcher, follows their ``metrics.jsonl`` and records everything in ``sweep.db``,
 which it alone writes. A launcher only runs ``robustft train`` with a run directory; whether the run
@@ -16,12 +20,14 @@ task picks up where its killed attempt stopped.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from robustft.run.rundir import RunDir
+from robustft.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -73,3 +79,36 @@ def train_command(run_dir: Path, device: str, *, processes: int = 1) -> list[str
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
         return [sys.executable, *launcher, "-m", "robustft", *args]
     return [sys.executable, "-m", "robustft.cli", *args]
+
+
+@dataclass(frozen=True)
+class LauncherClass:
+    """A registry entry: where a :class:`Launcher` class is, imported only when one is made
+    (``LauncherClass(...)(*args, **options)`` makes it)."""
+
+    module: str
+    cls: str
+    summary: str
+
+    def __call__(self, *args: Any, **options: Any) -> Launcher:
+        launcher: Launcher = getattr(importlib.import_module(self.module), self.cls)(
+            *args, **options
+        )
+        return launcher
+
+
+LAUNCHERS: Registry[LauncherClass] = Registry(
+    "launcher",
+    {
+        "local": LauncherClass(
+            "robustft.launchers.local", "LocalLauncher", "worker processes on this machine"
+        ),
+        "ray": LauncherClass("robustft.launchers.ray", "RayLauncher", "tasks on a Ray cluster"),
+    },
+)
+"""The launchers by name (``--launcher``)."""
+
+
+def list_launchers() -> tuple[str, ...]:
+    """The launcher names (``local``, ``ray``)."""
+    return LAUNCHERS.names()

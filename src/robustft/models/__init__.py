@@ -17,15 +17,17 @@ Modules (each documents its part in detail):
 
 - :mod:`~robustft.models.spec`: :class:`ModeOptions`, :class:`ModelSpec`, :class:`ModelInfo`.
 - :mod:`~robustft.models.wrapper`: :class:`Normalized`, :class:`ClassifierModel`.
-- :mod:`~robustft.models.modes`: the mode registry (:func:`register_mode`) and
-  :func:`apply_mode`.
+- :mod:`~robustft.models.modes`: the mode registry :data:`MODES` (:func:`register_mode`,
+  :func:`available_modes`, :func:`is_mode`) and :func:`apply_mode`.
 - :mod:`~robustft.models.lora`: LoRA target families and resolution.
 - :mod:`~robustft.models.blocks`: the parameters of ``bitfit`` and ``partial``.
 - :mod:`~robustft.models.state`: trainable-only state dicts, :func:`base_fingerprint`, export
   with LoRA merged, parameter groups.
-- :mod:`~robustft.models.factory`: :func:`build_model`, :func:`build_model_from_spec`.
+- :mod:`~robustft.models.factory`: :func:`build_model`, :func:`build_model_from_spec`,
+  :func:`check_model_name`.
 - :mod:`~robustft.models.sources`: one module per backbone source (``timm``, ``torchvision``,
-  ``hf``, ``lite``) and the registry of ``<source>:<name>`` prefixes.
+  ``hf``, ``lite``) and the registry :data:`SOURCES` of model names and ``<source>:<name>``
+  prefixes.
 - :mod:`~robustft.models.weights`: reading local weight files.
 - :mod:`~robustft.models.custom`: networks given from Python (:func:`wrap_model`,
   :class:`Normalize`).
@@ -37,9 +39,18 @@ from __future__ import annotations
 
 from robustft.models.blocks import block_layout, partial_parameter_names
 from robustft.models.custom import Normalize, wrap_model
-from robustft.models.factory import build_model, build_model_from_spec
+from robustft.models.factory import build_model, build_model_from_spec, check_model_name
 from robustft.models.lora import default_lora_targets, lora_target_modules, model_family
-from robustft.models.modes import ModeFn, apply_mode, available_modes, has_lora, register_mode
+from robustft.models.modes import (
+    MODES,
+    ModeFn,
+    apply_mode,
+    available_modes,
+    has_lora,
+    is_mode,
+    register_mode,
+)
+from robustft.models.sources import SOURCES, model_source
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD
 from robustft.models.sources.lite import (
     LITE0_MEAN,
@@ -79,6 +90,8 @@ __all__ = [
     "LITE0_MEAN",
     "LITE0_STD",
     "LITE_MODELS",
+    "MODES",
+    "SOURCES",
     "ClassifierModel",
     "ModeFn",
     "ModeOptions",
@@ -93,11 +106,13 @@ __all__ = [
     "block_layout",
     "build_model",
     "build_model_from_spec",
+    "check_model_name",
     "default_lora_targets",
     "efficientnet_lite0_imagenet",
     "efficientnet_lite_imagenet",
     "export_state_dict",
     "has_lora",
+    "is_mode",
     "lite0_weights_path",
     "lite_weights_path",
     "load_backbone_weights",
@@ -105,6 +120,7 @@ __all__ = [
     "lora_target_modules",
     "mode_options_from_config",
     "model_family",
+    "model_source",
     "param_groups",
     "partial_parameter_names",
     "read_state_dict",

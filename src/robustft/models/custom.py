@@ -23,14 +23,13 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
-from robustft.config import check_lora_targets
+from robustft.config import CUSTOM_PREFIX, check_lora_targets
 from robustft.errors import UserError
-from robustft.models.modes import apply_mode
+from robustft.models.modes import MODES, apply_mode
 from robustft.models.spec import ModelSpec, ModeOptions
 from robustft.models.state import tensors_fingerprint
 from robustft.models.wrapper import ClassifierModel
 
-CUSTOM_PREFIX = "custom:"
 SOURCE = "given from Python"
 
 
@@ -125,10 +124,11 @@ def wrap_model(
     its adapters to ``net``, the other modes only set ``requires_grad``).
 
     Raises:
-        UserError: ``mode`` needs a head the network does not have, or its options do not fit
-            the network (no LoRA-capable layer, too many blocks).
+        UserError: an unknown ``mode``, a mode that needs a head the network does not have, or
+            options that do not fit the network (no LoRA-capable layer, too many blocks).
     """
     check_network(net)
+    MODES.check(mode)
     options = options or ModeOptions()
     own_targets = getattr(net, "lora_targets", None)
     if own_targets is not None and options.lora_targets is None:

@@ -10,7 +10,10 @@ Model names (``build_model(name, ...)``):
 - ``hf:<repo id or directory>``: a Hugging Face transformers image classifier
   (:mod:`robustft.models.sources.hf`).
 
-``<source>:<name>`` names are looked up in the registry of :mod:`robustft.models.sources`.
+Names are looked up in the registry of :mod:`robustft.models.sources`
+(:func:`~robustft.models.sources.model_source`), and the mode in the registry of
+:mod:`robustft.models.modes`, before anything is built: :func:`check_model_name` and
+:func:`~robustft.models.modes.is_mode` say it up front (``check_config``).
 
 The head is initialised from torch's global RNG: call ``torch.manual_seed`` before building.
 """
@@ -19,11 +22,10 @@ from __future__ import annotations
 
 import logging
 
-from robustft.errors import UserError, did_you_mean
-from robustft.models.modes import apply_mode
-from robustft.models.sources import _SOURCES
-from robustft.models.sources.lite import LITE_MODELS, _build_lite
-from robustft.models.spec import DEFAULT_MODEL, ModelSpec, ModeOptions
+from robustft.config import CUSTOM_PREFIX
+from robustft.models.modes import MODES, apply_mode
+from robustft.models.sources import model_source
+from robustft.models.spec import ModelSpec, ModeOptions
 from robustft.models.wrapper import ClassifierModel
 
 # the package's logger, as before the split into modules (records keep the name robustft.models)
@@ -66,19 +68,12 @@ def build_model(
 
 
 def build_model_from_spec(spec: ModelSpec) -> ClassifierModel:
-    """Build the model described by ``spec`` (see :func:`build_model`)."""
+    """Build the model described by ``spec`` (see :func:`build_model`); the name and the
+    mode are validated first, before any weights are read or downloaded."""
     name = spec.name.strip()
-    source, _, arch = name.partition(":")
-    if name in LITE_MODELS:
-        built = _build_lite(spec)
-    elif arch and source in _SOURCES:
-        built = _SOURCES[source](arch, spec)
-    else:
-        hint = did_you_mean(name, [*LITE_MODELS, "timm:" + name, "torchvision:" + name])
-        raise UserError(
-            f"unknown model '{name}'{hint}; use {DEFAULT_MODEL} (or efficientnet_lite1/2), "
-            "timm:<name>, torchvision:<name> or hf:<repo id or directory> (e.g. timm:resnet50)"
-        )
+    MODES.check(spec.mode)
+    source, arch = model_source(name)
+    built = source.build(arch, spec)
     model = ClassifierModel(
         built.net,
         spec=spec,
@@ -94,3 +89,15 @@ def build_model_from_spec(spec: ModelSpec) -> ClassifierModel:
         "built %s (%s), mode=%s, %d classes", name, built.source, spec.mode, spec.num_classes
     )
     return model
+
+
+def check_model_name(name: str) -> None:
+    """Validate a ``model.name`` offline and cheaply (no download, no weights): a name
+    :func:`build_model` builds (:func:`~robustft.models.sources.model_source`), or
+    ``custom:<class>``, which a run of a network given from Python records.
+
+    Raises:
+        UserError: an unknown model name or architecture, with the closest known one.
+    """
+    if not name.startswith(CUSTOM_PREFIX):
+        model_source(name.strip())

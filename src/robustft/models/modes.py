@@ -1,5 +1,5 @@
-"""Fine-tuning modes: the registry (:func:`register_mode`, :func:`available_modes`) and
-:func:`apply_mode`.
+"""Fine-tuning modes: the registry :data:`MODES` (:func:`register_mode`, :func:`available_modes`,
+:func:`is_mode`) and :func:`apply_mode`, which validates the name.
 
 Fine-tuning modes (:func:`apply_mode`, options in :class:`ModeOptions`). The new head always
 trains; no mode cuts gradients with respect to the input, so attacks differentiate through the
@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from robustft.errors import UserError, few, unknown_name
+from robustft.errors import UserError, few
 from robustft.models.blocks import (
     _bias_and_norm_names,
     _frozen_modules,
@@ -45,13 +45,15 @@ from robustft.models.blocks import (
 from robustft.models.lora import lora_target_modules
 from robustft.models.spec import ModeOptions
 from robustft.models.wrapper import ClassifierModel
+from robustft.utils.registry import Registry
 
 # the package's logger, as before the split into modules (records keep the name robustft.models)
 logger = logging.getLogger("robustft.models")
 
 
 ModeFn = Callable[[ClassifierModel, ModeOptions], None]
-_MODES: dict[str, ModeFn] = {}
+MODES: Registry[ModeFn] = Registry("fine-tuning mode")
+"""The fine-tuning modes by name (:func:`register_mode` adds one)."""
 
 
 def register_mode(name: str) -> Callable[[ModeFn], ModeFn]:
@@ -59,17 +61,17 @@ def register_mode(name: str) -> Callable[[ModeFn], ModeFn]:
     ``requires_grad`` (and may add modules, set ``model.backbone_eval`` or
     ``model.eval_modules``) on a freshly built, fully trainable model. It must raise before
     changing anything when ``options`` do not fit the model, and never cut input gradients."""
-
-    def decorator(fn: ModeFn) -> ModeFn:
-        _MODES[name] = fn
-        return fn
-
-    return decorator
+    return MODES.register(name)
 
 
 def available_modes() -> tuple[str, ...]:
     """Names of the registered fine-tuning modes."""
-    return tuple(sorted(_MODES))
+    return tuple(sorted(MODES))
+
+
+def is_mode(name: object) -> bool:
+    """Whether ``name`` is a registered fine-tuning mode."""
+    return MODES.is_known(name)
 
 
 @register_mode("full")
@@ -151,8 +153,7 @@ def apply_mode(
         UserError: unknown mode, options that do not fit the model (no LoRA target, too many
             blocks), or a model that already has LoRA adapters (build a fresh one instead).
     """
-    if mode not in _MODES:
-        raise unknown_name("fine-tuning mode", mode, _MODES)
+    set_mode = MODES.lookup(mode)
     if has_lora(model):
         raise UserError(
             f"this model already has LoRA adapters (mode '{model.mode}'); build a fresh model "
@@ -164,7 +165,7 @@ def apply_mode(
     saved = model.backbone_eval, model.eval_modules
     model.backbone_eval, model.eval_modules = False, ()
     try:
-        _MODES[mode](model, options)
+        set_mode(model, options)
     except Exception:
         model.backbone_eval, model.eval_modules = saved
         raise

@@ -2,7 +2,9 @@
 
 :class:`ModelSpec` is the user's request (name, classes, weights, fine-tuning mode and its
 :class:`ModeOptions`); :class:`ModelInfo` is the identity of a built model, stored with
-checkpoints. ``ModelSpec.mode`` is checked against the registry of :mod:`robustft.models.modes`.
+checkpoints. ``ModelSpec.mode`` is checked where a model is built (the factory,
+:func:`robustft.models.factory.build_model_from_spec`), against the registry of
+:mod:`robustft.models.modes`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from robustft.errors import UserError, unknown_name
+from robustft.errors import UserError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -112,10 +114,6 @@ class ModelSpec:
             raise UserError(f"model.num_classes: expected an integer, got {self.num_classes!r}")
         if self.num_classes < 1:
             raise UserError(f"model.num_classes: must be >= 1, got {self.num_classes}")
-        from robustft.models.modes import _MODES  # not at the top: modes imports this module
-
-        if self.mode not in _MODES:
-            raise unknown_name("fine-tuning mode", self.mode, _MODES)
         if not isinstance(self.options, ModeOptions):
             raise TypeError(f"options must be a ModeOptions, got {type(self.options).__name__}")
 

@@ -359,9 +359,9 @@ def run_sweep(
     atomic_write_text(layout.spec, header + yaml.safe_dump(spec.to_dict(), sort_keys=False))
     start = time.monotonic()
     if launcher is None and jobs > 1:
-        from robustft.launchers.local import LocalLauncher
+        from robustft.launchers import LAUNCHERS
 
-        launcher = LocalLauncher(max(1, min(jobs, len(runs))), device)
+        launcher = LAUNCHERS.create("local", max(1, min(jobs, len(runs))), device)
     try:
         with SweepStore(layout.db) as store:
             stale = store.register(runs)

@@ -18,35 +18,59 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from robustft.config import LogConfig
 from robustft.errors import UserError
 from robustft.tracking.base import Tracker
+from robustft.utils.registry import Registry
 
-# backend -> (module, class name, the package it needs, the pip extra installing it)
-BACKENDS: dict[str, tuple[str, str, str, str]] = {
-    "tensorboard": (
-        "robustft.tracking.tensorboard",
-        "TensorBoardTracker",
-        "tensorboard",
-        "tensorboard",
-    ),
-    "mlflow": ("robustft.tracking.mlflow", "MlflowTracker", "mlflow", "mlflow"),
-    "wandb": ("robustft.tracking.wandb", "WandbTracker", "wandb", "wandb"),
-}
+
+@dataclass(frozen=True)
+class Backend:
+    """A registry entry: where the tracker class is (imported only when a tracker is made),
+    the package it needs and the pip extra that installs it."""
+
+    module: str
+    cls: str
+    package: str
+    extra: str
+
+    def installed(self) -> bool:
+        """Whether the package is importable (without importing it)."""
+        return importlib.util.find_spec(self.package) is not None
+
+    def __call__(self, log: LogConfig) -> Tracker:
+        tracker: Tracker = getattr(importlib.import_module(self.module), self.cls)(log)
+        return tracker
+
+
+BACKENDS: Registry[Backend] = Registry(
+    "tracking backend",
+    {
+        "tensorboard": Backend(
+            "robustft.tracking.tensorboard", "TensorBoardTracker", "tensorboard", "tensorboard"
+        ),
+        "mlflow": Backend("robustft.tracking.mlflow", "MlflowTracker", "mlflow", "mlflow"),
+        "wandb": Backend("robustft.tracking.wandb", "WandbTracker", "wandb", "wandb"),
+    },
+)
+"""The backends by name: the names of ``log.backends``
+(:data:`robustft.config.LOG_BACKENDS`, checked when a config is built)."""
 
 
 def check_backends(backends: Sequence[str]) -> None:
-    """Fail fast, before anything is written, when a chosen backend's package is missing.
+    """Fail fast, before anything is written, when a chosen backend is unknown or its package
+    is missing.
 
     Raises:
         UserError: one line naming the backend and the extra that installs it.
     """
     for name in backends:
-        _, _, package, extra = BACKENDS[name]
-        if importlib.util.find_spec(package) is None:
+        backend = BACKENDS.lookup(name)
+        if not backend.installed():
             raise UserError(
-                f"log.backends: {name} is not installed; pip install 'robustft[{extra}]' "
+                f"log.backends: {name} is not installed; pip install 'robustft[{backend.extra}]' "
                 f"(or drop --log {name})"
             )
 
@@ -55,11 +79,7 @@ def build_trackers(log: LogConfig) -> list[Tracker]:
     """One tracker per backend of ``log.backends`` (their packages are imported only when a
     tracker starts)."""
     check_backends(log.backends)
-    trackers = []
-    for name in log.backends:
-        module, cls, _, _ = BACKENDS[name]
-        trackers.append(getattr(importlib.import_module(module), cls)(log))
-    return trackers
+    return [BACKENDS.create(name, log) for name in log.backends]
 
 
-__all__ = ["BACKENDS", "Tracker", "build_trackers", "check_backends"]
+__all__ = ["BACKENDS", "Backend", "Tracker", "build_trackers", "check_backends"]

@@ -4,13 +4,15 @@ The commands (``train``, ``eval``, ``export``, ``sweep``, ``demo``) and the Pyth
 their data, model, optimizer, attacks, schedule and evaluation grid here; the training loop
 (:mod:`robustft.training`) receives the objects and never reads a config to make one. Values were
 validated once, when the config was built (:mod:`robustft.config`); what only the library can
-check (schedule text, attack names for a norm, the eval grid) is checked by
-:func:`check_config` before anything is written.
+check (the names its registries resolve: model, mode, dataset, attacks; the schedule text, the
+eval grid, the installed extras) is checked by :func:`check_config` before anything runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -18,13 +20,15 @@ import torch
 from torch import nn
 
 from robustft import attacks
-from robustft.config import RunConfig
-from robustft.data.factory import build_datasets_from_spec
+from robustft.config import CUSTOM_PREFIX, RunConfig
+from robustft.data.factory import build_datasets_from_spec, check_dataset_name
 from robustft.data.spec import DataSpec, DataSplits
 from robustft.errors import UserError
 from robustft.models import (
+    MODES,
     ClassifierModel,
     build_model,
+    check_model_name,
     mode_options_from_config,
     param_groups,
 )
@@ -42,7 +46,7 @@ def build_data(config: RunConfig) -> DataSplits:
     Raises:
         UserError: the run was trained on datasets given from Python (``custom:...``).
     """
-    if config.data.name.startswith("custom:"):
+    if config.data.name.startswith(CUSTOM_PREFIX):
         raise UserError(
             f"this run was trained on datasets given from Python ({config.data.name}); evaluate "
             "it in Python (robustft.evaluate) or on named data (robustft eval RUN --data NAME)"
@@ -61,20 +65,53 @@ def eval_grid(config: RunConfig) -> list[float]:
 
 
 def check_config(config: RunConfig) -> None:
-    """Fail fast on names and values that only the library can check (schedule, attacks),
-    before anything is written; and that the tracking backends and AutoAttack
-    (``eval.autoattack``) chosen are installed."""
+    """Fail fast, before anything is written, planned or started, on every name the library
+    resolves and every value only it can check: ``model.name`` (its source, and the
+    architecture where timm's or torchvision's own lists tell it offline; an ``hf:`` name only
+    by its form), ``model.mode``, ``data.name`` (its form: no data is read), the schedule text
+    (``attack.schedule``, bound to ``train.epochs``), ``attack.name`` with its norm and
+    hyperparameters, ``eval.attack`` for that norm, the eval grid, and that the tracking
+    backends (``log.backends``) and AutoAttack (``eval.autoattack``) are installed. Nothing is
+    downloaded and no weights are read. The values a config checks itself (``attack.norm``,
+    ``data.augment``, ...) were checked when it was built.
+
+    ``robustft train`` and :func:`robustft.fit` (through :func:`~robustft.training.fit.fit`),
+    ``robustft sweep`` (every run, ``--dry-run`` too) and ``robustft tune`` (the base and every
+    search bound, before Ray starts) call it.
+
+    Raises:
+        UserError: one line, ``config KEY: ...``, naming the value and the valid choices.
+    """
     from robustft.tracking import check_backends
 
-    check_backends(config.log.backends)
-    build_schedule(config)
-    build_train_attack(config)
+    with _key("model.name"):
+        check_model_name(config.model.name)
+    with _key("model.mode"):
+        MODES.check(config.model.mode)
+    with _key("data.name"):
+        check_dataset_name(config.data.name)
+    check_backends(config.log.backends)  # its message names log.backends
+    with _key("attack.schedule"):
+        build_schedule(config)
+    with _key("attack.name"):
+        build_train_attack(config)
     eval_grid(config)
-    build_attack(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
+    with _key("eval.attack"):
+        build_eval_attack(config)
     if config.eval.autoattack is not None:
         from robustft.robustness.autoattack import reference
 
-        reference()
+        with _key("eval.autoattack"):
+            reference()
+
+
+@contextlib.contextmanager
+def _key(key: str) -> Iterator[None]:
+    """Name the config key a check was about in its error: ``config KEY: message``."""
+    try:
+        yield
+    except UserError as err:
+        raise UserError(f"config {key}: {err}") from None
 
 
 ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")

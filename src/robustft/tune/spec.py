@@ -145,10 +145,17 @@ class TuneSpec:
                 f"--gpus-per-trial {self.gpus}: a trial trains in one process on one GPU; use 0 "
                 "or 1 (several GPUs per run: robustft sweep --launcher ray --gpus-per-run N)"
             )
+        from robustft.training.build import check_config  # torch: not for robustft --help
+
         base = self.base()
+        check_config(base)  # every named choice, before Ray starts
         for search in self.searches:  # every bound (every choice) must make a valid config
             for value in search.args:
-                trial_config(self.config, {search.key: value})
+                config = trial_config(self.config, {search.key: value})
+                try:
+                    check_config(config)
+                except UserError as err:
+                    raise UserError(f"--search {search} ({search.key}={value}): {err}") from None
         if self.metric == "val_robust_acc" and base.val.robust_every != 1:
             raise UserError(
                 "--metric val_robust_acc needs it every epoch: --set val.robust_every=1"

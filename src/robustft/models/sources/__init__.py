@@ -1,4 +1,4 @@
-"""Backbone sources: one module per source, and the registry of ``<source>:<name>`` prefixes.
+"""Backbone sources: one module per source, and the registry :data:`SOURCES` of model names.
 
 - :mod:`~robustft.models.sources.base`: the :class:`_Built` result and shared helpers.
 - :mod:`~robustft.models.sources.timm`: ``timm:<name>``.
@@ -7,23 +7,82 @@
 - :mod:`~robustft.models.sources.lite`: the offline default ``efficientnet_lite0`` and its
   siblings ``efficientnet_lite1``/``efficientnet_lite2``.
 
-A new source is a module with a builder ``fn(arch, spec) -> _Built`` and one entry in
-:data:`_SOURCES` below (prefix -> builder). The ``efficientnet_lite<k>`` names have no prefix: the
-factory matches their full names.
+A new source is a module with a builder ``fn(arch, spec) -> _Built`` (and, when it can tell
+offline which architectures exist, a check ``fn(arch)``), registered below as a prefix
+(``SOURCES.register(name, Source(...), argument=...)``). The ``efficientnet_lite<k>`` names are
+registered whole, without a prefix. :func:`model_source` validates a name: the factory
+(:func:`robustft.models.factory.build_model_from_spec`) calls it before building, and
+:func:`robustft.training.build.check_config` before a run starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from robustft.errors import UserError, did_you_mean
 from robustft.models.sources.base import _Built
 from robustft.models.sources.hf import _build_hf
-from robustft.models.sources.timm import _build_timm
-from robustft.models.sources.torchvision import _build_torchvision
-from robustft.models.spec import ModelSpec
+from robustft.models.sources.lite import LITE_MODELS, _build_lite
+from robustft.models.sources.timm import _build_timm, _check_timm_name
+from robustft.models.sources.torchvision import _build_torchvision, _check_torchvision_name
+from robustft.models.spec import DEFAULT_MODEL, ModelSpec
+from robustft.utils.registry import Registry
 
-_SOURCES: dict[str, Callable[[str, ModelSpec], _Built]] = {
-    "timm": _build_timm,
-    "torchvision": _build_torchvision,
-    "hf": _build_hf,
-}
+
+def _any_architecture(arch: str) -> None:
+    """For sources whose names cannot be checked offline (``hf:``: the Hub's)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registry entry: ``build(arch, spec)`` makes the network (``arch`` is the text after
+    the prefix; the whole name for a name registered whole) and ``check(arch)`` refuses, offline
+    and cheaply (no download, no weights), an architecture the source does not have."""
+
+    build: Callable[[str, ModelSpec], _Built]
+    check: Callable[[str], None] = _any_architecture
+
+
+def _unknown_model(name: str) -> UserError:
+    _, colon, rest = name.partition(":")
+    base = rest if colon else name  # timn:resnet18 -> timm:resnet18
+    prefixed = [f"{source}:{base}" for source in ("timm", "torchvision")] if base else []
+    hint = did_you_mean(name, [*LITE_MODELS, *prefixed])
+    return UserError(
+        f"unknown model '{name}'{hint}; use {DEFAULT_MODEL} (or efficientnet_lite1/2), "
+        "timm:<name>, torchvision:<name> or hf:<repo id or directory> (e.g. timm:resnet50)"
+    )
+
+
+def _lite(name: str, spec: ModelSpec) -> _Built:
+    return _build_lite(spec)
+
+
+SOURCES: Registry[Source] = Registry("model", unknown=_unknown_model)
+"""Model names: ``efficientnet_lite<k>`` whole, and the prefixes ``timm:``, ``torchvision:``,
+``hf:``."""
+for _name in LITE_MODELS:
+    SOURCES.register(_name, Source(_lite))
+SOURCES.register("timm", Source(_build_timm, _check_timm_name), argument="name")
+SOURCES.register(
+    "torchvision", Source(_build_torchvision, _check_torchvision_name), argument="name"
+)
+SOURCES.register("hf", Source(_build_hf), argument="repo id or directory")
+
+
+def model_source(name: str) -> tuple[Source, str]:
+    """The source of the model ``name`` and the architecture after its prefix (the whole name
+    for a name registered whole), validated offline: the name's form, and the architecture where the
+    source can check it (timm's and torchvision's model lists; not the Hugging Face Hub).
+
+    Raises:
+        UserError: an unknown model name or architecture, with the closest known one.
+    """
+    source, arch = SOURCES.resolve(name)
+    if arch is None:
+        arch = name
+    elif not arch.strip():
+        raise _unknown_model(name)
+    source.check(arch)
+    return source, arch

@@ -28,8 +28,8 @@ from robustft.models.weights import load_backbone_weights, read_state_dict
 
 
 def _build_timm(arch: str, spec: ModelSpec) -> _Built:
-    """Create a timm model with a ``num_classes`` head and the requested weights."""
-    _check_timm_name(arch)
+    """Create a timm model with a ``num_classes`` head and the requested weights (``arch``
+    checked by :func:`_check_timm_name` in the factory)."""
     label = f"timm:{arch}"
     use_hub = spec.weights is None and spec.pretrained
     net = _timm_create(arch, use_hub, spec.num_classes, label)
@@ -67,7 +67,8 @@ def _timm_create(arch: str, pretrained: bool, num_classes: int, label: str) -> n
 
 
 def _check_timm_name(arch: str) -> None:
-    """Raise a UserError with a suggestion when timm does not know ``arch``."""
+    """Raise a UserError with a suggestion when timm does not know ``arch`` (offline: timm's
+    own model list; ``hf-hub:`` names are the Hub's and pass)."""
     import timm
 
     if arch.startswith("hf-hub:") or arch.startswith("hf_hub:"):

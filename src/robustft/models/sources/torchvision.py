@@ -23,16 +23,10 @@ from robustft.models.weights import load_backbone_weights, read_state_dict
 
 
 def _build_torchvision(arch: str, spec: ModelSpec) -> _Built:
-    """Create a torchvision classifier with a new last ``nn.Linear`` and requested weights."""
-    import torchvision
+    """Create a torchvision classifier with a new last ``nn.Linear`` and requested weights
+    (``arch`` checked by :func:`_check_torchvision_name` in the factory)."""
     from torchvision.models import get_model
 
-    names = torchvision.models.list_models(module=torchvision.models)
-    if arch not in names:
-        raise UserError(
-            f"unknown torchvision model '{arch}'{did_you_mean(arch, names)}; "
-            "see torchvision.models.list_models(module=torchvision.models)"
-        )
     label = f"torchvision:{arch}"
     default = _tv_default_weights(arch)
     kwargs: dict[str, Any] = {"aux_logits": False} if arch in ("inception_v3", "googlenet") else {}
@@ -59,6 +53,19 @@ def _build_torchvision(arch: str, spec: ModelSpec) -> _Built:
         mean, std = tuple(tf.mean), tuple(tf.std)
         size = _cfg_size(getattr(tf, "crop_size", 224))
     return _Built(net, head, mean, std, size, source)
+
+
+def _check_torchvision_name(arch: str) -> None:
+    """Raise a UserError with a suggestion when torchvision has no classifier ``arch``
+    (offline: torchvision's own model list)."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        raise UserError(
+            f"unknown torchvision model '{arch}'{did_you_mean(arch, names)}; "
+            "see torchvision.models.list_models(module=torchvision.models)"
+        )
 
 
 def _tv_default_weights(arch: str) -> Any:
