@@ -52,32 +52,37 @@ def _pack_bits(row: Sequence[bool]) -> str:
 class RobustnessCurve:
     """Accuracy under attack over an eps grid, with per-example results and provenance.
 
-    Attributes: epsilons: the grid, ascending, first point 0 (clean), pixel units. accuracy:
-            accuracy (fraction in [0, 1]) at each eps; ``accuracy[0]`` is clean. correct: per eps,
-            per example correctness as a string of '0'/'1' (N characters). expected_robustness: mean
-            accuracy for eps uniform on [0, eps_max] (fraction). attack: the attack's description
-            (name, norm, hyperparameters). mode: "cascade" or "independent". seed: seed of the
-            attacks' random starts. attacked: number of examples attacked at each eps (cost; 0 at
-            eps = 0). seconds: wall time of the evaluation. warnings: sanity-check findings (robust
-            above clean, rising curve, masking, gradient-free check, probabilities). masking_check:
-            accuracy at a very large eps on a stratified sample (see
+    Attributes:
+        epsilons: the grid, ascending, first point 0 (clean), pixel units.
+        accuracy: accuracy (fraction in [0, 1]) at each eps; ``accuracy[0]`` is clean.
+        correct: per eps, per example correctness as a string of '0'/'1' (N characters).
+        expected_robustness: mean accuracy for eps uniform on [0, eps_max] (fraction).
+        attack: the attack's description (name, norm, hyperparameters).
+        mode: "cascade" or "independent".
+        seed: seed of the attacks' random starts.
+        attacked: number of examples attacked at each eps (cost; 0 at eps = 0).
+        seconds: wall time of the evaluation.
+        warnings: sanity-check findings (robust above clean, rising curve, masking, gradient-free
+            check, probabilities).
+        masking_check: accuracy at a very large eps on a stratified sample (see
             :func:`robustft.robustness.checks.masking_check`), or None if not run.
-            gradient_free_check: on a stratified sample of ``n`` examples at ``eps_max``, the
-            gradient attack's accuracy and the accuracy once the gradient-free Square attack also
-            attacks its survivors (see :func:`robustft.robustness.checks.gradient_free_check`);
-            ``{"skipped": reason}`` where it cannot run (l2), None if not run (or written before it
-            existed). examples: which examples were evaluated: ``{"method": "all" | "stratified" |
+        gradient_free_check: on a stratified sample of ``n`` examples at ``eps_max``, the
+            gradient attack's accuracy and the accuracy once the gradient-free Square attack
+            also attacks its survivors (see :func:`robustft.robustness.checks.gradient_free_check`);
+            ``{"skipped": reason}`` where it cannot run (l2), None if not run (or written before
+            it existed).
+        examples: which examples were evaluated: ``{"method": "all" | "stratified" |
             "uniform", "seed", "n", "of"}`` plus ``"indices"`` (dataset order) for a subset
             (:class:`robustft.subset.Selection`); None in curves written before it existed.
-            early_stop: whether attacks settled examples at their first fooling iterate (see the
-            module docstring); None in curves written before it existed. passes: the forward and
-            backward passes the curve's clean predictions and attacks made through the model
-            (:class:`robustft.cost.PassCount`, checks excluded), plain and weighted by batch size;
-            None in curves written before it existed. autoattack: AutoAttack at ``eps_max`` on the
-            same examples, when measured
-            (:meth:`robustft.robustness.autoattack.AutoAttackResult.to_dict`: version, norm, eps,
-            accuracy, n, seed, seconds, per-example ``correct``, ...); a separate number, not a
-            point of the curve.
+        early_stop: whether attacks settled examples at their first fooling iterate (see the
+            module docstring); None in curves written before it existed.
+        passes: the forward and backward passes the curve's clean predictions and attacks
+            made through the model (:class:`robustft.cost.PassCount`, checks excluded), plain
+            and weighted by batch size; None in curves written before it existed.
+        autoattack: AutoAttack at ``eps_max`` on the same examples, when measured
+            (:meth:`robustft.robustness.autoattack.AutoAttackResult.to_dict`: version, norm,
+            eps, accuracy, n, seed, seconds, per-example ``correct``, ...); a separate number,
+            not a point of the curve.
     """
 
     epsilons: tuple[float, ...]
