@@ -10,6 +10,7 @@ from typing import Any
 from robustft.commands._render import Progress, pct, table
 from robustft.config import RunConfig
 from robustft.errors import UserError
+from robustft.run.result import RunResult
 from robustft.units import format_eps, parse_eps
 
 HELP = """\
@@ -38,7 +39,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _row(label: str, result: dict[str, Any]) -> list[object]:
+def _row(label: str, result: RunResult) -> list[object]:
     return [
         label,
         pct(result["clean_accuracy"]),
@@ -60,7 +61,7 @@ def _setting(config: RunConfig, eps: float) -> str:
     )
 
 
-def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
+def _findings(runs: list[tuple[RunConfig, Path, RunResult]]) -> list[str]:
     """Diagnoses of each run, standard fine-tuning (the first) included; it is the
     suboptimal-transfer reference of the others."""
     from robustft.run.result import diagnose

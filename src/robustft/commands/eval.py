@@ -404,7 +404,7 @@ def store_autoattack(run_dir: Path, measured: dict[str, Any]) -> None:
     (``autoattack_accuracy``, ``autoattack``), atomically, holding the run's lock."""
     import json
 
-    from robustft.run.result import autoattack_fields
+    from robustft.run.result import add_autoattack
     from robustft.run.rundir import RunDir, locked
     from robustft.utils.fsio import atomic_write_json
 
@@ -415,5 +415,5 @@ def store_autoattack(run_dir: Path, measured: dict[str, Any]) -> None:
             atomic_write_json(run.robustness, stored)
         result = run.read_result()
         if result is not None:
-            result.update(autoattack_fields(measured))
+            add_autoattack(result, measured)
             atomic_write_json(run.result, result)

@@ -419,8 +419,8 @@ def run_one(args: argparse.Namespace, spec: Any, sweep_dir: Path, runs: list[Run
     if outcome.status == "skipped":
         print(f"{label} skipped (finished earlier)")
     elif outcome.result is not None:
-        print(summary(dict(outcome.result)))
-        print_findings(dict(outcome.result), run.method)
+        print(summary(outcome.result))
+        print_findings(outcome.result, run.method)
     return 0
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from robustft._version import __version__
 from robustft.config import RunConfig, build_config, flatten, load_yaml
@@ -42,6 +42,8 @@ from robustft.utils.fsio import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
+
+    from robustft.run.result import RunResult
 
 
 @dataclass(frozen=True)
@@ -122,14 +124,15 @@ class RunDir:
         """The rows of ``metrics.jsonl`` (see :func:`read_metrics`)."""
         return read_metrics(self.metrics)
 
-    def read_result(self) -> dict[str, Any] | None:
+    def read_result(self) -> RunResult | None:
+        """The run's ``result.json``; None when missing or unreadable (an unfinished run)."""
         if not self.result.is_file():
             return None
         try:
             data = json.loads(self.result.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        return data if isinstance(data, dict) else None
+        return cast("RunResult", data) if isinstance(data, dict) else None
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from robustft.config import (
     RunConfig,
 )
 from robustft.errors import UserError
+from robustft.run.result import RunResult
 from robustft.run.rundir import RunDir
 from robustft.sweep.spec import RunSpec, SweepSpec, expand
 from robustft.sweep.store import SweepStore
@@ -92,7 +93,7 @@ class RunOutcome:
 
     status: Literal["done", "skipped", "failed", "busy"]
     seconds: float | None = None
-    result: Mapping[str, Any] | None = None
+    result: RunResult | None = None
     error: str | None = None
 
 

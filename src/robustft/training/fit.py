@@ -43,7 +43,7 @@ from robustft.run.checkpoint import (
     load_checkpoint_with_fallback,
     save_checkpoint,
 )
-from robustft.run.result import run_result
+from robustft.run.result import RunResult, Stopped, run_result
 from robustft.run.rundir import RunDir, check_run_dir, init_run_dir, locked, write_env
 from robustft.schedules import HingeAuto
 from robustft.training.build import (
@@ -112,7 +112,7 @@ def fit(
     device: str = "auto",
     model: ClassifierModel | None = None,
     data: DataSplits | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train per ``config`` in ``run_dir``, evaluate on the test split, write ``result.json``.
 
     Args:
@@ -176,7 +176,7 @@ def _locked_on_main(run: RunDir, world: World) -> Iterator[RunDir]:
 
 def _train_and_evaluate(
     state: TrainState, run: RunDir, *, resume: bool, callbacks: Callbacks
-) -> dict[str, Any]:
+) -> RunResult:
     """The body of :func:`fit` once the run directory is locked and initialised."""
     cb, config, world = callbacks, state.config, state.world
     payload = None
@@ -281,7 +281,7 @@ def cpu_threads(count: int) -> Iterator[None]:
 
 def _run_epochs(
     state: TrainState, run: RunDir, payload: dict[str, Any] | None, cb: Callbacks
-) -> dict[str, Any]:
+) -> RunResult:
     config = state.config
     main = functools.partial(distributed.on_main, state.world)  # rank 0 writes, the rest wait
     main(lambda: _write_start(state, run))
@@ -301,7 +301,7 @@ def _run_epochs(
 
 def _epochs_and_evaluation(
     state: TrainState, run: RunDir, cb: Callbacks
-) -> tuple[dict[str, Any], RobustnessCurve]:
+) -> tuple[RunResult, RobustnessCurve]:
     """The epochs left, then the final evaluation; writes robustness.json and result.json."""
     config = state.config
     main = functools.partial(distributed.on_main, state.world)  # rank 0 writes, the rest wait
@@ -321,7 +321,7 @@ def _epochs_and_evaluation(
         main(lambda: _write_metrics(state, run))
         cb.on_epoch_end(row)
     curve = final_evaluation(state, cb)
-    result = run_result(state, curve)
+    result = run_result(state.record(), curve)
     main(lambda: atomic_write_json(run.robustness, curve.to_dict()))
     main(lambda: atomic_write_json(run.result, result))
     return result, curve
@@ -382,8 +382,11 @@ def _apply_monitor(state: TrainState, run: RunDir) -> None:
         return
     if action == "flag":
         return
-    stopped: dict[str, Any] = {"reason": "catastrophic_overfitting", "onset": state.epoch}
-    stopped["action"] = action
+    stopped: Stopped = {
+        "reason": "catastrophic_overfitting",
+        "onset": state.epoch,
+        "action": action,
+    }
     if action == "rollback":
         stopped["rolled_back_to"] = None
         if run.good.is_file():

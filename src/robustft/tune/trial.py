@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ class _Report(Callbacks):
         else:
             self._send(row)
 
-    def on_result(self, result: dict[str, Any], curve: Any) -> None:
+    def on_result(self, result: Mapping[str, Any], curve: Any) -> None:
         if self.last is not None:
             self._send(self.last)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from robustft.errors import UserError
+from robustft.run.result import HEADLINE_KEYS, RunResult
 from robustft.run.rundir import RunDir
 from robustft.tune.spec import TuneSpec, trial_config
 
@@ -61,7 +62,7 @@ class Trial:
     status: str  # done, early-stopped, failed, pending
     epochs: int
     metric: float | None
-    result: dict[str, Any] | None = None
+    result: RunResult | None = None
     error: str | None = None
     run_dir: Path = field(default_factory=Path)
 
@@ -170,8 +171,11 @@ def trials_table(spec: TuneSpec, trials: Sequence[Trial]) -> tuple[list[str], li
     headers += [spec.metric, "clean %", "robust %", "exp. rob. %"]
     rows = []
     for t in trials:
-        r = t.result or {}
-        pct = [_number(None if r.get(k) is None else round(100 * r[k], 2)) for k in _RESULT_KEYS]
+        r = t.result
+        pct = [
+            _number(None if r is None or r.get(k) is None else round(100 * r[k], 2))
+            for k in HEADLINE_KEYS
+        ]
         rows.append(
             [
                 str(t.number),
@@ -184,9 +188,6 @@ def trials_table(spec: TuneSpec, trials: Sequence[Trial]) -> tuple[list[str], li
             ]
         )
     return headers, rows
-
-
-_RESULT_KEYS = ("clean_accuracy", "robust_accuracy", "expected_robustness")
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
