@@ -125,14 +125,9 @@ class RunDir:
         return read_metrics(self.metrics)
 
     def read_result(self) -> RunResult | None:
-        """The run's ``result.json``; None when missing or unreadable (an unfinished run)."""
-        if not self.result.is_file():
-            return None
-        try:
-            data = json.loads(self.result.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return cast("RunResult", data) if isinstance(data, dict) else None
+        """``result.json``; None when missing or unreadable (torn, not UTF-8, not a JSON
+        object): the run has not finished."""
+        return cast("RunResult | None", read_json_object(self.result))
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:
