@@ -1,4 +1,4 @@
-"""The run directory: what ``RunDir`` reads."""
+"""The run directory: what ``RunDir`` reads, and what a forced restart clears."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import robustft
 from conftest import TinyCNN
 from robustft.run.rundir import RunDir
+from test_defects import image_folder
 
 
 @pytest.mark.parametrize(
@@ -58,3 +59,60 @@ def test_a_non_utf8_result_json_is_retrained_by_resume(tmp_path: Path) -> None:
     assert again["run_id"] == first["run_id"]
     assert again["clean_accuracy"] == first["clean_accuracy"]
     assert run.read_result() is not None
+
+
+def test_force_clears_the_skipped_images_of_the_run_it_replaces(tmp_path: Path) -> None:
+    """Inventory bug: ``skipped_images.txt`` survived ``--force``, so a run restarted on clean
+    data still listed the images its predecessor had left out."""
+    folder = image_folder(tmp_path / "pets", per_class=8, size=16)
+    bad = folder / "train" / "cat" / "img0.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"\x89PNG truncated")
+    config = {
+        "data.name": f"imagefolder:{folder}",
+        "data.image_size": 16,
+        "data.bad_images": "skip",
+        "train.epochs": 1,
+        "train.warmup_epochs": 0,
+        "train.batch_size": 6,
+        "train.threads": 1,
+        "attack.eps": 0,
+        "attack.schedule": "constant",
+        "eval.max_examples": 6,
+    }
+    run = RunDir(tmp_path / "run")
+    skipped = run.root / "skipped_images.txt"  # docs/reference/files.md
+
+    def fit(force: bool) -> None:
+        torch.manual_seed(0)
+        robustft.fit(config, model=TinyCNN(3), run_dir=run.root, device="cpu", force=force)
+
+    fit(force=False)
+    assert skipped.read_text().splitlines() == [str(bad)]
+    bad.write_bytes(good)  # the data fixed, the run started over
+    fit(force=True)
+    assert run.result.is_file()
+    assert not skipped.exists()
+
+
+def test_force_clears_every_file_the_run_wrote_and_keeps_the_sweeps_logs(tmp_path: Path) -> None:
+    """A forced restart removes every file of the run it replaces (a stale ``failure.json``,
+    ``early_stopped.json`` or ``skipped_images.txt`` would describe the new run), and keeps the
+    logs a sweep writes about the run's attempts (a launcher holds ``train.log`` open while the
+    run starts)."""
+    from robustft.config import build_config
+    from robustft.run.rundir import init_run_dir
+
+    root = tmp_path / "run"
+    written = ["config.yaml", "metrics.jsonl", "robustness.json", "result.json", "env.json"]
+    written += ["failure.json", "tracking.json", "probe.json", "skipped_images.txt"]
+    written += ["early_stopped.json", "checkpoints/last.pt", "checkpoints/last.pt.prev"]
+    written += ["checkpoints/good.pt", "tensorboard/events.out.tfevents.1"]
+    logs = ["train.log", "error.log"]
+    for name in written + logs:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("{}")
+    init_run_dir(RunDir(root), build_config({}), force=True)
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert left == sorted(["config.yaml", *logs])
+    assert set(RunDir(root).outputs()) >= {root / name.split("/")[0] for name in written}
