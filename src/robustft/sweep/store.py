@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.errors import UserError
+from robustft.run.result import NumberKey, RunResult
 from robustft.utils.fsio import now
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def journal_mode(path: str | Path) -> str:
 
 
 _EPOCH_COLUMNS = ("eps", "lr", "train_loss", "train_acc", "val_acc", "val_robust_acc", "seconds")
-_RESULT_COLUMNS = (
+_RESULT_COLUMNS: tuple[NumberKey, ...] = (  # result.json's numbers, as columns of runs
     "clean_accuracy",
     "robust_accuracy",
     "expected_robustness",
@@ -208,7 +209,7 @@ class StoredRun:
     final_val_acc: float | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None
-    result: dict[str, Any] | None = None
+    result: RunResult | None = None
     epochs: int = 0
 
     @property
@@ -411,7 +412,7 @@ class SweepStore:
     def record_done(
         self,
         run_id: str,
-        result: Mapping[str, Any],
+        result: RunResult,
         epochs: Sequence[Mapping[str, Any]],
         *,
         seconds: float | None,

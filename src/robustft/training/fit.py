@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import logging
 import math
 import time
@@ -89,17 +88,15 @@ def _resolve_probe(state: TrainState, run: RunDir, callbacks: Callbacks) -> None
     base = state.eps_schedule.schedule
     if not isinstance(base, HingeAuto):
         return
-    path = run.root / "probe.json"
-    saved = path.is_file() and json.loads(path.read_text())["val_acc"]
-    saved = distributed.broadcast(saved if state.world.is_main else None, state.world)
+    saved = distributed.broadcast(run.read_probe() if state.world.is_main else None, state.world)
     if saved:
-        state.probe_val_acc = [float(a) for a in saved]
+        state.probe_val_acc = saved
         return
     epochs = base.probe_epochs(state.config.train.epochs)
     _logger.info("hinge(auto): clean probe run of %d epochs to choose T1", epochs)
     state.probe_val_acc = run_probe(state, epochs, callbacks)
     probe = {"epochs": epochs, "val_acc": state.probe_val_acc}
-    distributed.on_main(state.world, lambda: atomic_write_json(path, probe))
+    distributed.on_main(state.world, lambda: atomic_write_json(run.probe, probe))
 
 
 def fit(
@@ -331,7 +328,7 @@ def _write_start(state: TrainState, run: RunDir) -> None:
     """The files a (re)started run writes first: ``env.json``, the skipped images."""
     write_env(run, state.device)
     if state.data.skipped:  # data.bad_images=skip left these out
-        atomic_write_text(run.root / "skipped_images.txt", "\n".join(state.data.skipped) + "\n")
+        atomic_write_text(run.skipped_images, "\n".join(state.data.skipped) + "\n")
 
 
 def _write_metrics(state: TrainState, run: RunDir, *, clear_failure: bool = False) -> None:

@@ -14,8 +14,6 @@ from robustft.run.result import HEADLINE_KEYS, RunResult
 from robustft.run.rundir import RunDir
 from robustft.tune.spec import TuneSpec, trial_config
 
-EARLY_STOPPED = "early_stopped.json"
-
 
 @dataclass(frozen=True)
 class TuneDir:
@@ -83,13 +81,13 @@ def collect_trials(spec: TuneSpec, layout: TuneDir, grid: Any) -> list[Trial]:
         metric = rows[-1].get(spec.metric) if rows else None
         if done is not None:
             status = "done"
-            (run.root / EARLY_STOPPED).unlink(missing_ok=True)  # stale: it finished after all
+            run.early_stopped.unlink(missing_ok=True)  # stale: it finished after all
         elif result.error is not None:
             status = "failed"
         elif rows:  # ended by Ray Tune without a result: ASHA stopped it at a rung
             status = "early-stopped"
             atomic_write_json(
-                run.root / EARLY_STOPPED,
+                run.early_stopped,
                 {
                     "by": "ASHA (Ray Tune)",
                     "after_epoch": len(rows),
