@@ -76,7 +76,6 @@ NETWORK_FILESYSTEMS = frozenset(
         "fuse.gcsfuse",
     }
 )
-STATUSES = ("pending", "running", "done", "failed")
 HOST = socket.gethostname()
 
 
