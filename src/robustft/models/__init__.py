@@ -38,20 +38,13 @@ from __future__ import annotations
 from robustft.models.blocks import block_layout, partial_parameter_names
 from robustft.models.custom import Normalize, wrap_model
 from robustft.models.factory import build_model, build_model_from_spec
-from robustft.models.lora import default_lora_targets, lora_target_modules, model_family
+from robustft.models.lora import default_lora_targets, lora_target_modules
 from robustft.models.modes import ModeFn, apply_mode, available_modes, has_lora, register_mode
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD
 from robustft.models.sources.lite import (
-    LITE0_MEAN,
-    LITE0_STD,
     LITE_MODELS,
-    efficientnet_lite0_imagenet,
     efficientnet_lite_imagenet,
-    lite0_weights_path,
     lite_weights_path,
-)
-from robustft.models.sources.lite import (
-    _pair_lite_names as _pair_lite_names,  # private, re-exported for tests/test_models.py
 )
 from robustft.models.spec import (
     DEFAULT_MODEL,
@@ -76,8 +69,6 @@ __all__ = [
     "DEFAULT_MODEL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "LITE0_MEAN",
-    "LITE0_STD",
     "LITE_MODELS",
     "ClassifierModel",
     "ModeFn",
@@ -94,17 +85,14 @@ __all__ = [
     "build_model",
     "build_model_from_spec",
     "default_lora_targets",
-    "efficientnet_lite0_imagenet",
     "efficientnet_lite_imagenet",
     "export_state_dict",
     "has_lora",
-    "lite0_weights_path",
     "lite_weights_path",
     "load_backbone_weights",
     "load_trainable_state_dict",
     "lora_target_modules",
     "mode_options_from_config",
-    "model_family",
     "param_groups",
     "partial_parameter_names",
     "read_state_dict",
