@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,25 @@ def test_force_clears_every_file_the_run_wrote_and_keeps_the_sweeps_logs(tmp_pat
     left = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     assert left == sorted(["config.yaml", *logs])
     assert set(RunDir(root).outputs()) >= {root / name.split("/")[0] for name in written}
+
+
+def test_run_result_types_every_key_a_run_writes(tmp_path: Path) -> None:
+    """``RunResult`` (and its ``Cost``) list exactly the keys of a fresh ``result.json``: the
+    one typed place the readers are checked against."""
+    from robustft.run.result import Cost, RunResult
+
+    config = {"train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 8}
+    config |= {"attack.schedule": "constant", "train.threads": 1, "eval.max_examples": 6}
+    x = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    robustft.fit(
+        config,
+        model=TinyCNN(3),
+        train_data=(x, torch.arange(24) % 3),
+        test_data=(x[:6], torch.arange(6) % 3),
+        run_dir=tmp_path / "run",
+        device="cpu",
+    )
+    written = json.loads(RunDir(tmp_path / "run").result.read_text())
+    assert sorted(written) == sorted(RunResult.__annotations__)
+    assert sorted(written["cost"]) == sorted(Cost.__annotations__)
