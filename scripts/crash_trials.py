@@ -52,15 +52,13 @@ import torch
 import yaml
 
 from robustft.errors import UserError
-from robustft.run.checkpoint import load_checkpoint, load_checkpoint_with_fallback
+from robustft.run.checkpoint import load_checkpoint, load_checkpoint_with_fallback, previous
 from robustft.run.rundir import RunDir
 
 KINDS = ("mid-run", "checkpoint-write", "final-eval")
 POLL_FAST = 0.002  # the checkpoint temp file lives ~50-150 ms with efficientnet_lite0
 POLL_SLOW = 0.01
 CKPT_TMP_PREFIX = ".last.pt."
-JSON_FILES = ("env.json", "robustness.json", "result.json", "probe.json", "failure.json")
-CHECKPOINTS = ("last.pt", "last.pt.prev", "good.pt")
 MAX_DIFFS = 6
 
 
@@ -220,7 +218,7 @@ class Snapshot:
 
 def checkpoint_tmps(run_dir: Path) -> frozenset[str]:
     try:
-        names = os.listdir(run_dir / "checkpoints")
+        names = os.listdir(RunDir(run_dir).checkpoints)
     except OSError:
         return frozenset()
     return frozenset(n for n in names if n.startswith(CKPT_TMP_PREFIX) and n.endswith(".tmp"))
@@ -237,8 +235,8 @@ class Prober:
     """Black-box polls of one run directory (only new checkpoint temp files count)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.metrics = run_dir / "metrics.jsonl"
+        self.run = RunDir(run_dir)
+        self.metrics = self.run.metrics
         self.initial_inode = _inode(self.metrics)
         self.old_tmps = checkpoint_tmps(run_dir)
         self.started = False
@@ -259,8 +257,8 @@ class Prober:
     def snapshot(self, t: float) -> Snapshot:
         inode, rows = self._count_rows()
         self.started = self.started or (inode is not None and inode != self.initial_inode)
-        tmps = checkpoint_tmps(self.run_dir) - self.old_tmps
-        return Snapshot(t, self.started, rows, tmps, (self.run_dir / "result.json").exists())
+        tmps = checkpoint_tmps(self.run.root) - self.old_tmps
+        return Snapshot(t, self.started, rows, tmps, self.run.result.exists())
 
 
 @dataclass
@@ -433,18 +431,19 @@ def deep_diff(a: Any, b: Any, path: str = "") -> list[str]:
 
 
 def check_files(run_dir: Path) -> list[str]:
-    """Every JSON/YAML result or metadata file present parses."""
+    """Every JSON/YAML result or metadata file present parses (read strictly, to say how a
+    file is torn)."""
+    run = RunDir(run_dir)
     problems = []
-    for name in JSON_FILES:
-        path = run_dir / name
+    for path in (run.env, run.robustness, run.result, run.probe, run.failure):
         try:
             if path.exists() and not isinstance(json.loads(path.read_text()), dict):
-                problems.append(f"{name}: not a JSON object")
-        except (OSError, json.JSONDecodeError) as err:
-            problems.append(f"{name}: torn or unreadable ({err.__class__.__name__})")
+                problems.append(f"{path.name}: not a JSON object")
+        except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+            problems.append(f"{path.name}: torn or unreadable ({err.__class__.__name__})")
     with contextlib.suppress(FileNotFoundError):
-        if not isinstance(yaml.safe_load((run_dir / "config.yaml").read_text()), dict):
-            problems.append("config.yaml: not a mapping")
+        if not isinstance(yaml.safe_load(run.config.read_text()), dict):
+            problems.append(f"{run.config.name}: not a mapping")
     return problems
 
 
@@ -455,8 +454,8 @@ def load_checkpoints(run_dir: Path) -> tuple[dict[str, Any] | None, bool, list[s
     fallback while ``last.pt`` exists means it was torn. Every other checkpoint file present is
     loaded and verified too (each file once).
     """
-    folder = run_dir / "checkpoints"
-    last, prev = folder / "last.pt", folder / "last.pt.prev"
+    run = RunDir(run_dir)
+    last, prev = run.checkpoint, previous(run.checkpoint)
     payload, notes, problems = None, [], []
     if last.exists() or prev.exists():
         try:
@@ -464,14 +463,14 @@ def load_checkpoints(run_dir: Path) -> tuple[dict[str, Any] | None, bool, list[s
         except UserError as err:
             problems.append(f"no loadable checkpoint: {err}")
     if notes and last.exists():
-        problems.append(f"checkpoints/last.pt torn: {notes[0]}")
-    verified = {"last.pt"} | ({"last.pt.prev"} if notes else set())
-    for name in sorted(set(CHECKPOINTS) - verified):
+        problems.append(f"checkpoints/{last.name} torn: {notes[0]}")
+    verified = {last} | ({prev} if notes else set())
+    for path in sorted({last, prev, run.good} - verified):
         try:
-            if (folder / name).exists():
-                load_checkpoint(folder / name)
+            if path.exists():
+                load_checkpoint(path)
         except UserError as err:  # includes a file removed between exists() and the read
-            problems.append(f"checkpoints/{name}: {err}")
+            problems.append(f"checkpoints/{path.name}: {err}")
     return payload, bool(notes), problems
 
 
@@ -500,8 +499,8 @@ def inspect_run_dir(run_dir: Path, epochs: int) -> DiskState:
     payload, from_prev, ckpt_problems = load_checkpoints(run_dir)
     state = DiskState(rows=len(rows), from_prev=from_prev)
     state.problems = problems + check_files(run_dir) + ckpt_problems
-    state.result = (run_dir / "result.json").exists()
-    state.robustness = (run_dir / "robustness.json").exists()
+    state.result = RunDir(run_dir).result.exists()
+    state.robustness = RunDir(run_dir).robustness.exists()
     state.tmps = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*.tmp"))
     if payload is not None:
         state.ckpt_epoch = int(payload["epoch"])
@@ -528,13 +527,17 @@ def reference_checkpoint(path: Path) -> dict[str, Any]:
 def compare_runs(reference: Path, run_dir: Path) -> list[str]:
     """Differences of a run's final files from the reference's (timing fields excepted)."""
     diffs = []
-    for name in ("result.json", "robustness.json"):
-        ref, got = (json.loads((d / name).read_text()) for d in (reference, run_dir))
-        diffs += [f"{name}: {d}" for d in deep_diff(strip_timing(ref), strip_timing(got))]
-    ref_rows, got_rows = (RunDir(d).read_metrics().rows for d in (reference, run_dir))
+    ref, got = RunDir(reference), RunDir(run_dir)
+    pairs = [
+        (ref.result.name, ref.read_result(), got.read_result()),
+        (ref.robustness.name, ref.read_robustness(), got.read_robustness()),
+    ]
+    for name, a, b in pairs:
+        diffs += [f"{name}: {d}" for d in deep_diff(strip_timing(a), strip_timing(b))]
+    ref_rows, got_rows = ref.read_metrics().rows, got.read_metrics().rows
     diffs += [f"metrics: {d}" for d in deep_diff(strip_timing(ref_rows), strip_timing(got_rows))]
-    ref_ckpt = reference_checkpoint(reference / "checkpoints" / "last.pt")
-    got_ckpt = strip_timing(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
+    ref_ckpt = reference_checkpoint(ref.checkpoint)
+    got_ckpt = strip_timing(load_checkpoint(got.checkpoint))
     diffs += [f"checkpoint: {d}" for d in deep_diff(ref_ckpt, got_ckpt)]
     return diffs[:MAX_DIFFS]
 
@@ -851,9 +854,7 @@ def check_sweep_db(sweep_dir: Path, epochs: int) -> tuple[list[str], dict[str, i
         if run["status"] == "done":
             if len(numbers) != epochs or run["result"] is None or not state.result:
                 problems.append(f"{rid}: done but half-recorded ({len(numbers)} epochs)")
-            elif deep_diff(
-                json.loads(run["result"]), json.loads((run_dir / "result.json").read_text())
-            ):
+            elif deep_diff(json.loads(run["result"]), RunDir(run_dir).read_result()):
                 problems.append(f"{rid}: DB result differs from result.json")
     return problems, counts
 

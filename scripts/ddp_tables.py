@@ -19,7 +19,6 @@ a case whose two run directories already hold ``result.json`` there is not train
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from robustft.run.checkpoint import load_checkpoint
+from robustft.run.rundir import RunDir
 from robustft.units import format_eps
 from robustft.utils.text import percent
 
@@ -56,7 +56,7 @@ CASES: dict[str, tuple[str, ...]] = {"layernorm": LAYERNORM, "batchnorm": ("trai
 
 def train(run_dir: Path, sets: Sequence[str], processes: int) -> None:
     """``robustft train configs/smoke.yaml`` in ``processes`` processes (torchrun for 2)."""
-    if (run_dir / "result.json").is_file():
+    if RunDir(run_dir).result.is_file():
         return
     launch = [sys.executable, "-m", "robustft"]
     if processes > 1:
@@ -71,11 +71,12 @@ def train(run_dir: Path, sets: Sequence[str], processes: int) -> None:
 
 def read(run_dir: Path) -> dict[str, Any]:
     """A run directory's metrics rows, result, curve and final trainable weights."""
+    run = RunDir(run_dir)
     return {
-        "rows": [json.loads(line) for line in (run_dir / "metrics.jsonl").open()],
-        "result": json.loads((run_dir / "result.json").read_text()),
-        "curve": json.loads((run_dir / "robustness.json").read_text()),
-        "weights": load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"],
+        "rows": run.read_metrics().rows,
+        "result": run.read_result(),
+        "curve": run.read_robustness(),
+        "weights": load_checkpoint(run.checkpoint)["model"],
     }
 
 

@@ -16,20 +16,20 @@ from torch import nn
 
 from robustft.errors import UserError
 from robustft.models import (
-    LITE0_MEAN,
-    LITE0_STD,
     ClassifierModel,
     Normalized,
-    _pair_lite_names,
     apply_mode,
     available_modes,
     build_model,
     build_model_from_spec,
-    efficientnet_lite0_imagenet,
+    efficientnet_lite_imagenet,
     param_groups,
     read_state_dict,
     trainable_parameter_count,
 )
+from robustft.models.sources.lite import LITE_MEAN as LITE0_MEAN
+from robustft.models.sources.lite import LITE_STD as LITE0_STD
+from robustft.models.sources.lite import _pair_lite_names
 
 SMALL = "timm:test_resnet"  # 0.47 M parameters, head 'fc' (96 features)
 
@@ -80,7 +80,7 @@ DAISY, BEE, HONEYCOMB = 985, 309, 599
 
 @pytest.fixture(scope="module")
 def lite0_imagenet() -> Normalized:
-    return efficientnet_lite0_imagenet()
+    return efficientnet_lite_imagenet("efficientnet_lite0")
 
 
 def test_efficientnet_lite0_recognises_real_photos(lite0_imagenet: Normalized) -> None:
@@ -132,9 +132,10 @@ def test_lite0_name_pairing_checks_shapes_pairwise() -> None:
 
 
 def test_lite0_accepts_a_file_in_efficientnet_pytorch_names(lite0_imagenet: Normalized) -> None:
-    from robustft.models import lite0_weights_path
+    from robustft.models import lite_weights_path
 
-    model = build_model("efficientnet_lite0", num_classes=4, weights=str(lite0_weights_path()))
+    weights = str(lite_weights_path("efficientnet_lite0"))
+    model = build_model("efficientnet_lite0", num_classes=4, weights=weights)
     reference = lite0_imagenet
     w, ref = model.net.conv_head.weight, reference.net.conv_head.weight
     assert torch.equal(w, ref)

@@ -40,6 +40,7 @@ from robustft.callbacks import Callbacks
 from robustft.config import RunConfig, build_config, load_config
 from robustft.errors import DataFault, UserError, describe, printable, python_api
 from robustft.robustness.curve import RobustnessCurve
+from robustft.run.result import RunResult
 from robustft.utils.device import model_device
 
 ConfigLike = RunConfig | Mapping[str, Any] | str | Path
@@ -327,7 +328,7 @@ def fit(
     resume: bool = False,
     force: bool = False,
     device: str = "auto",
-) -> dict[str, Any]:
+) -> RunResult:
     """Robustly fine-tune a model and evaluate it; returns what ``result.json`` holds.
 
     Args:
@@ -361,7 +362,8 @@ def fit(
     last epoch's checkpoint kept.
 
     Returns:
-        The result dict (clean, robust, expected robustness, delay, cost, findings, ...).
+        The result dict (:class:`~robustft.run.result.RunResult`: clean, robust, expected
+        robustness, delay, cost, findings, ...).
     """
     from robustft.config import FingerprintConfig
     from robustft.models.custom import check_network, custom_name, model_fingerprints, wrap_model

@@ -7,7 +7,7 @@ import torch to subclass it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ class Callbacks:
     * ``on_stage(name)``: an evaluation stage begins (``"robustness curve"``,
       ``"AutoAttack (standard)"``); ``on_eval_start(total)`` and ``on_eval(done, total)``
       follow, in examples;
-    * ``on_result(result, curve)``: ``result.json``'s dict and the
+    * ``on_result(result, curve)``: ``result.json``'s dict
+      (:class:`~robustft.run.result.RunResult`) and the
       :class:`~robustft.robustness.RobustnessCurve`, once both are written;
     * ``on_close(error)``: last, whenever ``on_start`` was called: ``None`` when the run
       finished, else the exception that ends it (a numerical fault, an interrupt).
@@ -58,7 +59,7 @@ class Callbacks:
     def on_eval(self, done: int, total: int) -> None:
         pass
 
-    def on_result(self, result: dict[str, Any], curve: Any) -> None:
+    def on_result(self, result: Mapping[str, Any], curve: Any) -> None:
         pass
 
     def on_close(self, error: BaseException | None) -> None:
@@ -102,7 +103,7 @@ class CallbackList(Callbacks):
     def on_eval(self, done: int, total: int) -> None:
         self._each("on_eval", done, total)
 
-    def on_result(self, result: dict[str, Any], curve: Any) -> None:
+    def on_result(self, result: Mapping[str, Any], curve: Any) -> None:
         self._each("on_result", result, curve)
 
     def on_close(self, error: BaseException | None) -> None:

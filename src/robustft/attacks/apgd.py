@@ -22,11 +22,10 @@ from robustft.attacks.base import (
     Settled,
     check_hyperparameter,
     input_gradient,
-    is_int,
-    is_real,
 )
 from robustft.attacks.geometry import Geometry
 from robustft.attacks.losses import LossFn, get_loss
+from robustft.errors import is_int, is_real
 
 logger = logging.getLogger(__name__)
 

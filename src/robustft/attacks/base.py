@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from robustft.attacks.geometry import Geometry, get_geometry
-from robustft.errors import UserError, is_int, is_real  # noqa: F401 (the attacks import them)
+from robustft.errors import UserError, is_real
 
 
 @contextlib.contextmanager

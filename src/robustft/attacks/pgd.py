@@ -24,10 +24,9 @@ from robustft.attacks.base import (
     Settled,
     check_hyperparameter,
     input_gradient,
-    is_int,
-    is_real,
 )
 from robustft.attacks.losses import LossFn, get_loss
+from robustft.errors import is_int, is_real
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from robustft.attacks.base import Attack, Outcome, check_hyperparameter, is_int, is_real
-from robustft.errors import UserError
+from robustft.attacks.base import Attack, Outcome, check_hyperparameter
+from robustft.errors import UserError, is_int, is_real
 
 logger = logging.getLogger(__name__)
 

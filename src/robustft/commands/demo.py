@@ -10,6 +10,7 @@ from typing import Any
 from robustft.commands._render import Progress
 from robustft.config import RunConfig
 from robustft.errors import UserError
+from robustft.run.result import RunResult
 from robustft.units import format_eps, parse_eps
 from robustft.utils.text import percent, text_table
 
@@ -39,7 +40,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _row(label: str, result: dict[str, Any]) -> list[object]:
+def _row(label: str, result: RunResult) -> list[object]:
     return [
         label,
         percent(result["clean_accuracy"]),
@@ -50,7 +51,7 @@ def _row(label: str, result: dict[str, Any]) -> list[object]:
     ]
 
 
-def summary_table(runs: list[tuple[RunConfig, Path, dict[str, Any]]], eps: float) -> str:
+def summary_table(runs: list[tuple[RunConfig, Path, RunResult]], eps: float) -> str:
     """The demo's table, one row per method (the README shows it): clean, robust and expected
     robustness in % with 2 decimals, the adaptation delay and the wall time."""
     from robustft.demo import METHOD_LABELS
@@ -71,7 +72,7 @@ def _setting(config: RunConfig, eps: float) -> str:
     )
 
 
-def _findings(runs: list[tuple[RunConfig, Path, dict[str, Any]]]) -> list[str]:
+def _findings(runs: list[tuple[RunConfig, Path, RunResult]]) -> list[str]:
     """Diagnoses of each run, standard fine-tuning (the first) included; it is the
     suboptimal-transfer reference of the others."""
     from robustft.run.result import diagnose

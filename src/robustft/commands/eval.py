@@ -333,6 +333,7 @@ def with_autoattack(
     """Measure AutoAttack (``--autoattack``), print it, store it in the run when it is the
     run's own evaluation budget and data; returns the curve with it attached."""
     from robustft.robustness.autoattack import autoattack_accuracy, label
+    from robustft.run.rundir import RunDir
     from robustft.subset import sample_size
 
     progress = Progress(label="eval", norm=chosen.norm)
@@ -365,7 +366,7 @@ def with_autoattack(
         print(f"note: AutoAttack not stored in {args.run}: {why_not}")
     else:
         store_autoattack(Path(args.run), measured.to_dict())
-        print(f"AutoAttack stored in {Path(args.run) / 'result.json'} and robustness.json")
+        print(f"AutoAttack stored in {RunDir(Path(args.run)).result} and robustness.json")
     return curve
 
 
@@ -374,7 +375,7 @@ def _not_stored_because(
 ) -> str:
     """Why an AutoAttack number measured on ``sample`` (its ``examples``) does not belong in the
     run's files ('' when it does): it must sit beside the run's own curve, on its examples."""
-    from robustft.run.rundir import RunDir, read_json_object
+    from robustft.run.rundir import RunDir
     from robustft.training.build import eval_grid
 
     if not Path(args.run).is_dir():
@@ -383,8 +384,9 @@ def _not_stored_because(
         return "evaluated on other data (--data)"
     if chosen.norm != config.attack.norm or chosen.eps_max != eval_grid(config)[-1]:
         return "eps or norm differ from the run's evaluation budget"
-    curve = read_json_object(RunDir(Path(args.run)).robustness)
-    if curve is None or not RunDir(Path(args.run)).result.is_file():
+    run = RunDir(Path(args.run))
+    curve = run.read_robustness()
+    if curve is None or not run.result.is_file():
         return "the run has not finished (no robustness curve to store it beside)"
     own = curve.get("examples") or {}
     if own != sample:  # n, seed, how drawn, and which indices
@@ -403,18 +405,16 @@ def _sample_text(examples: dict[str, Any]) -> str:
 def store_autoattack(run_dir: Path, measured: dict[str, Any]) -> None:
     """Add an AutoAttack result to a run's robustness.json (``autoattack``) and result.json
     (``autoattack_accuracy``, ``autoattack``), atomically, holding the run's lock."""
-    import json
-
-    from robustft.run.result import autoattack_fields
+    from robustft.run.result import add_autoattack
     from robustft.run.rundir import RunDir, locked
     from robustft.utils.fsio import atomic_write_json
 
     with locked(RunDir(run_dir)) as run:
-        if run.robustness.is_file():
-            stored = json.loads(run.robustness.read_text())
+        stored = run.read_robustness()
+        if stored is not None:
             stored["autoattack"] = measured
             atomic_write_json(run.robustness, stored)
         result = run.read_result()
         if result is not None:
-            result.update(autoattack_fields(measured))
+            add_autoattack(result, measured)
             atomic_write_json(run.result, result)

@@ -40,20 +40,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from robustft.report import build_report
 
-    from robustft.errors import UserError
-    from robustft.report import write_report
-    from robustft.report.collect import collect_runs
-
-    if args.out is None and len(args.paths) > 1:
-        raise UserError(
-            f"{len(args.paths)} directories given: pass --out DIR for their common report "
-            "(one directory's report goes to PATH/report by default)"
-        )
-    collection = collect_runs(*args.paths)
-    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
-    report = write_report(collection, out, plots=not args.no_plots)
+    report = build_report(args.paths, args.out or None, plots=not args.no_plots)
+    collection, out = report.collection, report.out_dir
     print(report.main_table)
     findings = [(r, f) for r in collection.runs for f in r.findings]
     if findings:

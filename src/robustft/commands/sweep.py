@@ -233,7 +233,7 @@ def show_status(
     no longer in it; without, what ``sweep.db`` holds."""
     layout = SweepDir(sweep_dir)
     command = f"robustft sweep {source or 'SWEEP.yaml'}"
-    runs_dir = layout.root / "runs"
+    runs_dir = layout.runs
     if not layout.db.is_file() and runs_dir.is_dir() and any(runs_dir.iterdir()):
         raise UserError(
             f"no sweep database at {layout.db}, but {runs_dir} holds run directories (--index "
@@ -249,7 +249,7 @@ def show_status(
     unrecorded = [
         rec.id
         for rec in records
-        if rec.status != "done" and (layout.run_dir(rec.id) / "result.json").is_file()
+        if rec.status != "done" and RunDir(layout.run_dir(rec.id)).result.is_file()
     ]
     if unrecorded:
         print(
@@ -267,9 +267,9 @@ def dry_run(runs: Sequence[RunSpec], sweep_dir: Path) -> str:
     names = short_keys(keys)
     rows = []
     for run in runs:
-        run_dir = layout.run_dir(run.run_id)
-        done = len(RunDir(run_dir).read_metrics().rows)
-        if (run_dir / "result.json").is_file():
+        run_dir = RunDir(layout.run_dir(run.run_id))
+        done = len(run_dir.read_metrics().rows)
+        if run_dir.result.is_file():
             plan = "skip (finished)"
         elif done:
             plan = f"resume after epoch {done}"
@@ -421,8 +421,8 @@ def run_one(args: argparse.Namespace, spec: Any, sweep_dir: Path, runs: list[Run
     if outcome.status == "skipped":
         print(f"{label} skipped (finished earlier)")
     elif outcome.result is not None:
-        print(summary(dict(outcome.result)))
-        print_findings(dict(outcome.result), run.method)
+        print(summary(outcome.result))
+        print_findings(outcome.result, run.method)
     return 0
 
 

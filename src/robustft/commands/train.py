@@ -9,6 +9,7 @@ from typing import Any
 from robustft.commands._render import Progress
 from robustft.config import add_log_backends, load_config
 from robustft.errors import PeerFailed, UserError
+from robustft.run.result import RunResult
 from robustft.run.rundir import RunDir, default_run_dir
 from robustft.units import format_eps
 from robustft.utils.text import percent, text_table
@@ -61,7 +62,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def summary(result: dict[str, Any]) -> str:
+def summary(result: RunResult) -> str:
     """The end-of-run table."""
     eps = format_eps(result["eval_eps_max"], result.get("norm", "linf"))
     rows = [
@@ -76,7 +77,7 @@ def summary(result: dict[str, Any]) -> str:
     return text_table(["metric", "value"], rows)
 
 
-def autoattack_rows(result: dict[str, Any]) -> list[list[Any]]:
+def autoattack_rows(result: RunResult) -> list[list[Any]]:
     """The summary row of the AutoAttack number, when the run measured it."""
     measured = result.get("autoattack")
     if not measured or result.get("autoattack_accuracy") is None:
@@ -87,7 +88,7 @@ def autoattack_rows(result: dict[str, Any]) -> list[list[Any]]:
     return [[f"{name} (%), {measured['n']} examples", percent(result["autoattack_accuracy"])]]
 
 
-def print_findings(result: dict[str, Any], label: str = "") -> None:
+def print_findings(result: RunResult, label: str = "") -> None:
     """Diagnostics and evaluation warnings of a run, one line each."""
     prefix = f"[{label}] " if label else ""
     for f in result.get("findings", []):

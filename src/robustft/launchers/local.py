@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from robustft.launchers import Ended, train_command
+from robustft.run.rundir import RunDir
 from robustft.utils.fsio import now
 from robustft.utils.process import cpu_count, thread_env
 
@@ -109,7 +110,7 @@ class LocalLauncher:
         extra, device = self.assignment(slot)
         cmd = train_command(run_dir, device)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-        log_path = run_dir / "train.log"
+        log_path = RunDir(run_dir).train_log
         log = log_path.open("ab")
         shown = " ".join(f"{k}={v}" for k, v in extra.items() if k == "CUDA_VISIBLE_DEVICES")
         log.write(f"=== {now()} {shown + ' ' if shown else ''}{' '.join(cmd)}\n".encode())

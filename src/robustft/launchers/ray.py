@@ -29,6 +29,7 @@ from typing import Any
 from robustft.errors import UserError, first_line
 from robustft.launchers import Ended, train_command
 from robustft.launchers.local import worker_error
+from robustft.run.rundir import RunDir
 from robustft.utils.fsio import now
 from robustft.utils.process import die_with_parent, thread_env
 
@@ -83,7 +84,7 @@ def train_task(run_dir: str, device: str, processes: int, threads: int) -> int:
     cmd = train_command(path, device, processes=processes)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **thread_env(threads)}
     node = os.uname().nodename
-    with (path / "train.log").open("ab") as log:
+    with RunDir(path).train_log.open("ab") as log:
         log.write(f"=== {now()} ray task on {node}: {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
@@ -161,7 +162,7 @@ class RayLauncher:
         processes = max(1, self.gpus_per_run)
         root = run_dir.resolve()  # the same path on every node (a shared filesystem)
         ref = self._task.remote(str(root), device, processes, self.cpus_per_run)
-        return _Task(ref, root / "train.log")
+        return _Task(ref, RunDir(root).train_log)
 
     def pid(self, handle: _Task) -> int | None:
         return None  # the task may run on another node: the driver's claim stands for it

@@ -40,7 +40,7 @@ from __future__ import annotations
 from robustft.models.blocks import block_layout, partial_parameter_names
 from robustft.models.custom import Normalize, wrap_model
 from robustft.models.factory import build_model, build_model_from_spec, check_model_name
-from robustft.models.lora import default_lora_targets, lora_target_modules, model_family
+from robustft.models.lora import default_lora_targets, lora_target_modules
 from robustft.models.modes import (
     MODES,
     ModeFn,
@@ -53,16 +53,9 @@ from robustft.models.modes import (
 from robustft.models.sources import SOURCES, model_source
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD
 from robustft.models.sources.lite import (
-    LITE0_MEAN,
-    LITE0_STD,
     LITE_MODELS,
-    efficientnet_lite0_imagenet,
     efficientnet_lite_imagenet,
-    lite0_weights_path,
     lite_weights_path,
-)
-from robustft.models.sources.lite import (
-    _pair_lite_names as _pair_lite_names,  # private, re-exported for tests/test_models.py
 )
 from robustft.models.spec import (
     DEFAULT_MODEL,
@@ -87,8 +80,6 @@ __all__ = [
     "DEFAULT_MODEL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "LITE0_MEAN",
-    "LITE0_STD",
     "LITE_MODELS",
     "MODES",
     "SOURCES",
@@ -108,18 +99,15 @@ __all__ = [
     "build_model_from_spec",
     "check_model_name",
     "default_lora_targets",
-    "efficientnet_lite0_imagenet",
     "efficientnet_lite_imagenet",
     "export_state_dict",
     "has_lora",
     "is_mode",
-    "lite0_weights_path",
     "lite_weights_path",
     "load_backbone_weights",
     "load_trainable_state_dict",
     "lora_target_modules",
     "mode_options_from_config",
-    "model_family",
     "model_source",
     "param_groups",
     "partial_parameter_names",

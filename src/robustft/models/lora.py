@@ -126,14 +126,6 @@ def _family_net(net: nn.Module) -> nn.Module:
     return inner if type(net).__name__ == "HFImageClassifier" and inner is not None else net
 
 
-def model_family(net: nn.Module) -> str:
-    """Architecture family of a network, from its (timm, torchvision or transformers) class:
-    ``vit`` (also DeiT, Swin, BEiT, EVA), ``convnext``, ``resnet``, ``efficientnet`` (also
-    MobileNet) or ``generic``."""
-    names = _qualnames(type(_family_net(net)))
-    return next((fam for fam, classes, _ in _LORA_FAMILIES if names & set(classes)), "generic")
-
-
 def default_lora_targets(net: nn.Module) -> tuple[str, ...]:
     """The default LoRA target patterns for a network's family (see the module docstring);
     ``(".*",)`` (every LoRA-capable layer outside the head) for unknown families."""

@@ -21,9 +21,11 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustft.errors import UserError, option
 from robustft.report.collect import Collection, RunRecord, collect_runs
 from robustft.report.csvfiles import runs_csv, summary_csv
 from robustft.report.render import markdown_results, render_html, render_markdown
@@ -103,12 +105,22 @@ def write_report(collection: Collection, out_dir: str | Path, *, plots: bool = T
     return Report(out, tuple(files), collection, tuple(results_tables(runs)))
 
 
-def build_report(path: str | Path, out_dir: str | Path | None = None) -> Report:
-    """Collect the runs below ``path`` and write the report to ``out_dir`` (default
-    ``path/report``).
+def build_report(
+    path: str | Path | Sequence[str | Path], out: str | Path | None = None, *, plots: bool = True
+) -> Report:
+    """Collect the runs below ``path`` (a directory, or several for one report over all of
+    them) and write the report to ``out`` (default ``path/report`` for one directory).
 
     Raises:
-        UserError: ``path`` is missing or holds no finished run.
+        UserError: a path is missing or holds no finished run, or several paths and no ``out``.
     """
-    collection = collect_runs(path)
-    return write_report(collection, Path(out_dir) if out_dir is not None else Path(path) / "report")
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if out is None and len(paths) > 1:
+        raise UserError(
+            f"{len(paths)} directories given: pass {option('out', None)} DIR for their common "
+            "report (one directory's report goes to PATH/report by default)"
+        )
+    collection = collect_runs(*paths)
+    return write_report(
+        collection, Path(out) if out is not None else Path(paths[0]) / "report", plots=plots
+    )

@@ -29,16 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robustft.config import flatten
 from robustft.diagnostics import Finding, task_adaptation_delay
 from robustft.errors import UserError, is_int
 from robustft.monitor import FGSM_KEY, PGD_KEY
-from robustft.run.result import diagnose
-from robustft.run.rundir import read_metrics, run_state
-
-SKIP_DIRS = frozenset({"checkpoints", "__pycache__"})
+from robustft.run.result import RunResult, diagnose
+from robustft.run.rundir import RunDir, read_metrics, run_state
 
 
 @dataclass(frozen=True)
@@ -300,20 +296,15 @@ def find_run_dirs(root: str | Path) -> tuple[list[Path], list[Path]]:
     """
     finished, unfinished = [], []
     for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        run = RunDir(Path(current))
+        skip = {run.checkpoints.name, "__pycache__"}
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.startswith("."))
         names = set(files)
-        if "result.json" in names:
-            finished.append(Path(current))
-        elif names & {"config.yaml", "metrics.jsonl"}:
-            unfinished.append(Path(current))
+        if run.result.name in names:
+            finished.append(run.root)
+        elif names & {run.config.name, run.metrics.name}:
+            unfinished.append(run.root)
     return sorted(finished), sorted(unfinished)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({err.__class__.__name__})") from None
 
 
 def _read_history(path: Path) -> tuple[tuple[EpochRecord, ...], list[str]]:
@@ -399,10 +390,12 @@ def _read_stopped(stopped: object) -> StopRecord | None:
     )
 
 
-def _read_curve(path: Path) -> CurveRecord | None:
-    if not path.is_file():
+def _read_curve(run: RunDir) -> CurveRecord | None:
+    if not run.robustness.is_file():
         return None
-    data = _read_json(path)
+    data = run.read_robustness()
+    if data is None:
+        raise UserError(f"{run.robustness}: cannot read (not a JSON object)")
     attack = data.get("attack") or {}
     return CurveRecord(
         epsilons=tuple(float(e) for e in data["epsilons"]),
@@ -442,28 +435,29 @@ def load_run(path: str | Path) -> RunRecord:
     Raises:
         UserError: ``result.json`` is missing, unreadable or lacks the headline numbers.
     """
-    root = Path(path)
-    result = _read_json(root / "result.json")
+    run = RunDir(Path(path))
+    result = run.read_result()
+    if result is None:
+        raise UserError(f"{run.result}: cannot read (missing, torn or not a JSON object)")
     config: Mapping[str, Any] = {}
-    if (root / "config.yaml").is_file():
-        try:
-            loaded = yaml.safe_load((root / "config.yaml").read_text())
-        except (OSError, ValueError, RecursionError, yaml.YAMLError):  # bad UTF-8, deep nesting
-            raise UserError(f"{root / 'config.yaml'}: cannot read") from None
-        config = loaded if isinstance(loaded, Mapping) else {}
-    if not isinstance(result, Mapping):
-        raise UserError(f"{root / 'result.json'}: expected a JSON object")
+    if run.config.is_file():
+        loaded = run.read_config()
+        if loaded is None:
+            raise UserError(f"{run.config}: cannot read")
+        config = loaded
     try:
-        return _record(root, result, config)
+        return _record(run, result, config)
     except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{root}: incomplete result ({err.__class__.__name__}: {err})") from None
+        why = f"{err.__class__.__name__}: {err}"
+        raise UserError(f"{run.root}: incomplete result ({why})") from None
 
 
-def _record(root: Path, result: Mapping[str, Any], config: Mapping[str, Any]) -> RunRecord:
+def _record(run: RunDir, result: RunResult, config: Mapping[str, Any]) -> RunRecord:
+    root = run.root
     model, data = _section(config, "model"), _section(config, "data")
     train, attack = _section(config, "train"), _section(config, "attack")
-    history, history_warnings = _read_history(root / "metrics.jsonl")
-    curve = _read_curve(root / "robustness.json")
+    history, history_warnings = _read_history(run.metrics)
+    curve = _read_curve(run)
     num_classes = int(result.get("num_classes") or 0)
     delay = result.get("adaptation_delay")
     if history and num_classes:  # today's threshold, as the findings: also for older runs

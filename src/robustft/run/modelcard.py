@@ -27,6 +27,7 @@ from robustft.units import format_eps
 from robustft.utils.text import markdown_table, percent, percent_number
 
 if TYPE_CHECKING:
+    from robustft.run.result import RunResult
     from robustft.run.rundir import RunState
 
 MARKER = "<!-- written by robustft export -->"  # a README.md without it is never overwritten
@@ -53,7 +54,7 @@ def _dataset_id(name: str) -> str | None:
 
 
 def front_matter(
-    result: Mapping[str, Any] | None, config: Mapping[str, Any], metadata: Mapping[str, str]
+    result: RunResult | None, config: Mapping[str, Any], metadata: Mapping[str, str]
 ) -> dict[str, Any]:
     """The card's YAML metadata (see the module docstring)."""
     data = config.get("data") or {}
@@ -121,7 +122,7 @@ def front_matter(
     return out
 
 
-def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None) -> list[str]:
+def _results_section(result: RunResult, curve: Mapping[str, Any] | None) -> list[str]:
     norm = str(result.get("norm", "linf"))
     eps = format_eps(float(result["eval_eps_max"]), norm)
     attack = result.get("eval_attack") or {}
@@ -131,14 +132,14 @@ def _results_section(result: Mapping[str, Any], curve: Mapping[str, Any] | None)
         [f"robust accuracy at {norm} {eps} ({label})", percent(result["robust_accuracy"])],
         [f"expected robustness on [0, {eps}]", percent(result["expected_robustness"])],
     ]
-    measured = result.get("autoattack")
-    if measured and result.get("autoattack_accuracy") is not None:
+    measured, accuracy = result.get("autoattack"), result.get("autoattack_accuracy")
+    if measured and accuracy is not None:
         at = format_eps(float(measured["eps"]), norm)
         rows.append(
             [
                 f"AutoAttack ({measured['version']}) at {norm} {at}, {measured.get('n', '?')} "
                 "examples",
-                percent(result["autoattack_accuracy"]),
+                percent(accuracy),
             ]
         )
     lines = ["## Results (test split)", "", markdown_table(["metric", "value (%)"], rows)]
@@ -194,7 +195,7 @@ def render_card(
     out: Path,
     metadata: Mapping[str, str],
     config: Mapping[str, Any],
-    result: Mapping[str, Any] | None,
+    result: RunResult | None,
     curve: Mapping[str, Any] | None,
     state: RunState | None = None,
     source: str = "",
@@ -290,13 +291,13 @@ def write_card(
     ``out``, atomically; returns the README's path. ``exported``: what was exported (a run
     directory or a checkpoint file), named in the footer. The caller checked that overwriting
     is allowed (:func:`is_ours`)."""
-    from robustft.run.rundir import RunDir, read_json_object, run_state
+    from robustft.run.rundir import RunDir, run_state
     from robustft.utils.fsio import atomic_write_bytes, atomic_write_text
 
     readme, plot = card_files(out)
     run = RunDir(run_dir) if run_dir else None
-    result = read_json_object(run.result) if run else None
-    curve = read_json_object(run.robustness) if run else None
+    result = run.read_result() if run else None
+    curve = run.read_robustness() if run else None
     if result is not None and curve is not None:
         from robustft.run.figures import curve_png
 

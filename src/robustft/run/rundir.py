@@ -6,16 +6,24 @@
 * ``metrics.jsonl``: one JSON object per finished epoch;
 * ``checkpoints/last.pt`` (and ``last.pt.prev``): model, optimizer, epoch, history, RNG states;
 * ``robustness.json``: the final robustness curve on the test split;
-* ``result.json``: headline numbers (clean, robust at eps_g, expected robustness, times, delay);
+* ``result.json``: headline numbers (clean, robust at eps_g, expected robustness, times, delay;
+  :class:`robustft.run.result.RunResult`);
 * ``env.json``: versions, device, command line, seed;
 * ``failure.json``: only when a numerical fault (or a bad example of data given from
   Python) stopped the run;
 * ``tracking.json``: the experiment trackers' run ids (``log.backends``), so ``--resume``
   continues the same tracked runs; ``tensorboard/``: TensorBoard event files;
 * ``checkpoints/good.pt``: only with ``monitor.action=rollback``;
+* ``probe.json``: the clean probe of ``hinge(auto)``;
+* ``skipped_images.txt``: the unreadable images ``data.bad_images: skip`` left out;
+* ``early_stopped.json``: a tuning trial that ASHA stopped;
 * ``.lock``: locked by the process training the run, so a second one is refused.
 
-Every file is written atomically.
+Beside them, what runs the run writes about its attempts: ``train.log`` (a sweep's worker
+process, ``--jobs`` or Ray) and ``error.log`` (the traceback of an in-process sweep run that
+failed). :class:`RunDir` names every one of these files; nothing else builds their paths.
+
+Every file is written atomically, except the logs.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+import yaml
 
 from robustft._version import __version__
 from robustft.config import RunConfig, build_config, flatten, load_yaml
@@ -43,10 +53,12 @@ from robustft.utils.fsio import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     import torch
 
+    from robustft.run.result import RunResult
+
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside one run directory."""
+    """Paths inside one run directory, and the readers of its files."""
 
     root: Path
 
@@ -59,8 +71,13 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def checkpoints(self) -> Path:
+        """``checkpoints/``: ``last.pt``, ``last.pt.prev`` and ``good.pt``."""
+        return self.root / "checkpoints"
+
+    @property
     def checkpoint(self) -> Path:
-        return self.root / "checkpoints" / "last.pt"
+        return self.checkpoints / "last.pt"
 
     @property
     def robustness(self) -> Path:
@@ -78,7 +95,7 @@ class RunDir:
     @property
     def good(self) -> Path:
         """``checkpoints/good.pt``: the last epoch before catastrophic overfitting (rollback)."""
-        return self.root / "checkpoints" / "good.pt"
+        return self.checkpoints / "good.pt"
 
     @property
     def env(self) -> Path:
@@ -95,6 +112,57 @@ class RunDir:
         """``tensorboard/``: TensorBoard event files (``tensorboard --logdir runs``)."""
         return self.root / "tensorboard"
 
+    @property
+    def probe(self) -> Path:
+        """``probe.json``: ``hinge(auto)``'s clean probe run (``epochs``, ``val_acc``)."""
+        return self.root / "probe.json"
+
+    @property
+    def skipped_images(self) -> Path:
+        """``skipped_images.txt``: the images ``data.bad_images: skip`` left out, one a line."""
+        return self.root / "skipped_images.txt"
+
+    @property
+    def early_stopped(self) -> Path:
+        """``early_stopped.json``: a tuning trial ASHA stopped (:mod:`robustft.tune`)."""
+        return self.root / "early_stopped.json"
+
+    @property
+    def train_log(self) -> Path:
+        """``train.log``: the output of the worker process a sweep trained the run in
+        (:mod:`robustft.launchers`); appended to by each attempt."""
+        return self.root / "train.log"
+
+    @property
+    def error_log(self) -> Path:
+        """``error.log``: the traceback of an in-process sweep run that failed unexpectedly."""
+        return self.root / "error.log"
+
+    @property
+    def lock(self) -> Path:
+        """``.lock``: held (flock) by the one process writing the run (:func:`locked`)."""
+        return self.root / ".lock"
+
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file and folder the run itself writes: what a forced restart removes
+        (:func:`init_run_dir`). Left out: the logs that sweeps write about its attempts
+        (``train.log``, which the launcher holds open while the run starts, and ``error.log``)
+        and the ``.lock`` of the process starting over."""
+        return (
+            self.config,
+            self.metrics,
+            self.checkpoints,
+            self.robustness,
+            self.result,
+            self.env,
+            self.failure,
+            self.tracking,  # a restarted run is a new tracked run
+            self.tensorboard,
+            self.probe,
+            self.skipped_images,
+            self.early_stopped,
+        )
+
     def read_tracking(self) -> dict[str, Any]:
         """The contents of ``tracking.json`` (empty when missing or unreadable: the trackers
         then start new runs)."""
@@ -107,11 +175,6 @@ class RunDir:
         data[backend] = entry
         atomic_write_json(self.tracking, data)
 
-    @property
-    def lock(self) -> Path:
-        """``.lock``: held (flock) by the one process writing the run (:func:`locked`)."""
-        return self.root / ".lock"
-
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file() or previous(self.checkpoint).is_file()
 
@@ -122,14 +185,36 @@ class RunDir:
         """The rows of ``metrics.jsonl`` (see :func:`read_metrics`)."""
         return read_metrics(self.metrics)
 
-    def read_result(self) -> dict[str, Any] | None:
-        if not self.result.is_file():
+    def read_result(self) -> RunResult | None:
+        """``result.json``; None when missing or unreadable (torn, not UTF-8, not a JSON
+        object): the run has not finished."""
+        return cast("RunResult | None", read_json_object(self.result))
+
+    def read_robustness(self) -> dict[str, Any] | None:
+        """``robustness.json`` (:meth:`robustft.robustness.curve.RobustnessCurve.to_dict`);
+        None when missing or unreadable."""
+        return read_json_object(self.robustness)
+
+    def read_probe(self) -> list[float] | None:
+        """The validation accuracies of ``probe.json``; None when missing or unreadable (the
+        probe is then run again)."""
+        probe = read_json_object(self.probe)
+        accs = None if probe is None else probe.get("val_acc")
+        if not isinstance(accs, list) or not accs:
             return None
         try:
-            data = json.loads(self.result.read_text())
-        except (OSError, json.JSONDecodeError):
+            return [float(a) for a in accs]
+        except (TypeError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
+
+    def read_config(self) -> dict[str, Any] | None:
+        """``config.yaml`` as written (its sections, not validated: reports read runs of other
+        versions with it); {} when it holds no mapping, None when missing or unreadable."""
+        try:
+            data = yaml.safe_load(self.config.read_text())
+        except (OSError, ValueError, RecursionError, yaml.YAMLError):  # bad UTF-8, deep nesting
+            return None
+        return data if isinstance(data, dict) else {}
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:
@@ -183,9 +268,9 @@ def read_metrics(path: Path) -> Metrics:
 
 def run_dir_of(path: Path) -> Path | None:
     """The run directory of a run dir or of a checkpoint inside one (None when unknown)."""
-    for candidate in (path, path.parent.parent):
-        if (candidate / "config.yaml").is_file() and candidate.is_dir():
-            return candidate
+    for run in (RunDir(path), RunDir(path.parent.parent)):  # a checkpoint: <run>/checkpoints/x
+        if run.config.is_file() and run.root.is_dir():
+            return run.root
     return None
 
 
@@ -275,18 +360,12 @@ def default_run_dir(config: RunConfig, base: str | Path = "runs") -> Path:
 
 
 def _clear(run: RunDir) -> None:
-    for path in (
-        run.config,
-        run.metrics,
-        run.robustness,
-        run.result,
-        run.env,
-        run.tracking,  # a restarted run is a new tracked run
-        run.root / "probe.json",
-    ):
-        path.unlink(missing_ok=True)
-    shutil.rmtree(run.root / "checkpoints", ignore_errors=True)
-    shutil.rmtree(run.tensorboard, ignore_errors=True)
+    """Remove what the run in ``run`` wrote (:meth:`RunDir.outputs`)."""
+    for path in run.outputs():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def remove_stale_temp_files(run: RunDir) -> list[Path]:
@@ -295,7 +374,7 @@ def remove_stale_temp_files(run: RunDir) -> list[Path]:
     no other process writes to the run dir."""
     stale = [
         p
-        for folder in (run.root, run.root / "checkpoints")
+        for folder in (run.root, run.checkpoints)
         if folder.is_dir()
         for p in folder.glob(".*.tmp")
         if p.is_file()

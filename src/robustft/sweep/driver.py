@@ -37,9 +37,11 @@ from robustft.config import (
     RunConfig,
 )
 from robustft.errors import UserError, describe
+from robustft.run.result import RunResult
 from robustft.run.rundir import RunDir
 from robustft.sweep.spec import RunSpec, SweepSpec, expand
 from robustft.sweep.store import SweepStore
+from robustft.utils.fsio import atomic_write_text
 
 if TYPE_CHECKING:
     from robustft.launchers import Launcher
@@ -70,8 +72,13 @@ class SweepDir:
     def spec(self) -> Path:
         return self.root / "sweep.yaml"
 
+    @property
+    def runs(self) -> Path:
+        """``runs/``: the run directories, named by run id."""
+        return self.root / "runs"
+
     def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+        return self.runs / run_id
 
 
 def default_sweep_dir(spec: SweepSpec, base: str | Path = "sweeps") -> Path:
@@ -92,7 +99,7 @@ class RunOutcome:
 
     status: Literal["done", "skipped", "failed", "busy"]
     seconds: float | None = None
-    result: Mapping[str, Any] | None = None
+    result: RunResult | None = None
     error: str | None = None
 
 
@@ -208,9 +215,10 @@ def _run_in_process(ctx: _Context, run: RunSpec) -> RunOutcome:
         error = str(err)
     except Exception as err:
         error = describe(err)
+        log = RunDir(run_dir).error_log
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        error += f" (traceback in {run_dir / 'error.log'})"
+        atomic_write_text(log, traceback.format_exc())
+        error += f" (traceback in {log})"
         _logger.debug("run %s failed", run.run_id, exc_info=True)
     except BaseException:
         ctx.store.release(run.run_id)
@@ -233,8 +241,6 @@ class _Active:
 
 def _launch(ctx: _Context, run: RunSpec, launcher: Launcher) -> _Active:
     """Start a claimed run through ``launcher`` (its config written into its run directory)."""
-    from robustft.utils.fsio import atomic_write_text
-
     run_dir = RunDir(ctx.sweep.run_dir(run.run_id))
     run_dir.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.config, run.config.to_yaml())
@@ -347,8 +353,6 @@ def run_sweep(
     """
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    from robustft.utils.fsio import atomic_write_text
-
     runs = [
         dataclasses.replace(run, config=tracked(run.config, spec.name, log))
         for run in (runs if runs is not None else expand(spec))

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustft.errors import UserError
+from robustft.run.result import NumberKey, RunResult
 from robustft.utils.fsio import now
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ NETWORK_FILESYSTEMS = frozenset(
         "fuse.gcsfuse",
     }
 )
-STATUSES = ("pending", "running", "done", "failed")
 HOST = socket.gethostname()
 
 
@@ -133,7 +133,7 @@ def journal_mode(path: str | Path) -> str:
 
 
 _EPOCH_COLUMNS = ("eps", "lr", "train_loss", "train_acc", "val_acc", "val_robust_acc", "seconds")
-_RESULT_COLUMNS = (
+_RESULT_COLUMNS: tuple[NumberKey, ...] = (  # result.json's numbers, as columns of runs
     "clean_accuracy",
     "robust_accuracy",
     "expected_robustness",
@@ -208,7 +208,7 @@ class StoredRun:
     final_val_acc: float | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None
-    result: dict[str, Any] | None = None
+    result: RunResult | None = None
     epochs: int = 0
 
     @property
@@ -411,7 +411,7 @@ class SweepStore:
     def record_done(
         self,
         run_id: str,
-        result: Mapping[str, Any],
+        result: RunResult,
         epochs: Sequence[Mapping[str, Any]],
         *,
         seconds: float | None,

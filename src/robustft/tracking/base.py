@@ -16,27 +16,17 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from robustft.callbacks import Callbacks
 from robustft.config import LogConfig
 from robustft.errors import first_line
+from robustft.run.result import SUMMARY_KEYS, RunResult
 from robustft.run.rundir import RunDir
 from robustft.units import format_eps
 from robustft.utils.text import markdown_table, percent
 
 _logger = logging.getLogger("robustft.tracking")
-
-SUMMARY_KEYS = (  # result.json's numbers that every backend logs at the end
-    "clean_accuracy",
-    "robust_accuracy",
-    "expected_robustness",
-    "autoattack_accuracy",
-    "adaptation_delay",
-    "final_val_acc",
-    "train_seconds",
-    "eval_seconds",
-)
 
 
 def epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
@@ -52,12 +42,14 @@ def epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def result_summary(result: Mapping[str, Any]) -> dict[str, float]:
-    """The end-of-run numbers of ``result.json`` (:data:`SUMMARY_KEYS` that are set)."""
+def result_summary(result: RunResult) -> dict[str, float]:
+    """The end-of-run numbers of ``result.json`` (those of
+    :data:`robustft.run.result.SUMMARY_KEYS` that are set)."""
+    values = {key: result.get(key) for key in SUMMARY_KEYS}
     return {
-        key: float(result[key])
-        for key in SUMMARY_KEYS
-        if isinstance(result.get(key), (int, float)) and not isinstance(result.get(key), bool)
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
 
@@ -75,7 +67,7 @@ def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def findings_text(result: Mapping[str, Any]) -> str:
+def findings_text(result: RunResult) -> str:
     """The run's findings and evaluation warnings, one line each (empty when none)."""
     lines = [
         f"{f.get('code')}: {f.get('message')} -> {f.get('suggestion')}"
@@ -123,7 +115,7 @@ class Tracker(Callbacks):
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         raise NotImplementedError
 
-    def log_result(self, result: dict[str, Any], curve: Any) -> None:
+    def log_result(self, result: RunResult, curve: Any) -> None:
         raise NotImplementedError
 
     def close(self, error: BaseException | None) -> None:
@@ -195,8 +187,9 @@ class Tracker(Callbacks):
 
         self._guard("logging epoch", log)
 
-    def on_result(self, result: dict[str, Any], curve: Any) -> None:
-        self._guard("logging the result", lambda: self.log_result(result, curve))
+    def on_result(self, result: Mapping[str, Any], curve: Any) -> None:
+        record = cast(RunResult, result)  # fit reports result.json's record
+        self._guard("logging the result", lambda: self.log_result(record, curve))
 
     def on_close(self, error: BaseException | None) -> None:
         self._guard("close", lambda: self.close(error))

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robustft.run.result import RunResult
 from robustft.run.rundir import RunDir
 from robustft.tracking.base import (
     Tracker,
@@ -85,7 +86,7 @@ class MlflowTracker(Tracker):
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self._metrics(metrics, epoch)
 
-    def log_result(self, result: dict[str, Any], curve: Any) -> None:
+    def log_result(self, result: RunResult, curve: Any) -> None:
         self._metrics(result_summary(result), self.last_epoch)
         self.client.log_text(self.run_id, findings_text(result) or "none\n", "findings.txt")
         self.client.log_text(self.run_id, curve_markdown(curve, self.norm), "robustness_curve.md")

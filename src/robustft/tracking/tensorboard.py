@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from robustft.run.result import RunResult
 from robustft.run.rundir import RunDir
 from robustft.tracking.base import (
     Tracker,
@@ -50,7 +51,7 @@ class TensorBoardTracker(Tracker):
             self.writer.add_scalar(f"epoch/{key}", value, epoch)
         self.writer.flush()
 
-    def log_result(self, result: dict[str, Any], curve: Any) -> None:
+    def log_result(self, result: RunResult, curve: Any) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         step = self.last_epoch

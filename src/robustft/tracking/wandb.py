@@ -16,6 +16,7 @@ import io
 import os
 from typing import Any
 
+from robustft.run.result import RunResult
 from robustft.run.rundir import RunDir
 from robustft.tracking.base import Tracker, curve_rows, findings_text, result_summary
 
@@ -48,7 +49,7 @@ class WandbTracker(Tracker):
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.wandb_run.log({**metrics, "epoch": epoch})
 
-    def log_result(self, result: dict[str, Any], curve: Any) -> None:
+    def log_result(self, result: RunResult, curve: Any) -> None:
         import wandb
 
         self.wandb_run.summary.update(result_summary(result))

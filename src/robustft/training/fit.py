@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import logging
 import math
 import time
@@ -43,7 +42,7 @@ from robustft.run.checkpoint import (
     load_checkpoint_with_fallback,
     save_checkpoint,
 )
-from robustft.run.result import run_result
+from robustft.run.result import RunResult, Stopped, run_result
 from robustft.run.rundir import RunDir, check_run_dir, init_run_dir, locked, write_env
 from robustft.schedules import HingeAuto
 from robustft.training.build import (
@@ -89,17 +88,15 @@ def _resolve_probe(state: TrainState, run: RunDir, callbacks: Callbacks) -> None
     base = state.eps_schedule.schedule
     if not isinstance(base, HingeAuto):
         return
-    path = run.root / "probe.json"
-    saved = path.is_file() and json.loads(path.read_text())["val_acc"]
-    saved = distributed.broadcast(saved if state.world.is_main else None, state.world)
+    saved = distributed.broadcast(run.read_probe() if state.world.is_main else None, state.world)
     if saved:
-        state.probe_val_acc = [float(a) for a in saved]
+        state.probe_val_acc = saved
         return
     epochs = base.probe_epochs(state.config.train.epochs)
     _logger.info("hinge(auto): clean probe run of %d epochs to choose T1", epochs)
     state.probe_val_acc = run_probe(state, epochs, callbacks)
     probe = {"epochs": epochs, "val_acc": state.probe_val_acc}
-    distributed.on_main(state.world, lambda: atomic_write_json(path, probe))
+    distributed.on_main(state.world, lambda: atomic_write_json(run.probe, probe))
 
 
 def fit(
@@ -112,7 +109,7 @@ def fit(
     device: str = "auto",
     model: ClassifierModel | None = None,
     data: DataSplits | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train per ``config`` in ``run_dir``, evaluate on the test split, write ``result.json``.
 
     Args:
@@ -176,7 +173,7 @@ def _locked_on_main(run: RunDir, world: World) -> Iterator[RunDir]:
 
 def _train_and_evaluate(
     state: TrainState, run: RunDir, *, resume: bool, callbacks: Callbacks
-) -> dict[str, Any]:
+) -> RunResult:
     """The body of :func:`fit` once the run directory is locked and initialised."""
     cb, config, world = callbacks, state.config, state.world
     payload = None
@@ -281,7 +278,7 @@ def cpu_threads(count: int) -> Iterator[None]:
 
 def _run_epochs(
     state: TrainState, run: RunDir, payload: dict[str, Any] | None, cb: Callbacks
-) -> dict[str, Any]:
+) -> RunResult:
     config = state.config
     main = functools.partial(distributed.on_main, state.world)  # rank 0 writes, the rest wait
     main(lambda: _write_start(state, run))
@@ -301,7 +298,7 @@ def _run_epochs(
 
 def _epochs_and_evaluation(
     state: TrainState, run: RunDir, cb: Callbacks
-) -> tuple[dict[str, Any], RobustnessCurve]:
+) -> tuple[RunResult, RobustnessCurve]:
     """The epochs left, then the final evaluation; writes robustness.json and result.json."""
     config = state.config
     main = functools.partial(distributed.on_main, state.world)  # rank 0 writes, the rest wait
@@ -321,7 +318,7 @@ def _epochs_and_evaluation(
         main(lambda: _write_metrics(state, run))
         cb.on_epoch_end(row)
     curve = final_evaluation(state, cb)
-    result = run_result(state, curve)
+    result = run_result(state.record(), curve)
     main(lambda: atomic_write_json(run.robustness, curve.to_dict()))
     main(lambda: atomic_write_json(run.result, result))
     return result, curve
@@ -331,7 +328,7 @@ def _write_start(state: TrainState, run: RunDir) -> None:
     """The files a (re)started run writes first: ``env.json``, the skipped images."""
     write_env(run, state.device)
     if state.data.skipped:  # data.bad_images=skip left these out
-        atomic_write_text(run.root / "skipped_images.txt", "\n".join(state.data.skipped) + "\n")
+        atomic_write_text(run.skipped_images, "\n".join(state.data.skipped) + "\n")
 
 
 def _write_metrics(state: TrainState, run: RunDir, *, clear_failure: bool = False) -> None:
@@ -382,8 +379,11 @@ def _apply_monitor(state: TrainState, run: RunDir) -> None:
         return
     if action == "flag":
         return
-    stopped: dict[str, Any] = {"reason": "catastrophic_overfitting", "onset": state.epoch}
-    stopped["action"] = action
+    stopped: Stopped = {
+        "reason": "catastrophic_overfitting",
+        "onset": state.epoch,
+        "action": action,
+    }
     if action == "rollback":
         stopped["rolled_back_to"] = None
         if run.good.is_file():

@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""The state the training loop mutates (:class:`TrainState`): built fresh from a config
+(:func:`build_state`), saved to and restored from checkpoints, and reported once the epochs
+are done as the immutable :class:`~robustft.run.result.TrainingRecord` that ``result.json`` is
+made from."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from robustft.models import (
     ClassifierModel,
     base_fingerprint,
     load_trainable_state_dict,
+    trainable_parameter_count,
     trainable_state_dict,
 )
 from robustft.objectives import AdversarialCE
@@ -28,6 +32,7 @@ from robustft.run.checkpoint import (
     load_latest_checkpoint,
 )
 from robustft.run.load import check_base
+from robustft.run.result import Stopped, TrainingRecord
 from robustft.run.rundir import RunDir
 from robustft.schedules import Auto, EpsSchedule, HingeAuto
 from robustft.training.build import (
@@ -57,7 +62,7 @@ class TrainState:
     train_seconds: float = 0.0
     probe_val_acc: list[float] | None = None  # hinge(auto): the clean probe's val accuracies
     base_fingerprint: str = ""  # hash of the frozen base weights (models.base_fingerprint)
-    stopped: dict[str, Any] | None = None  # set when the overfitting monitor ended training
+    stopped: Stopped | None = None  # set when the overfitting monitor ended training
     threads: int = 1  # CPU threads the run trains with (recorded; kept on resume)
     world: World = SINGLE  # the ranks of a data-parallel run (torchrun); one process by default
     net: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when world.active
@@ -75,6 +80,25 @@ class TrainState:
             resolved = base.resolve(self.probe_val_acc, self.config.train.epochs)
             return replace(self.eps_schedule, schedule=resolved)
         return self.eps_schedule
+
+    def record(self) -> TrainingRecord:
+        """What ``result.json`` records of the training so far
+        (:func:`robustft.run.result.run_result`)."""
+        return TrainingRecord(
+            config=self.config,
+            history=tuple(self.history),
+            num_classes=self.data.num_classes,
+            train_seconds=self.train_seconds,
+            schedule=str(self.eps_schedule.schedule),
+            schedule_resolved=str(self.current_schedule().schedule),
+            stopped=self.stopped,
+            skipped_images=len(self.data.skipped),
+            threads=self.threads,
+            device=str(self.device),
+            world_size=self.world.size,
+            trainable_parameters=trainable_parameter_count(self.model),
+            total_parameters=sum(p.numel() for p in self.model.parameters()),
+        )
 
     @property
     def steps_per_epoch(self) -> int:

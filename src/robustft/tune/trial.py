@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from robustft.callbacks import Callbacks
 from robustft.run.rundir import RunDir
 from robustft.tune.spec import METRICS, trial_config
-from robustft.tune.trials import EARLY_STOPPED
 
 
 class _Report(Callbacks):
@@ -36,7 +36,7 @@ class _Report(Callbacks):
         else:
             self._send(row)
 
-    def on_result(self, result: dict[str, Any], curve: Any) -> None:
+    def on_result(self, result: Mapping[str, Any], curve: Any) -> None:
         if self.last is not None:
             self._send(self.last)
 
@@ -71,7 +71,7 @@ def run_trial(params: dict[str, Any]) -> None:
     device = "cuda" if setup["gpus"] else "cpu"
     report = _Report(setup["metric"], config.run_id(), config.train.epochs)
     run = RunDir(run_dir)
-    if run.result.is_file() or (run.root / EARLY_STOPPED).is_file():
+    if run.result.is_file() or run.early_stopped.is_file():
         report.replay(run)  # a trial of the tuning this one extends: kept as it ended
         return
     fit(config, run_dir, resume=True, callbacks=report, device=device)

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from robustft.errors import UserError
+from robustft.run.result import HEADLINE_KEYS, RunResult
 from robustft.run.rundir import RunDir
 from robustft.tune.spec import TuneSpec, trial_config
 from robustft.utils.text import csv_text, markdown_table, percent, short_number
-
-EARLY_STOPPED = "early_stopped.json"
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Trial:
     status: str  # done, early-stopped, failed, pending
     epochs: int
     metric: float | None
-    result: dict[str, Any] | None = None
+    result: RunResult | None = None
     error: str | None = None
     run_dir: Path = field(default_factory=Path)
 
@@ -83,13 +82,13 @@ def collect_trials(spec: TuneSpec, layout: TuneDir, grid: Any) -> list[Trial]:
         metric = rows[-1].get(spec.metric) if rows else None
         if done is not None:
             status = "done"
-            (run.root / EARLY_STOPPED).unlink(missing_ok=True)  # stale: it finished after all
+            run.early_stopped.unlink(missing_ok=True)  # stale: it finished after all
         elif result.error is not None:
             status = "failed"
         elif rows:  # ended by Ray Tune without a result: ASHA stopped it at a rung
             status = "early-stopped"
             atomic_write_json(
-                run.root / EARLY_STOPPED,
+                run.early_stopped,
                 {
                     "by": "ASHA (Ray Tune)",
                     "after_epoch": len(rows),
@@ -159,7 +158,7 @@ def trials_table(spec: TuneSpec, trials: Sequence[Trial]) -> tuple[list[str], li
     headers += [spec.metric, "clean %", "robust %", "exp. rob. %"]
     rows = []
     for t in trials:
-        r = t.result or {}
+        r: RunResult | dict[str, Any] = t.result or {}
         rows.append(
             [
                 str(t.number),
@@ -168,10 +167,7 @@ def trials_table(spec: TuneSpec, trials: Sequence[Trial]) -> tuple[list[str], li
                 t.status,
                 str(t.epochs),
                 short_number(t.metric),
-                *(percent(r.get(k)) for k in _RESULT_KEYS),
+                *(percent(r.get(k)) for k in HEADLINE_KEYS),
             ]
         )
     return headers, rows
-
-
-_RESULT_KEYS = ("clean_accuracy", "robust_accuracy", "expected_robustness")

