@@ -130,6 +130,8 @@ def test_evaluate_run_notes_an_override_before_evaluating(run: Path, one_thread:
         ({"eps_max": 0}, "eps_max must be > 0, e.g. 8/255 (eps 0 is the clean accuracy)"),
         ({"eps_max": "8/256x"}, "eps_max: cannot parse '8/256x'"),
         ({"eps_max": 2}, "eps_max: 2 exceeds 1 in [0,1] pixel units (did you mean 2/255?)"),
+        ({"attack": ["pgd"]}, "attack must be an attack's name such as apgd-ce, got a list"),
+        ({"data": ()}, "data must be a dataset's name such as imagefolder:DIR, got a tuple"),
     ],
 )
 def test_evaluate_run_refuses_bad_arguments_in_one_line_naming_them(

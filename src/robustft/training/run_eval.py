@@ -104,6 +104,7 @@ def _choice(name: str, value: object, choices: tuple[str, ...] | list[str]) -> N
 
 def check_arguments(
     *,
+    attack: str | None = None,
     norm: str | None = None,
     mode: str | None = None,
     max_examples: int | None = None,
@@ -111,12 +112,25 @@ def check_arguments(
     steps: int | None = None,
     seed: int | None = None,
     early_stop: bool | None = None,
+    data: str | None = None,
     bad_images: str | None = None,
     autoattack: str | None = None,
 ) -> None:
     """Refuse a bad setting in one line naming it (``--seed`` on the command line, ``seed``
     from Python), before anything is loaded; None keeps the run's own. AutoAttack must be
-    installed when asked for."""
+    installed when asked for. (The attack's name, the grid and the dataset's name are checked
+    once the run's config is known.)"""
+    if attack is not None and not isinstance(attack, str):
+        raise UserError(
+            f"{option('attack', None)} must be an attack's name such as apgd-ce, got a "
+            f"{type(attack).__name__}"
+        )
+    if data is not None and not isinstance(data, str):
+        raise UserError(
+            f"{option('data', None)} must be a dataset's name such as imagefolder:DIR, got a "
+            f"{type(data).__name__}; evaluate a dataset given from Python with "
+            "robustft.evaluate(robustft.load(run), dataset)"
+        )
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if value is not None and not (is_int(value) and value >= 1):
             raise UserError(f"{option(name, None)} must be >= 1, got {value!r}")
@@ -155,21 +169,12 @@ def eval_settings(
 ) -> EvalSettings:
     """The settings given, the run's own (``config``) for those that are None. Another norm
     than the run's needs ``eps_max`` (in its units); its step then defaults to
-    :func:`~robustft.units.default_eps_step`.
+    :func:`~robustft.units.default_eps_step`. The other arguments were checked by
+    :func:`check_arguments`.
 
     Raises:
-        UserError: a bad value (:func:`check_arguments`), eps 0 or unparsable, another norm
-            without ``eps_max``.
+        UserError: eps 0 or unparsable, another norm without ``eps_max``.
     """
-    check_arguments(
-        norm=norm,
-        mode=mode,
-        max_examples=max_examples,
-        batch_size=batch_size,
-        steps=steps,
-        seed=seed,
-        early_stop=early_stop,
-    )
     own = EvalSettings.of_run(config)
     chosen_norm = norm or own.norm
     upper = eps_upper(chosen_norm)
@@ -362,6 +367,7 @@ def evaluate_run(
     docstring and :func:`robustft.evaluate_run` (the Python API's, whose messages name these
     arguments). Under torchrun it joins the process group and leaves it again."""
     check_arguments(
+        attack=attack,
         norm=norm,
         mode=mode,
         max_examples=max_examples,
@@ -369,6 +375,7 @@ def evaluate_run(
         steps=steps,
         seed=seed,
         early_stop=early_stop,
+        data=data,
         bad_images=bad_images,
         autoattack=autoattack,
     )
