@@ -29,9 +29,15 @@ from typing import Any
 from torch import nn
 
 from robustft import distributed
-from robustft.attacks.geometry import GEOMETRIES
 from robustft.callbacks import Callbacks
-from robustft.config import AUTOATTACK_VERSIONS, BAD_IMAGES, SEED_RANGE, RunConfig, valid_seed
+from robustft.config import (
+    AUTOATTACK_VERSIONS,
+    BAD_IMAGES,
+    NORMS,
+    SEED_RANGE,
+    RunConfig,
+    valid_seed,
+)
 from robustft.data.spec import DataSplits
 from robustft.errors import UserError, did_you_mean, is_int, option
 from robustft.robustness.autoattack import AutoAttackResult
@@ -94,7 +100,7 @@ class EvalSettings:
         return tuple(out)
 
 
-def _choice(name: str, value: object, choices: tuple[str, ...] | list[str]) -> None:
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(
             f"{option(name, None)}: unknown value {value!r}{did_you_mean(str(value), choices)}; "
@@ -141,7 +147,7 @@ def check_arguments(
     if early_stop is not None and not isinstance(early_stop, bool):
         raise UserError(f"{option('early_stop', None)} must be True or False, got {early_stop!r}")
     if norm is not None:
-        _choice("norm", norm, list(GEOMETRIES))
+        _choice("norm", norm, NORMS)
     if mode is not None:
         _choice("mode", mode, MODES)
     if bad_images is not None:
