@@ -5,6 +5,7 @@ tests/test_cli_train.py::test_eval_command): a stub records the test split and s
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,32 @@ def test_unreadable_images_refuse_or_skip(
     assert not skipped and len(reached[-1].source.paths) == 22
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("skipping 2 unreadable" in w and str(truncated) in w for w in warnings), warnings
+
+
+def test_autoattack_is_checked_before_the_curve(
+    setup: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    reached: list,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`eval --autoattack` on a 3-class task, or without pyautoattack, measured the whole curve
+    and then failed."""
+    _, ckpt = setup
+    code, _, err = eval_cli(capsys, str(ckpt), "--autoattack")
+    assert_one_line_error(code, err, "AutoAttack needs at least 4 classes", "this task has 3")
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # not installed
+    code, _, err = eval_cli(capsys, str(ckpt), "--autoattack")
+    assert_one_line_error(code, err, "pip install 'robustft[autoattack]'")
+    assert not reached
+
+
+def test_a_note_comes_before_the_error_it_explains(
+    setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The settings that differ from the run's are printed before anything is evaluated, so
+    also before an error of the evaluation."""
+    _, ckpt = setup
+    code = cli.main(["eval", str(ckpt), "--attack", "pgf", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert out == "note: not the run's own evaluation settings: attack pgf (run: apgd-ce)\n"
+    assert_one_line_error(code, err, "unknown attack 'pgf' (did you mean 'pgd'?)")

@@ -253,6 +253,25 @@ def test_gathered_curve_equals_one_process_curve(two_process_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_torchrun_eval_reproduces_the_run_and_reports_once(
+    two_process_run: Path, tmp_path: Path
+) -> None:
+    """``torchrun -m robustft eval RUN``: every rank evaluates its share of the batches (both
+    join and leave the process group inside :func:`robustft.training.run_eval.evaluate_run`),
+    rank 0 alone prints and writes, and the curve is the run's own."""
+    log, out = tmp_path / "eval.log", tmp_path / "curve.json"
+    args = ["eval", str(two_process_run), "--device", "cpu", "--json", str(out)]
+    finish(torchrun(args, log), log)
+    text = log.read_text()  # both ranks' stdout and stderr
+    for line in ("[eval] robustness curve: 40 examples", "expected robustness on [0, 2/255]"):
+        assert text.count(line) == 1, text
+    assert text.count(f"curve written to {out}") == 1 and "note:" not in text, text
+    curve = json.loads(out.read_text())
+    stored = json.loads((two_process_run / "robustness.json").read_text())
+    assert curve["correct"] == stored["correct"] and curve["examples"] == stored["examples"]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux /proc")
 def test_killed_run_restarts_elastically_then_resumes(
     two_process_run: Path, tmp_path: Path

@@ -24,6 +24,7 @@ import yaml
 from robustft import cli
 from robustft.config import build_config
 from robustft.demo import demo_configs
+from robustft.errors import UserError
 from robustft.launchers.local import LocalLauncher, gpu_for_slot, visible_gpus
 from robustft.sweep.driver import RunOutcome, SweepDir, run_sweep
 from robustft.sweep.spec import RunSpec, expand, load_sweep, parse_sweep
@@ -547,3 +548,49 @@ def test_launcher_options_that_do_not_go_together(
     ]:
         code, _, err = run_cli(capsys, "sweep", str(path), *argv)
         assert code == 2 and err.count("\n") == 1 and words in err, (argv, err)
+
+
+def test_plan_and_status_read_the_run_directories_without_training(tmp_path: Path) -> None:
+    """What ``--dry-run`` and ``--status`` show, from the library (issue 20 point 4): each run's
+    plan from its directory, the finished runs sweep.db does not record, elapsed times."""
+    from datetime import datetime, timedelta
+
+    from robustft.sweep.driver import plan, read_status, resolve_sweep_dir
+    from robustft.sweep.store import StoredRun
+
+    path = sweep_file(tmp_path, grid={"train.seed": [0, 1, 2]}, methods={"fix": {}})
+    spec = load_sweep(path)
+    assert (spec.grid_points(), spec.planned_runs()) == (3, 3)
+    out = resolve_sweep_dir(path, out=tmp_path / "out")
+    assert out == tmp_path / "out" and resolve_sweep_dir(path) == Path("sweeps") / "tiny"
+    with pytest.raises(UserError, match="is a directory; pass a sweep YAML file"):
+        resolve_sweep_dir(tmp_path)
+    assert resolve_sweep_dir(tmp_path, status=True) == tmp_path
+    with pytest.raises(UserError, match="sweep directory not found"):
+        resolve_sweep_dir(tmp_path / "nowhere", status=True)
+
+    runs = expand(spec)
+    layout = SweepDir(out)
+    finished, started = layout.run_dir(runs[0].run_id), layout.run_dir(runs[1].run_id)
+    for run_dir in (finished, started):
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (finished / "result.json").write_text("{}")
+    assert [(p.run.run_id, p.action, p.epochs_done) for p in plan(runs, out)] == [
+        (runs[0].run_id, "skip", 2),
+        (runs[1].run_id, "resume", 2),
+        (runs[2].run_id, "train", 0),
+    ]
+    with pytest.raises(UserError, match=r"--collect --out .*, then use --status"):
+        read_status(out, runs, source=str(path))  # run directories, no sweep.db
+    with SweepStore(layout.db) as store:
+        store.register(runs)
+    status = read_status(out, runs, source=str(path))
+    assert [rec.status for rec in status.records] == ["pending"] * 3
+    assert status.unrecorded == [runs[0].run_id]
+
+    start = datetime(2030, 1, 1, 12, 0, 0)
+    running = StoredRun("a", 0, "fix", {}, {}, "running", started=start.isoformat())
+    assert running.elapsed(at=start + timedelta(seconds=90)) == 90
+    done = StoredRun("b", 0, "fix", {}, {}, "done", train_seconds=5.0, eval_seconds=1.5)
+    assert done.elapsed() == 6.5

@@ -81,3 +81,41 @@ def test_the_trials_table_keeps_a_bar_in_one_cell(tmp_path: Path) -> None:
     assert b"\r" not in raw and raw.count(b"\n") == 3
     rows = list(csv.reader(io.StringIO(raw.decode())))
     assert rows[1][2] == "qkv|proj" and rows[1][-3:] == ["5.00", "98.77", "100.00"]
+
+
+def test_tune_spec_from_a_file_takes_the_metric_s_mode(tmp_path: Path) -> None:
+    """The library builds what the command gives Ray Tune (issue 20 point 4): a spec from a
+    config file, overrides and search texts; its mode defaults to the metric's (train_loss is
+    minimised; the dataclass said max for every metric)."""
+    from robustft.errors import UserError
+    from robustft.tune.spec import TuneSpec
+    from robustft.tune.trials import Trial, TuneDir, TuneResult
+
+    spec = TuneSpec.from_file(
+        SMOKE,
+        overrides=["train.epochs=3"],
+        searches=["train.lr=loguniform(1e-5,1e-2)"],
+        metric="train_loss",
+    )
+    assert (spec.mode, spec.base().train.epochs, spec.searches[0].key) == ("min", 3, "train.lr")
+    assert TuneSpec.from_file(SMOKE, searches=["train.lr=uniform(1e-4,1e-3)"]).mode == "max"
+    assert (
+        TuneSpec.from_file(SMOKE, searches=["train.lr=uniform(1e-4,1e-3)"], mode="min").mode
+        == "min"
+    )
+
+    layout = TuneDir(tmp_path)
+    trials = [
+        Trial(2, "b", {"train.lr": 1e-3}, "early-stopped", 1, 0.5),
+        Trial(1, "a", {"train.lr": 1e-4}, "failed", 0, None, error="boom"),
+    ]
+    result = TuneResult(spec, layout, trials)
+    assert result.counts() == {"done": 0, "early-stopped": 1, "failed": 1}
+    headers, rows = result.table()
+    assert headers[:3] == ["trial", "run id", "lr"] and [row[0] for row in rows] == ["2", "1"]
+    with pytest.raises(
+        UserError, match=rf"^no trial finished all its epochs.*\({layout.table_md}\)$"
+    ):
+        result.best()
+    done = Trial(3, "c", {"train.lr": 1e-2}, "done", 3, 0.1)
+    assert TuneResult(spec, layout, [done, *trials]).best() is done

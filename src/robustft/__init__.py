@@ -9,6 +9,8 @@ the command line stay fast):
 * :func:`fit`: robust fine-tuning of a config's backbone and data, or of your own ``nn.Module``
   and datasets, into a run directory; returns the result.
 * :func:`evaluate`: the robustness curve (clean, robust, expected robustness) of any model.
+* :func:`evaluate_run`: a trained run evaluated as ``robustft eval`` does (its own settings
+  unless overridden, other data, AutoAttack stored beside its curve).
 * :func:`load`: a trained model from a run directory, checkpoint or exported file.
 * :class:`Normalize`: a normalisation layer to put in front of networks that expect it.
 * :class:`Callbacks`: hooks to subclass for progress and tracking.
@@ -26,6 +28,7 @@ from robustft._version import __version__
 _EXPORTS = {
     "fit": "robustft.api",
     "evaluate": "robustft.api",
+    "evaluate_run": "robustft.api",
     "load": "robustft.api",
     "Callbacks": "robustft.callbacks",
     "Normalize": "robustft.models.custom",
@@ -46,6 +49,7 @@ __all__ = [
     "__version__",
     "attacks",
     "evaluate",
+    "evaluate_run",
     "expected_robustness",
     "fit",
     "load",
@@ -55,7 +59,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from robustft import attacks
-    from robustft.api import evaluate, fit, load
+    from robustft.api import evaluate, evaluate_run, fit, load
     from robustft.callbacks import Callbacks
     from robustft.config import RunConfig, load_config
     from robustft.errors import UserError

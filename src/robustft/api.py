@@ -29,7 +29,7 @@ import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from robustft.errors import DataFault, UserError, describe, printable, python_ap
 from robustft.robustness.curve import RobustnessCurve
 from robustft.run.result import RunResult
 from robustft.utils.device import model_device
+
+if TYPE_CHECKING:
+    from robustft.training.run_eval import RunEvaluation
 
 ConfigLike = RunConfig | Mapping[str, Any] | str | Path
 DataLike = Dataset | tuple[Tensor, Tensor]
@@ -509,10 +512,10 @@ def evaluate(
     from robustft.models.custom import check_network
     from robustft.robustness.evaluate import robustness_curve
     from robustft.training.build import build_attack
-    from robustft.units import default_eps_step, eps_grid, parse_eps
+    from robustft.units import default_eps_step, eps_grid, eps_upper, parse_eps
 
     check_network(model)
-    upper = 1.0 if norm == "linf" else 1e6
+    upper = eps_upper(norm)
     top = parse_eps(eps_max, name="eps_max", upper=upper)
     if eps_step is None:
         step = default_eps_step(norm, top)
@@ -541,6 +544,101 @@ def evaluate(
         max_examples=max_examples,
         early_stop=bool(early_stop),
     )
+
+
+def evaluate_run(
+    run: str | Path,
+    *,
+    attack: str | None = None,
+    steps: int | None = None,
+    norm: str | None = None,
+    eps_max: float | str | None = None,
+    eps_step: float | str | None = None,
+    mode: str | None = None,
+    max_examples: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    early_stop: bool | None = None,
+    data: str | None = None,
+    bad_images: str | None = None,
+    autoattack: str | None = None,
+    device: str = "auto",
+    model: nn.Module | None = None,
+    progress: Callbacks | None = None,
+) -> RunEvaluation:
+    """Evaluate a trained run (its directory or a checkpoint file) as ``robustft eval`` does.
+
+    Every setting left None is the run's own (its config's ``eval`` section and norm), so by
+    default the curve reproduces the run's ``result.json``; those given and differing from
+    the run's are listed in the result's ``changed``. A run still training, failed or
+    interrupted is evaluated from its last checkpoint, and the result's ``state`` says so.
+
+    ::
+
+        evaluation = robustft.evaluate_run("runs/demo-sched-1a2b3c4d5e")
+        print(evaluation.curve.expected_robustness, evaluation.notes())
+        robustft.evaluate_run(run, eps_max="16/255", mode="independent", max_examples=500)
+
+    Args:
+        run: a run directory or a checkpoint file.
+        attack, steps, mode, max_examples, batch_size, seed, early_stop: as in
+            :func:`evaluate`; None: the run's ``eval`` setting.
+        norm: ``linf`` or ``l2``; another than the run's needs ``eps_max`` in its units (the
+            step then defaults to ``1/255`` in l-inf, ``eps_max / 8`` in l2).
+        eps_max, eps_step: the grid ``0, eps_step, ..., eps_max`` in pixel units
+            (``"8/255"`` accepted); None: the run's.
+        data: a dataset name to evaluate on instead of the run's (``data.name``, e.g.
+            ``"imagefolder:/data/birds-shifted"``); its classes must be the checkpoint's, with
+            the same names in the same order.
+        bad_images: unreadable image files: ``refuse`` or ``skip`` (None: the run's
+            ``data.bad_images``).
+        autoattack: ``standard`` or ``plus``: also AutoAttack accuracy at ``eps_max`` on the
+            curve's examples (needs ``pip install 'robustft[autoattack]'``). It is stored in
+            the run's ``robustness.json`` and ``result.json`` only beside the run's own
+            curve: a finished run directory, its data, eps and norm, the same sample
+            (``max_examples`` and ``seed``); otherwise the result says why not.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...; under torchrun every process
+            calls this function and evaluates its share of the batches (rank 0 alone reports
+            progress and measures AutoAttack).
+        model: for a run of a model given from Python, that architecture again (as in
+            :func:`load`).
+        progress: a :class:`robustft.Callbacks` whose ``on_stage``, ``on_eval_start`` and
+            ``on_eval`` hooks follow the evaluation.
+
+    Returns:
+        A :class:`~robustft.training.run_eval.RunEvaluation`: ``curve`` (its ``autoattack``
+        attached when measured), ``settings`` used, ``changed``, ``state``, ``notes()``,
+        ``autoattack``, ``stored`` and ``not_stored_because``.
+
+    Raises:
+        UserError: one line naming the argument and the value (``seed must be an integer in
+            [0, 2**64), got -1``), a run without a model yet, data with other classes.
+    """
+    from robustft.models.custom import check_network
+    from robustft.training.run_eval import evaluate_run as evaluate_trained_run
+
+    with python_api():
+        if model is not None:
+            check_network(model)
+        return evaluate_trained_run(
+            run,
+            attack=attack,
+            steps=steps,
+            norm=norm,
+            eps_max=eps_max,
+            eps_step=eps_step,
+            mode=mode,
+            max_examples=max_examples,
+            batch_size=batch_size,
+            seed=seed,
+            early_stop=early_stop,
+            data=data,
+            bad_images=bad_images,
+            autoattack=autoattack,
+            device=device,
+            model=model,
+            progress=progress,
+        )
 
 
 def load(path: str | Path, *, model: nn.Module | None = None, device: str = "cpu") -> nn.Module:

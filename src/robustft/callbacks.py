@@ -29,6 +29,9 @@ class Callbacks:
     * ``on_stage(name)``: an evaluation stage begins (``"robustness curve"``,
       ``"AutoAttack (standard)"``); ``on_eval_start(total)`` and ``on_eval(done, total)``
       follow, in examples;
+    * ``on_note(text)``: a remark on what is evaluated, before it is (:func:`robustft.
+      evaluate_run`: the run's checkpoint is not its final model, the settings are not the
+      run's own);
     * ``on_result(result, curve)``: ``result.json``'s dict
       (:class:`~robustft.run.result.RunResult`) and the
       :class:`~robustft.robustness.RobustnessCurve`, once both are written;
@@ -57,6 +60,9 @@ class Callbacks:
         pass
 
     def on_eval(self, done: int, total: int) -> None:
+        pass
+
+    def on_note(self, text: str) -> None:
         pass
 
     def on_result(self, result: Mapping[str, Any], curve: Any) -> None:
@@ -102,6 +108,9 @@ class CallbackList(Callbacks):
 
     def on_eval(self, done: int, total: int) -> None:
         self._each("on_eval", done, total)
+
+    def on_note(self, text: str) -> None:
+        self._each("on_note", text)
 
     def on_result(self, result: Mapping[str, Any], curve: Any) -> None:
         self._each("on_result", result, curve)

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from robustft.errors import UserError, did_you_mean, is_int, setting
-from robustft.units import format_eps, parse_eps
+from robustft.units import eps_upper, format_eps, parse_eps
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # run, sweep and method names
 
@@ -251,7 +251,7 @@ class AttackConfig:
     def __post_init__(self) -> None:
         _choice("attack.norm", self.norm, NORMS)
         object.__setattr__(
-            self, "eps", parse_eps(self.eps, name="config attack.eps", upper=_eps_upper(self.norm))
+            self, "eps", parse_eps(self.eps, name="config attack.eps", upper=eps_upper(self.norm))
         )
         _check(self.steps >= 1, "attack.steps", self.steps, "an integer >= 1")
         _choice("attack.granularity", self.granularity, ("epoch", "step"))
@@ -513,10 +513,6 @@ def _eps_text(eps: float, norm: str) -> str:
     ``repr``: to_dict must be lossless, or distinct configs would share a run id."""
     text = format_eps(eps, norm)
     return text if parse_eps(text, upper=float("inf")) == eps else repr(eps)
-
-
-def _eps_upper(norm: str) -> float:
-    return 1.0 if norm == "linf" else 1e6
 
 
 def _choice(key: str, value: str, choices: Sequence[str]) -> None:

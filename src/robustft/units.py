@@ -55,6 +55,12 @@ def parse_eps(value: object, *, name: str = "eps", upper: float = 1.0) -> float:
     return eps
 
 
+def eps_upper(norm: str) -> float:
+    """The largest eps accepted in ``norm``: 1 in l-inf (the whole pixel range), 1e6 in l2
+    (l2 sizes grow with the image size: no natural bound)."""
+    return 1.0 if norm == "linf" else 1e6
+
+
 def format_eps(eps: float, norm: str = "linf") -> str:
     """Format eps for humans, in one unit per norm: l-inf in 255ths of the pixel range
     (``8/255``, ``2.29/255`` between grid points), l2 as a plain number (``0.5``)."""

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from robustft.commands._render import Progress
 from robustft.errors import UserError
 from robustft.launchers import list_launchers
-from robustft.run.rundir import RunDir
-from robustft.sweep.driver import RunOutcome, SweepDir, collect, default_sweep_dir, run_sweep
+from robustft.sweep.driver import (
+    RunOutcome,
+    SweepDir,
+    collect,
+    plan,
+    read_status,
+    resolve_sweep_dir,
+    run_sweep,
+    tracked_runs,
+)
 from robustft.sweep.spec import RunSpec, expand, load_sweep, short_keys, show_value
-from robustft.sweep.store import StoredRun, SweepStore, as_planned
+from robustft.sweep.store import StoredRun
 from robustft.units import format_eps
+from robustft.utils.process import sigterm_as_interrupt
 from robustft.utils.text import percent, text_table
 
 HELP = """\
@@ -164,16 +168,6 @@ def _grid_headers(records: Sequence[StoredRun]) -> list[str]:
     return keys
 
 
-def _time(rec: StoredRun) -> float | None:
-    """Training + evaluation time of a done run (summed over resumed attempts), the elapsed
-    time of a running one, the wall time of a failed attempt."""
-    if rec.status == "done" and rec.train_seconds is not None:
-        return rec.train_seconds + (rec.eval_seconds or 0.0)
-    if rec.shown_status != "running" or rec.started is None:
-        return rec.seconds
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(rec.started)).total_seconds()
-
-
 def status_table(records: Sequence[StoredRun]) -> str:
     """The ``--status`` table: one row per run, then counts and the errors of failed runs."""
     keys = _grid_headers(records)
@@ -192,7 +186,7 @@ def status_table(records: Sequence[StoredRun]) -> str:
                 *(show_value(rec.grid[k]) if k in rec.grid else "-" for k in keys),
                 rec.shown_status,
                 epochs,
-                _duration(_time(rec)),
+                _duration(rec.elapsed()),
                 percent(rec.clean_accuracy),
                 percent(rec.robust_accuracy),
                 percent(rec.expected_robustness),
@@ -212,93 +206,39 @@ def counts_line(records: Sequence[StoredRun]) -> str:
     return f"{len(records)} runs: " + ", ".join(parts)
 
 
-def _sweep_dir(args: argparse.Namespace) -> Path:
-    target = Path(args.target)
-    if target.is_dir():
-        if not args.status:
-            raise UserError(f"{target} is a directory; pass a sweep YAML file (or use --status)")
-        return target
-    if args.status and target.suffix not in (".yaml", ".yml") and not target.exists():
-        raise UserError(
-            f"sweep directory not found: {target}; pass a sweep directory or a sweep YAML file"
-        )
-    return Path(args.out) if args.out else default_sweep_dir(load_sweep(target))
-
-
 def show_status(
     sweep_dir: Path, runs: Sequence[RunSpec] | None = None, source: str | None = None
 ) -> int:
     """Print the ``--status`` table of ``sweep_dir``: with ``runs`` (the expansion of the sweep
     file ``source`` as it is now) the file's runs, recorded or not yet, then the recorded runs
     no longer in it; without, what ``sweep.db`` holds."""
-    layout = SweepDir(sweep_dir)
-    command = f"robustft sweep {source or 'SWEEP.yaml'}"
-    runs_dir = layout.runs
-    if not layout.db.is_file() and runs_dir.is_dir() and any(runs_dir.iterdir()):
-        raise UserError(
-            f"no sweep database at {layout.db}, but {runs_dir} holds run directories (--index "
-            f"runs leave sweep.db alone): record them with `{command} --collect --out "
-            f"{sweep_dir}`, then use --status"
-        )
-    with SweepStore.open_existing(layout.db) as store:
-        records = store.records()
-    if runs is not None:
-        records = as_planned(records, runs)
+    status = read_status(sweep_dir, runs, source=source)
     print(f"sweep {sweep_dir}")
-    print(status_table(records))
-    unrecorded = [
-        rec.id
-        for rec in records
-        if rec.status != "done" and RunDir(layout.run_dir(rec.id)).result.is_file()
-    ]
-    if unrecorded:
+    print(status_table(status.records))
+    if status.unrecorded:
         print(
-            f"{len(unrecorded)} runs finished in {runs_dir} are not recorded in sweep.db yet "
-            f"(--index runs, {', '.join(unrecorded)}): record them with `{command} --collect "
-            f"--out {sweep_dir}`"
+            f"{len(status.unrecorded)} runs finished in {SweepDir(sweep_dir).runs} are not "
+            f"recorded in sweep.db yet (--index runs, {', '.join(status.unrecorded)}): record "
+            f"them with `robustft sweep {source or 'SWEEP.yaml'} --collect --out {sweep_dir}`"
         )
     return 0
 
 
 def dry_run(runs: Sequence[RunSpec], sweep_dir: Path) -> str:
     """The planned runs and what re-running would do with each (new, resume, skip)."""
-    layout = SweepDir(sweep_dir)
     keys = list(runs[0].grid) if runs else []
     names = short_keys(keys)
+    shown = {"skip": "skip (finished)", "train": "train"}
     rows = []
-    for run in runs:
-        run_dir = RunDir(layout.run_dir(run.run_id))
-        done = len(run_dir.read_metrics().rows)
-        if run_dir.result.is_file():
-            plan = "skip (finished)"
-        elif done:
-            plan = f"resume after epoch {done}"
-        else:
-            plan = "train"
+    for planned in plan(runs, sweep_dir):
+        run = planned.run
+        action = shown.get(planned.action, f"resume after epoch {planned.epochs_done}")
         grid = [show_value(run.grid[k]) for k in keys]
-        rows.append([run.index + 1, run.index, run.run_id, run.method, *grid, plan])
+        rows.append([run.index + 1, run.index, run.run_id, run.method, *grid, action])
     headers = ["#", "--index", "run id", "method", *(names[k] for k in keys), "plan"]
     out = [text_table(headers, rows)]
     out += [f"{run.label} also stands for: {', '.join(run.aliases)}" for run in runs if run.aliases]
     return "\n".join(out)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (batch schedulers, `kill`) like Ctrl-C so workers stop cleanly."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -347,24 +287,21 @@ def _launcher(args: argparse.Namespace, runs: int) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    sweep_dir = _sweep_dir(args)
+    sweep_dir = resolve_sweep_dir(args.target, out=args.out, status=args.status)
     if args.status and Path(args.target).is_dir():
         return show_status(sweep_dir)
     spec = load_sweep(args.target)
     if args.status:  # the runs of the file as it is now, recorded or not
         return show_status(sweep_dir, expand(spec), args.target)
-    from robustft.sweep.driver import tracked
-
-    # --log and the sweep's name as log.group, on every path (run_sweep, --index): a bad or
-    # missing backend is one line before anything runs; run ids do not change
-    runs = [replace(r, config=tracked(r.config, spec.name, args.log)) for r in expand(spec)]
-    planned = len(spec.method_settings()) * _grid_points(spec.grid)
+    # --log and the sweep's name as log.group, on every path (run_sweep, --index)
+    runs = tracked_runs(spec, args.log)
+    planned = spec.planned_runs()
     collapsed = (
         f"; {planned - len(runs)} duplicate configs collapsed" if planned > len(runs) else ""
     )
     print(
         f"sweep {spec.name}: {len(runs)} runs ({len(spec.method_settings())} methods x "
-        f"{_grid_points(spec.grid)} grid points{collapsed}) in {sweep_dir}"
+        f"{spec.grid_points()} grid points{collapsed}) in {sweep_dir}"
     )
     if args.index is not None:
         from robustft.launchers.index import pick
@@ -386,15 +323,9 @@ def run(args: argparse.Namespace) -> int:
         return run_one(args, spec, sweep_dir, runs)
     launcher = _launcher(args, len(runs))
     start = time.perf_counter()
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         summary = run_sweep(
-            spec,
-            sweep_dir,
-            device=args.device,
-            events=Printer(),
-            runs=runs,
-            launcher=launcher,
-            log=args.log,
+            spec, sweep_dir, device=args.device, events=Printer(), runs=runs, launcher=launcher
         )
     show_status(sweep_dir, runs, args.target)
     print(
@@ -414,7 +345,7 @@ def run_one(args: argparse.Namespace, spec: Any, sweep_dir: Path, runs: list[Run
     label = f"[{args.index + 1}/{len(runs)}] {run.label} ({run.run_id})"
     print(f"{label} in {SweepDir(sweep_dir).run_dir(run.run_id)}", flush=True)
     progress = Progress(label=run.method, norm=run.config.attack.norm)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         _, outcome = run_index(
             spec, sweep_dir, args.index, runs=runs, device=args.device, callbacks=progress
         )
@@ -424,10 +355,3 @@ def run_one(args: argparse.Namespace, spec: Any, sweep_dir: Path, runs: list[Run
         print(summary(outcome.result))
         print_findings(outcome.result, run.method)
     return 0
-
-
-def _grid_points(grid: Mapping[str, Sequence[Any]]) -> int:
-    n = 1
-    for values in grid.values():
-        n *= len(values)
-    return n

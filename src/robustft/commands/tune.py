@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robustft.config import apply_overrides, load_yaml
-from robustft.errors import UserError
+from robustft.tune.spec import TuneSpec
 from robustft.utils.text import markdown_table, short_number
 
 HELP = """\
@@ -78,17 +77,15 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def build_spec(args: argparse.Namespace) -> Any:
+def build_spec(args: argparse.Namespace) -> TuneSpec:
     """The :class:`robustft.tune.spec.TuneSpec` the arguments describe (validated)."""
-    from robustft.tune.spec import METRICS, TuneSpec, parse_search
-
-    data = apply_overrides(load_yaml(args.config), args.overrides)
-    return TuneSpec(
-        config=data,
-        searches=tuple(parse_search(text) for text in args.search),
+    return TuneSpec.from_file(
+        args.config,
+        overrides=args.overrides,
+        searches=args.search,
         trials=args.trials,
         metric=args.metric,
-        mode=args.mode or METRICS.get(args.metric, "max"),
+        mode=args.mode,
         grace=args.grace,
         reduction=args.reduction_factor,
         seed=args.seed,
@@ -120,8 +117,8 @@ class _Lines:
 
 def run(args: argparse.Namespace) -> int:
     from robustft.launchers.ray import require_ray
-    from robustft.tune.driver import earlier_trials, tune_runs
-    from robustft.tune.trials import TuneDir, best_trial, default_tune_dir, trials_table
+    from robustft.tune.driver import extension, tune_runs
+    from robustft.tune.trials import default_tune_dir
 
     spec = build_spec(args)
     require_ray()  # a missing Ray is one line before anything starts
@@ -132,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         f"{spec.reduction}, up to {spec.base().train.epochs} epochs; in {out}",
         flush=True,
     )
-    grown = None if args.force else earlier_trials(TuneDir(out.resolve()), spec)
+    grown = extension(spec, out, force=args.force)
     if grown is not None:
         print(
             f"extending the tuning of {grown[0]} trials to {grown[1]}: the {grown[0]} are kept as "
@@ -141,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        trials = tune_runs(
+        result = tune_runs(
             spec, out, address=args.address, on_result=_Lines(spec.metric), force=args.force
         )
     except KeyboardInterrupt as err:
@@ -151,19 +148,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    headers, rows = trials_table(spec, trials)
-    print(markdown_table(headers, rows))
-    layout = TuneDir(out.resolve())
-    counts = {s: sum(t.status == s for t in trials) for s in ("done", "early-stopped", "failed")}
+    print(markdown_table(*result.table()))
+    counts = result.counts()
     print(
-        f"{len(trials)} trials: {counts['done']} finished, {counts['early-stopped']} stopped "
-        f"early by ASHA, {counts['failed']} failed; table in {layout.table_md}"
+        f"{len(result.trials)} trials: {counts['done']} finished, {counts['early-stopped']} "
+        f"stopped early by ASHA, {counts['failed']} failed; table in {result.layout.table_md}"
     )
-    try:
-        best = best_trial(trials)
-    except UserError as err:
-        raise UserError(f"{err} ({layout.table_md})") from None
+    best = result.best()
     values = ", ".join(f"{k}={short_number(v)}" for k, v in best.values.items())
     print(f"best: trial {best.number} ({values}), {spec.metric} {short_number(best.metric)}")
-    print(f"best config: {layout.best} (robustft train {layout.best})")
+    print(f"best config: {result.layout.best} (robustft train {result.layout.best})")
     return 0

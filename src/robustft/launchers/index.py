@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
-
 from robustft.callbacks import Callbacks
 from robustft.errors import UserError
 from robustft.run.rundir import RunDir
@@ -50,13 +48,11 @@ def run_index(
         UserError: a bad index, or the run's own errors (a numerical fault among them).
     """
     from robustft.training.fit import fit
-    from robustft.utils.fsio import atomic_write_text
 
     run = pick(runs, index)
     layout = SweepDir(Path(sweep_dir))
     if not layout.spec.is_file():
-        header = f"# sweep {spec.name}, as run from {spec.source} (base inlined)\n"
-        atomic_write_text(layout.spec, header + yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        layout.write_spec(spec)
     run_dir = RunDir(layout.run_dir(run.run_id))
     done = run_dir.read_result()
     if done is not None:

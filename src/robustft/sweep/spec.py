@@ -157,6 +157,18 @@ class SweepSpec:
             return dict(self.methods)
         return {str(self.base.get("name") or self.name): {}}
 
+    def grid_points(self) -> int:
+        """The points of the grid (the product of its value counts; 1 without a grid)."""
+        n = 1
+        for values in self.grid.values():
+            n *= len(values)
+        return n
+
+    def planned_runs(self) -> int:
+        """Methods times grid points: the runs before configs that coincide are collapsed
+        (:func:`expand` returns each distinct config once)."""
+        return len(self.method_settings()) * self.grid_points()
+
     def to_dict(self) -> dict[str, Any]:
         """The spec as a sweep-file mapping (base inlined)."""
         return {

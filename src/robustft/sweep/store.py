@@ -38,6 +38,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,6 +223,17 @@ class StoredRun:
     def shown_status(self) -> str:
         """The status, with stale ``running`` claims shown as ``interrupted``."""
         return "interrupted" if self.stale else self.status
+
+    def elapsed(self, at: datetime | None = None) -> float | None:
+        """Seconds: training + evaluation of a done run (summed over resumed attempts), the
+        time since a running one started (until ``at``, default now), the wall time of a
+        failed attempt; None when unknown."""
+        if self.status == "done" and self.train_seconds is not None:
+            return self.train_seconds + (self.eval_seconds or 0.0)
+        if self.shown_status != "running" or self.started is None:
+            return self.seconds
+        at = at or datetime.now(timezone.utc)
+        return (at - datetime.fromisoformat(self.started)).total_seconds()
 
 
 class SweepStore:

@@ -47,12 +47,7 @@ from robustft.config import load_yaml
 from robustft.errors import UserError
 from robustft.tune.spec import TuneSpec
 from robustft.tune.trial import run_trial
-from robustft.tune.trials import (
-    Trial,
-    TuneDir,
-    collect_trials,
-    write_outputs,
-)
+from robustft.tune.trials import TuneDir, TuneResult, collect_trials, write_outputs
 
 _logger = logging.getLogger(__name__)
 
@@ -70,7 +65,7 @@ def tune_runs(
     address: str | None = None,
     on_result: Callable[[str, dict[str, Any]], None] | None = None,
     force: bool = False,
-) -> list[Trial]:
+) -> TuneResult:
     """Run (or resume) the tuning; write the trials table and ``best.yaml``.
 
     Args:
@@ -78,7 +73,7 @@ def tune_runs(
         force: start over in a tune directory that holds another tuning.
 
     Returns:
-        The trials, best first.
+        The trials, best first, and the tune directory's layout.
 
     Raises:
         UserError: Ray missing, the directory holds another tuning, no trial finished.
@@ -96,7 +91,7 @@ def tune_runs(
 
     layout = TuneDir(Path(tune_dir).resolve())
     _check_tune_dir(layout, spec, force=force)
-    earlier = None if force else earlier_trials(layout, spec)
+    earlier = extension(spec, tune_dir, force=force)
     if earlier is not None:  # a new experiment of all the trials (see the module docstring)
         import shutil
 
@@ -163,7 +158,7 @@ def tune_runs(
         raise KeyboardInterrupt(f"{signal.Signals(received[0]).name}; Ray Tune saved its state")
     trials = collect_trials(spec, layout, grid)
     write_outputs(spec, layout, trials)
-    return trials
+    return TuneResult(spec, layout, trials)
 
 
 @contextlib.contextmanager
@@ -257,6 +252,15 @@ def earlier_trials(layout: TuneDir, spec: TuneSpec) -> tuple[int, int] | None:
     if not isinstance(trials, int) or {**old, "trials": spec.trials} != new:
         return None
     return (trials, spec.trials) if trials < spec.trials else None
+
+
+def extension(
+    spec: TuneSpec, tune_dir: str | Path, *, force: bool = False
+) -> tuple[int, int] | None:
+    """(the trials kept, ``spec.trials``) when :func:`tune_runs` of ``spec`` in ``tune_dir``
+    extends the tuning there (:func:`earlier_trials`); None otherwise, and with ``force``
+    (which starts over)."""
+    return None if force else earlier_trials(TuneDir(Path(tune_dir).resolve()), spec)
 
 
 def _check_tune_dir(layout: TuneDir, spec: TuneSpec, *, force: bool) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from robustft.config import RunConfig, apply_overrides, build_config
+from robustft.config import RunConfig, apply_overrides, build_config, load_yaml
 from robustft.errors import UserError, did_you_mean
 
 KINDS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": -1}  # argument counts (-1: 1+)
@@ -103,7 +104,8 @@ class TuneSpec:
         config: the base config as a nested mapping (file plus ``--set`` overrides).
         searches: the searched keys.
         trials: configurations sampled (Ray Tune's ``num_samples``).
-        metric, mode: the metrics-row key ASHA compares and ``max`` or ``min``.
+        metric, mode: the metrics-row key ASHA compares and ``max`` or ``min`` (None: the
+            metric's, :data:`METRICS`).
         grace: ASHA's grace period (epochs before the first rung).
         reduction: ASHA's reduction factor (1/reduction of the trials pass each rung).
         seed: the sampler's seed (the same trials every time).
@@ -114,7 +116,7 @@ class TuneSpec:
     searches: tuple[Search, ...]
     trials: int = 16
     metric: str = "val_acc"
-    mode: str = "max"
+    mode: str | None = None
     grace: int = 1
     reduction: int = 2
     seed: int = 0
@@ -122,6 +124,8 @@ class TuneSpec:
     gpus: int = 0
 
     def __post_init__(self) -> None:
+        if self.mode is None:
+            object.__setattr__(self, "mode", METRICS.get(self.metric, "max"))
         if not self.searches:
             raise UserError("robustft tune needs at least one --search KEY=KIND(ARGS)")
         keys = [s.key for s in self.searches]
@@ -162,6 +166,25 @@ class TuneSpec:
             )
         if self.grace > base.train.epochs:
             raise UserError(f"--grace {self.grace} exceeds train.epochs={base.train.epochs}")
+
+    @classmethod
+    def from_file(
+        cls,
+        config: str | Path,
+        *,
+        overrides: Sequence[str] = (),
+        searches: Sequence[str] = (),
+        **settings: Any,
+    ) -> TuneSpec:
+        """The tuning of the run config file ``config`` with ``overrides`` (``KEY=VALUE``) for
+        every trial, the ``searches`` (``KEY=KIND(ARGS)``, :func:`parse_search`) and the other
+        attributes as ``settings``.
+
+        Raises:
+            UserError: an unreadable config, a bad override, search or setting (one line).
+        """
+        data = apply_overrides(load_yaml(config), overrides)
+        return cls(config=data, searches=tuple(parse_search(text) for text in searches), **settings)
 
     def base(self) -> RunConfig:
         return build_config(dict(self.config))

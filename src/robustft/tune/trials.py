@@ -130,6 +130,36 @@ def best_trial(trials: Sequence[Trial]) -> Trial:
     raise UserError("no trial finished all its epochs; see the trials table for why")
 
 
+@dataclass(frozen=True)
+class TuneResult:
+    """A tuning's outcome: its ``trials`` (best first) and the directory holding its tables."""
+
+    spec: TuneSpec
+    layout: TuneDir
+    trials: list[Trial]
+
+    def counts(self) -> dict[str, int]:
+        """Trials by status: ``done``, ``early-stopped`` (by ASHA), ``failed``."""
+        return {
+            s: sum(t.status == s for t in self.trials) for s in ("done", "early-stopped", "failed")
+        }
+
+    def best(self) -> Trial:
+        """The best trial that trained all its epochs.
+
+        Raises:
+            UserError: none finished (the message names the trials table, which says why).
+        """
+        try:
+            return best_trial(self.trials)
+        except UserError as err:
+            raise UserError(f"{err} ({self.layout.table_md})") from None
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Headers and rows of the trials table (:func:`trials_table`)."""
+        return trials_table(self.spec, self.trials)
+
+
 def write_outputs(spec: TuneSpec, layout: TuneDir, trials: Sequence[Trial]) -> None:
     """``trials.md``, ``trials.csv`` and (when a trial finished) ``best.yaml``."""
     from robustft.utils.fsio import atomic_write_text

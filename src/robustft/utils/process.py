@@ -1,4 +1,5 @@
-"""Processes: the CPUs this one may use, the threads a child gets, and dying with a parent."""
+"""Processes: the CPUs this one may use, the threads a child gets, dying with a parent, and
+SIGTERM taken as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 
 def die_with_parent() -> None:
@@ -35,3 +39,22 @@ def thread_env(threads: int) -> dict[str, str]:
     """The environment that gives a child process ``threads`` CPU threads in its math
     libraries (OpenMP, MKL, OpenBLAS)."""
     return {name: str(threads) for name in THREAD_VARIABLES}
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (batch schedulers, ``kill``) raises KeyboardInterrupt as
+    Ctrl-C does, so that workers stop cleanly; outside the main thread nothing changes."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
