@@ -26,7 +26,8 @@ from robustft.config import build_config
 from robustft.demo import demo_configs
 from robustft.errors import UserError
 from robustft.launchers.local import LocalLauncher, gpu_for_slot, visible_gpus
-from robustft.sweep.driver import RunOutcome, SweepDir, run_sweep
+from robustft.sweep.driver import RunOutcome, run_sweep
+from robustft.sweep.layout import SweepDir
 from robustft.sweep.spec import RunSpec, expand, load_sweep, parse_sweep
 from robustft.sweep.store import HOST, SweepStore
 from robustft.training.fit import fit
@@ -555,7 +556,7 @@ def test_plan_and_status_read_the_run_directories_without_training(tmp_path: Pat
     plan from its directory, the finished runs sweep.db does not record, elapsed times."""
     from datetime import datetime, timedelta
 
-    from robustft.sweep.driver import plan, read_status, resolve_sweep_dir
+    from robustft.sweep.layout import plan, read_status, resolve_sweep_dir
     from robustft.sweep.store import StoredRun
 
     path = sweep_file(tmp_path, grid={"train.seed": [0, 1, 2]}, methods={"fix": {}})

@@ -53,9 +53,6 @@ def _rst(text: str) -> str:
     return " ".join(text.replace("``", "`").split())
 
 
-# ---------------------------------------------------------------------------------------- CLI
-
-
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, Any]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -112,8 +109,6 @@ def cli_reference() -> str:
         lines += _parser_section(f"robustft {name}", summary, sub)
     return "\n".join(lines)
 
-
-# ------------------------------------------------------------------------------------- config
 
 _PROBES: tuple[Any, ...] = (-1_000_000, 0, 1_000_000, "robustft-doc-probe", ["robustft-doc-probe"])
 _TYPE_ONLY = {  # what a value of the wrong type is told: the type column says it already
@@ -272,9 +267,6 @@ def config_reference() -> str:
         cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["accepts"]]
         lines.append("| " + " | ".join([*cells, row["meaning"] or "—"]) + " |")
     return "\n".join(lines).strip() + "\n"
-
-
-# --------------------------------------------------------------------------------- benchmarks
 
 
 def benchmark_tables() -> str:

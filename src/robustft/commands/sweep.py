@@ -12,16 +12,8 @@ from typing import Any, TextIO
 from robustft.commands._render import Progress
 from robustft.errors import UserError
 from robustft.launchers import list_launchers
-from robustft.sweep.driver import (
-    RunOutcome,
-    SweepDir,
-    collect,
-    plan,
-    read_status,
-    resolve_sweep_dir,
-    run_sweep,
-    tracked_runs,
-)
+from robustft.sweep.driver import RunOutcome, collect, run_sweep, tracked_runs
+from robustft.sweep.layout import SweepDir, plan, read_status, resolve_sweep_dir
 from robustft.sweep.spec import RunSpec, expand, load_sweep, short_keys, show_value
 from robustft.sweep.store import StoredRun
 from robustft.units import format_eps

@@ -16,7 +16,8 @@ from pathlib import Path
 from robustft.callbacks import Callbacks
 from robustft.errors import UserError
 from robustft.run.rundir import RunDir
-from robustft.sweep.driver import RunOutcome, SweepDir
+from robustft.sweep.driver import RunOutcome
+from robustft.sweep.layout import SweepDir
 from robustft.sweep.spec import RunSpec, SweepSpec
 
 

@@ -52,12 +52,6 @@ from robustft.tune.trials import TuneDir, TuneResult, collect_trials, write_outp
 _logger = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------ a trial
-
-
-# ------------------------------------------------------------------------ the tuning
-
-
 def tune_runs(
     spec: TuneSpec,
     tune_dir: str | Path,
