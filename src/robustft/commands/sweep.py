@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         f"{spec.grid_points()} grid points{collapsed}) in {sweep_dir}"
     )
     if args.index is not None:
-        from robustft.launchers.index import pick
+        from robustft.sweep.index import pick
 
         pick(runs, args.index)  # a bad index fails before anything else
     if args.dry_run:
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
 def run_one(args: argparse.Namespace, spec: Any, sweep_dir: Path, runs: list[RunSpec]) -> int:
     """``--index I``: train (skip, resume) the I-th run here, without touching sweep.db."""
     from robustft.commands.train import print_findings, summary
-    from robustft.launchers.index import run_index
+    from robustft.sweep.index import run_index
 
     run = runs[args.index]
     label = f"[{args.index + 1}/{len(runs)}] {run.label} ({run.run_id})"

@@ -5,7 +5,10 @@
 * :mod:`~robustft.launchers.ray`: every run a Ray task with ``--cpus-per-run`` CPUs and
   ``--gpus-per-run`` GPUs (``torchrun`` inside the task for several GPUs) on a Ray cluster; a
   task whose node died is retried by Ray and resumes from its checkpoint.
-* :mod:`~robustft.launchers.index`: ``--index I``, the I-th run in this process (Slurm arrays).
+
+``--index I`` (the I-th run in this process, for Slurm arrays) needs no launcher: it is
+:mod:`robustft.sweep.index`. Launchers know nothing of sweeps, so the sweep and tune layers sit
+above them.
 
 The registry :data:`LAUNCHERS` names the first two (``robustft sweep --launcher NAME``):
 :func:`list_launchers` lists them and ``LAUNCHERS.create(name, ...)`` makes one, importing its
