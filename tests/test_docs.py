@@ -139,6 +139,11 @@ def test_config_reference_covers_every_key() -> None:
         assert f"| `{row['key']}` | {row['type']} | `{row['default']}` |" in text
     assert "| `train.epochs` | integer | `50` | an integer &gt;= 1 |" in text
     assert "one of `cascade`, `independent`" in text  # eval.mode's choices, asked of the config
+    # a registry's names, which check_config knows (a user must not guess them from prose)
+    assert (
+        "| `model.mode` | text | `full` | one of `bitfit`, `full`, `linear`, `lora`, `partial` |"
+        in text
+    )
     lacking = {r["key"] for r in rows if not r["meaning"]}
     assert lacking <= KEYS_WITHOUT_MEANING, f"document these keys in robustft.config: {lacking}"
     assert "<!-- generated: config -->" in (DOCS / "reference" / "config.md").read_text()

@@ -11,7 +11,8 @@ the hook replaces it with the markdown of ``PARTS[NAME]``:
 * ``benchmarks``: the tables of ``benchmarks/results.json``, rendered by ``benchmarks/table.py``
   (the code that writes ``benchmarks/RESULTS.md``).
 
-Nothing here imports torch. ``tests/test_docs.py`` imports this file to check that the parts
+Only the ``config`` part imports torch (through ``check_config``, which knows the registries'
+names). ``tests/test_docs.py`` imports this file to check that the parts
 cover every command and key.
 """
 
@@ -145,12 +146,13 @@ def _accepts(section: str | None, key: str) -> str:
     """What the config's own validation says about bad values of ``section.key``."""
     from robustft.config import build_config
     from robustft.errors import UserError
+    from robustft.training.build import check_config
 
     found: list[str] = []
     for probe in _PROBES:
         data = {section: {key: probe}} if section else {key: probe}
-        try:
-            build_config(data)
+        try:  # the config's own checks, then the named choices (modes, attacks, ...) as a run does
+            check_config(build_config(data))
         except UserError as err:
             message = str(err)
         else:
