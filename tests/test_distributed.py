@@ -143,6 +143,79 @@ def _no_real_broadcast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(distributed, "broadcast", broadcast)
 
 
+# A process group of one on the node's GPU (run in its own process: a process group cannot be
+# left cleanly inside the test session). World.active is for size > 1, so the rank here is one
+# whose collectives run anyway: DDP's gradient all-reduce and the BatchNorm statistics through
+# NCCL, the scalar sums and object exchange through gloo, as in a multi-GPU run.
+ONE_RANK = """
+import copy, sys
+import torch, torch.distributed as dist
+from torch import nn
+from robustft import distributed
+from robustft.distributed import World
+
+class Joined(World):
+    @property
+    def active(self):
+        return True
+
+device = torch.device(sys.argv[1])
+if device.type == "cuda":
+    torch.cuda.set_device(device)
+backend = distributed.process_group_backend(device)
+dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+world = Joined()
+torch.manual_seed(0)
+model = nn.Sequential(
+    nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+).to(device)
+plain = copy.deepcopy(model)
+net = distributed.wrap(model, device, world, sync_bn=device.type == "cuda")
+assert isinstance(net, nn.parallel.DistributedDataParallel), type(net)
+x = torch.rand(16, 3, 8, 8, device=device)
+y = torch.randint(0, 10, (16,), device=device)
+for m in (net, plain):
+    nn.functional.cross_entropy(m(x), y).backward()
+for (name, a), b in zip(model.named_parameters(), plain.parameters()):
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+stats = [t.clone() for t in distributed._running_stats(model)]
+distributed.average_buffers(model, world)
+assert stats and all(torch.equal(a, b) for a, b in zip(stats, distributed._running_stats(model)))
+assert distributed.all_sum([1.5, 2.0], world) == [1.5, 2.0]
+assert distributed.all_gather({"rank": 0}, world) == [{"rank": 0}]
+assert distributed.broadcast("rank 0", world) == "rank 0"
+dist.destroy_process_group()
+print("ok", backend)
+"""
+
+
+def one_rank(device: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "one_rank.py"
+    script.write_text(ONE_RANK)
+    cmd = [sys.executable, str(script), device]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize(
+    ("device", "backend"),
+    [
+        ("cpu", "gloo"),
+        pytest.param("cuda:0", "cpu:gloo,cuda:nccl", marks=[pytest.mark.gpu, NEEDS_CUDA]),
+    ],
+)
+def test_process_group_of_one(device: str, backend: str, tmp_path: Path) -> None:
+    """One process in a process group (NCCL on a GPU): robustft's DDP wrapper (SyncBatchNorm
+    on a GPU) and collectives run over the backends a multi-process run joins with, and one
+    rank's all-reduced gradients are its own."""
+    done = one_rank(device, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", backend]
+
+
 # ------------------------------------------------------------------- torchrun (gloo)
 
 

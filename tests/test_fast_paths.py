@@ -94,7 +94,7 @@ def test_speed_settings_validated_and_resource_only() -> None:
         build_config({}, ["train.channels_last=maybe"])
 
 
-def _one_epoch(*overrides: str):
+def _one_epoch(*overrides: str, device: str = "cpu"):
     """One PGD-2 training epoch of a TinyCNN on 40 digits (16 px): (state, metrics row)."""
     from robustft.callbacks import Callbacks
     from robustft.models.custom import wrap_model
@@ -112,7 +112,7 @@ def _one_epoch(*overrides: str):
     )
     torch.manual_seed(0)
     model = wrap_model(TinyCNN(), num_classes=10, input_size=16)
-    state = build_state(config, torch.device("cpu"), model=model)
+    state = build_state(config, torch.device(device), model=model)
     return state, train_epoch(state, 1, Callbacks())
 
 
@@ -143,6 +143,32 @@ def test_compiled_training_counts_the_same_passes_and_keeps_state_dict_names() -
     )
     # fused kernels round differently and PGD's sign steps amplify it a little
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-2)
+
+
+def _same_work(setting: str, device: str, rel: float) -> None:
+    """One epoch with ``setting`` against a plain one on ``device``: the same passes, the same
+    state dict names and, up to rounding, the same loss."""
+    from robustft.models import trainable_state_dict
+
+    plain_state, plain = _one_epoch(device=device)
+    state, fast = _one_epoch(setting, device=device)
+    assert next(state.model.parameters()).device.type == torch.device(device).type
+    assert fast["forward_passes"] == plain["forward_passes"] == 2 * 3
+    names = trainable_state_dict(plain_state.model).keys()
+    assert trainable_state_dict(state.model).keys() == names
+    assert fast["train_loss"] == pytest.approx(plain["train_loss"], rel=rel)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("setting", "rel"),
+    [("train.channels_last=true", 1e-3), ("train.compile=true", 1e-2), ("train.bf16=true", 2e-2)],
+)
+def test_cuda_fast_paths_do_the_same_work(setting: str, rel: float) -> None:
+    """channels_last, torch.compile (inductor's CUDA kernels) and bf16 autocast on a GPU: the
+    epoch makes the same passes and reaches the same loss up to their rounding."""
+    _same_work(setting, "cuda", rel)
 
 
 def _sync_warnings(fn) -> int:  # type: ignore[no-untyped-def]

@@ -146,6 +146,13 @@ def mixed_devices(types: Sequence[str]) -> str | None:
     )
 
 
+def process_group_backend(device: torch.device) -> str:
+    """The process group's backends for ranks on ``device``: gloo carries the CPU collectives
+    (object exchange, checks) on every rank, NCCL the CUDA tensors, so a rank on another device
+    type still joins and :func:`join` names the mismatch."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def join(device_name: str) -> tuple[World, torch.device, bool]:
     """Join the process group torchrun describes (``env://``), if any.
 
@@ -163,9 +170,7 @@ def join(device_name: str) -> tuple[World, torch.device, bool]:
     if not world.active or dist.is_initialized():
         return world, device, False
     _die_with_agent()
-    # gloo carries the CPU collectives (object exchange, checks) on every rank, NCCL the CUDA
-    # tensors: a rank on another device type still joins, and the check below names it
-    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    backend = process_group_backend(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(
