@@ -424,6 +424,8 @@ def section_training(ctx: Context) -> list[dict[str, Any]]:
             settings(),
         ),
         "FGSM-RS": (_train_contender(ctx, {"name": "fgsm-rs", **const}), settings()),
+        "N-FGSM": (_train_contender(ctx, {"name": "n-fgsm", **const}), settings()),
+        "GradAlign": (_train_contender(ctx, {"name": "grad-align", **const}), settings()),
         "PGD-7": (_train_contender(ctx, {"name": "pgd", "steps": 7, **const}), settings()),
         "APGD-CE-7": (_train_contender(ctx, {"name": "apgd-ce", "steps": 7, **const}), settings()),
         "plain loop + torchattacks PGD-7": (_plain_loop(ctx), settings()),

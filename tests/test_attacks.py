@@ -55,6 +55,12 @@ def assert_feasible(
     assert bool((distance <= torch.as_tensor(eps) + TOL).all()), distance.max()
 
 
+def reach(name: str, norm: str, eps: torch.Tensor | float) -> torch.Tensor:
+    """The radius an attack's points stay within: eps, or (k + 1) eps for N-FGSM (training
+    only: it does not project back to the eps-ball)."""
+    return create(name, norm=norm).reach(torch.as_tensor(eps, dtype=torch.float32))
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(x).argmax(dim=1) == y).float().mean())
@@ -72,13 +78,13 @@ def test_result_in_ball_and_box_and_input_untouched(
     x, y = tiny_batch
     x_copy = x.clone()
     x_adv = create(name, norm=norm)(tiny_model, x, y, EPS[norm], generator=seeded())
-    assert_feasible(x_adv, x, EPS[norm], norm)
+    assert_feasible(x_adv, x, reach(name, norm, EPS[norm]), norm)
     assert not x_adv.requires_grad
     assert torch.equal(x, x_copy)
     assert not torch.equal(x_adv, x)  # it did move
     # eps larger than the box: still in [0, 1]
     big = create(name, norm=norm)(tiny_model, x, y, 2.0 if norm == "linf" else 50.0)
-    assert_feasible(big, x, 2.0 if norm == "linf" else 50.0, norm)
+    assert_feasible(big, x, reach(name, norm, 2.0 if norm == "linf" else 50.0), norm)
 
 
 @pytest.mark.parametrize(("name", "norm"), COMBINATIONS)
@@ -100,7 +106,7 @@ def test_per_example_eps_with_zeros(
     x, y = tiny_batch
     eps = torch.tensor([0.0, 1.0, 0.0, 2.0, 4.0, 0.0, 8.0, 16.0]) * EPS[norm] / 8
     x_adv = create(name, norm=norm)(tiny_model, x, y, eps, generator=seeded())
-    assert_feasible(x_adv, x, eps, norm)
+    assert_feasible(x_adv, x, reach(name, norm, eps), norm)
     zero = eps == 0
     assert torch.equal(x_adv[zero], x[zero])
     moved = get_geometry(norm).norm(x_adv - x)[~zero]
@@ -161,7 +167,8 @@ def test_deterministic_under_a_seeded_generator(
     second = attack(tiny_model, x, y, EPS[norm], generator=seeded(1))
     assert torch.equal(first, second)
     other = attack(tiny_model, x, y, EPS[norm], generator=seeded(2))
-    assert torch.equal(first, other) == (name == "fgsm")  # only FGSM has no randomness
+    # only FGSM (and GradAlign's FGSM) has no randomness
+    assert torch.equal(first, other) == (name in ("fgsm", "grad-align"))
 
 
 @pytest.mark.parametrize(("name", "norm"), COMBINATIONS)
@@ -171,7 +178,7 @@ def test_bf16_autocast(
     x, y = tiny_batch
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x_adv = create(name, norm=norm)(tiny_model, x, y, EPS[norm], generator=seeded())
-    assert_feasible(x_adv, x, EPS[norm], norm)
+    assert_feasible(x_adv, x, reach(name, norm, EPS[norm]), norm)
     assert x_adv.dtype == torch.float32
     assert not torch.equal(x_adv, x)
 
@@ -189,7 +196,7 @@ def test_x_init_replaces_the_random_start(
     assert torch.equal(a, b)  # the start no longer depends on the generator
     assert not torch.equal(a, attack(tiny_model, x, y, eps, generator=seeded(1)))
     far = attack(tiny_model, x, y, eps, x_init=(x + 5.0), generator=seeded(1))
-    assert_feasible(far, x, eps, norm)  # x_init outside the ball is projected first
+    assert_feasible(far, x, reach(name, norm, eps), norm)  # x_init outside: projected first
 
 
 def test_fgsm_from_x_init_is_one_signed_step(

@@ -511,7 +511,7 @@ def evaluate(
     from robustft.config import SEED_RANGE, valid_seed
     from robustft.models.custom import check_network
     from robustft.robustness.evaluate import robustness_curve
-    from robustft.training.build import build_attack
+    from robustft.training.build import build_evaluation_attack
     from robustft.units import default_eps_step, eps_grid, eps_upper, parse_eps
 
     check_network(model)
@@ -536,7 +536,7 @@ def evaluate(
     return robustness_curve(
         model,
         CheckedDataset(dataset, "data", classes),  # each item checked as it is read
-        build_attack(attack, norm=norm, steps=steps),
+        build_evaluation_attack(attack, norm=norm, steps=steps),
         eps_grid(top, step),
         mode=mode,
         seed=seed,

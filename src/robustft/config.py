@@ -237,7 +237,9 @@ class AttackConfig:
     """Training perturbation: ``eps`` is eps_g (pixel units, e.g. 8/255; 0 = standard
     fine-tuning), ``norm`` the threat model eps is measured in (``linf`` or ``l2``), ``schedule``
     the text form of the eps schedule, ``name``/``steps`` the attack that crafts training examples
-    (``rel_step`` only for pgd/fgsm; null = the attack's default)."""
+    (``rel_step`` only for pgd/fgsm/n-fgsm; null = the attack's default). ``noise_factor``: the
+    noise of n-fgsm, uniform in [-k eps, k eps] (null = 2). ``grad_align_lambda``: the weight of
+    grad-align's regulariser, >= 0 (null = 0.2, the paper's at 8/255)."""
 
     name: str = "apgd-ce"
     norm: str = "linf"
@@ -247,6 +249,8 @@ class AttackConfig:
     schedule: str = "hinge(t1=12,t2=37)"
     granularity: str = "epoch"
     eval_mode: bool = True
+    noise_factor: float | None = None
+    grad_align_lambda: float | None = None
 
     def __post_init__(self) -> None:
         _choice("attack.norm", self.norm, NORMS)
@@ -254,6 +258,21 @@ class AttackConfig:
             self, "eps", parse_eps(self.eps, name="config attack.eps", upper=eps_upper(self.norm))
         )
         _check(self.steps >= 1, "attack.steps", self.steps, "an integer >= 1")
+        if self.noise_factor is not None:
+            _check(
+                self.noise_factor > 0,
+                "attack.noise_factor",
+                self.noise_factor,
+                "a number > 0 (n-fgsm's noise is uniform in [-k*eps, k*eps]; its default is 2)",
+            )
+        if self.grad_align_lambda is not None:
+            _check(
+                self.grad_align_lambda >= 0,
+                "attack.grad_align_lambda",
+                self.grad_align_lambda,
+                "a number >= 0 (the weight of grad-align's regulariser; the paper's is 0.2 at "
+                "8/255)",
+            )
         _choice("attack.granularity", self.granularity, ("epoch", "step"))
 
 
@@ -283,9 +302,9 @@ class MonitorConfig:
     eps > 0, PGD-``pgd_steps`` and FGSM accuracy at the epoch's eps on a seeded, stratified
     sample of ``examples`` validation images; flagged when FGSM beats PGD by ``gap`` or more and
     PGD accuracy fell to at most ``ratio`` of its best earlier value (which was at least 10%).
-    ``co``: ``auto`` (on for fgsm/fgsm-rs training), ``on``, ``off``. ``action``: ``flag``,
-    ``stop`` (end training at the onset) or ``rollback`` (end training and restore the last
-    epoch before it)."""
+    ``co``: ``auto`` (on for fgsm/fgsm-rs/n-fgsm/grad-align training), ``on``, ``off``.
+    ``action``: ``flag``, ``stop`` (end training at the onset) or ``rollback`` (end training and
+    restore the last epoch before it)."""
 
     co: str | bool = "auto"
     action: str = "flag"
@@ -431,6 +450,10 @@ class FingerprintConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
+# keys added after runs existed, left out of the run id while null (their default), so that
+# those runs keep their ids
+LATER_KEYS = (("attack", "noise_factor"), ("attack", "grad_align_lambda"))
+
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers
 # (train.num_workers only between positive counts; see robustft.data.loader)
 RESOURCE_KEYS = (
@@ -497,13 +520,17 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def run_id(self) -> str:
-        """Short hash of the resolved config, except the ``name`` label and the settings that
+        """Short hash of the resolved config, except the ``name`` label, the settings that
         change only how fast a run goes (:data:`RESOURCE_KEYS`): changing those resumes the
-        same run. ``train.threads`` is not one of them: on CPU it changes float sums."""
+        same run (``train.threads`` is not one of them: on CPU it changes float sums), and keys
+        added later while at their null default (:data:`LATER_KEYS`)."""
         data = self.to_dict()
         data.pop("name")
         for section, key in RESOURCE_KEYS:
             data[section].pop(key)
+        for section, key in LATER_KEYS:
+            if data[section][key] is None:
+                data[section].pop(key)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 

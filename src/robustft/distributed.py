@@ -308,7 +308,9 @@ def shard_start(
         return None
     first, total = bounds
     eps_all = torch.full((total,), float(eps), device=x.device)
-    return attack.geometry.random_init_rows(x, eps_all, generator, first=first)
+    # the ball of the attack's start: eps, or N-FGSM's noise of noise_factor * eps
+    radius = attack.start_radius(eps_all)
+    return attack.geometry.random_init_rows(x, radius, generator, first=first)
 
 
 def wrap(model: nn.Module, device: torch.device, world: World, *, sync_bn: bool) -> nn.Module:

@@ -1,5 +1,6 @@
-"""Adversarial attacks in pixel space: FGSM, FGSM-RS, PGD, APGD-CE, APGD-DLR (l-inf and l2), and
-the gradient-free Square attack (l-inf) for checking evaluations.
+"""Adversarial attacks in pixel space: FGSM, FGSM-RS, PGD, APGD-CE, APGD-DLR (l-inf and l2), the
+gradient-free Square attack (l-inf) for checking evaluations, and the training-only one-step
+methods N-FGSM and GradAlign (:mod:`robustft.attacks.onestep`).
 
 Every attack is called as ``attack(model, x, y, eps, *, x_init=None, generator=None)`` on images
 in ``[0, 1]`` and returns examples inside the eps-ball and ``[0, 1]``; see
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from robustft.attacks.apgd import APGD
 from robustft.attacks.base import Attack, Verdict, crafting_mode
 from robustft.attacks.geometry import GEOMETRIES, Geometry, get_geometry
+from robustft.attacks.onestep import NFGSM, GradAlign
 from robustft.attacks.pgd import PGD
 from robustft.attacks.square import Square
 from robustft.errors import UserError, did_you_mean
@@ -71,6 +73,17 @@ ATTACKS: Registry[AttackSpec] = Registry(
             fixed={"steps": 1, "random_init": True},
             defaults={"rel_step": 1.25},
         ),
+        "n-fgsm": AttackSpec(
+            NFGSM,
+            "training only: uniform noise of 2 * eps, one step of eps, not projected back to the "
+            "eps-ball (de Jorge et al. 2022)",
+        ),
+        "grad-align": AttackSpec(
+            GradAlign,
+            "training only: FGSM plus the gradient-alignment regulariser, lambda 0.2 "
+            "(Andriushchenko & Flammarion 2020)",
+            fixed={"steps": 1, "random_init": False},
+        ),
         "pgd": AttackSpec(
             PGD, "projected gradient ascent, 10 steps of 0.25 * eps (Madry et al. 2018)"
         ),
@@ -106,11 +119,12 @@ def create(name: str, norm: str = "linf", **hyperparameters: object) -> Attack:
     """Build an attack by registry name.
 
     Args:
-        name: one of :data:`ATTACKS` (``fgsm``, ``fgsm-rs``, ``pgd``, ``apgd-ce``, ``apgd-dlr``,
-            ``square``).
+        name: one of :data:`ATTACKS` (``fgsm``, ``fgsm-rs``, ``n-fgsm``, ``grad-align``, ``pgd``,
+            ``apgd-ce``, ``apgd-dlr``, ``square``; ``n-fgsm`` and ``grad-align`` train only).
         norm: ``"linf"`` or ``"l2"``; eps is measured in this norm, in [0, 1] pixel units.
         **hyperparameters: fields of the attack class (e.g. ``steps``, ``rel_step``,
-            ``restarts``, ``eval_mode``), overriding the name's defaults.
+            ``restarts``, ``eval_mode``, ``noise_factor``, ``grad_align_lambda``), overriding
+            the name's defaults.
 
     Returns:
         The attack, an immutable object; ``create(**attack.describe())`` rebuilds an equal one.
@@ -145,10 +159,12 @@ def create(name: str, norm: str = "linf", **hyperparameters: object) -> Attack:
 __all__ = [
     "APGD",
     "ATTACKS",
+    "NFGSM",
     "PGD",
     "Attack",
     "AttackSpec",
     "Geometry",
+    "GradAlign",
     "Square",
     "Verdict",
     "crafting_mode",

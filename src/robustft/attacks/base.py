@@ -3,8 +3,9 @@
 An attack object holds only hyperparameters and is never mutated by a call. The final
 ``__call__`` validates the inputs, skips examples with ``eps == 0`` at zero cost, puts the model
 in eval mode with parameter gradients off (restored on exit), calls the subclass's
-``_perturb``, projects the result into the eps-ball intersected with ``[0, 1]`` (a safety net)
-and detaches it.
+``_perturb``, projects the result into the eps-ball intersected with ``[0, 1]`` (a safety net;
+the wider ball of :meth:`Attack.reach` for N-FGSM, which trains beyond eps by design and is
+refused by evaluation) and detaches it.
 
 Evaluation asks a different question than training: not "where is a strong point?" but "is
 this example still classified correctly under attack?". :meth:`Attack.evaluate` answers it
@@ -21,6 +22,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -234,10 +236,14 @@ class Attack(ABC):
     Attributes:
         norm: threat model, ``"linf"`` or ``"l2"``; eps is measured in that norm, pixel units.
         eval_mode: craft with the model in eval mode (default, and always so in evaluation).
+        training_only: the attack crafts training examples only (its points may leave the
+            eps-ball, as N-FGSM's do, or it names a training method, as GradAlign): evaluation
+            (:meth:`evaluate`) refuses it.
     """
 
     norm: str = "linf"
     eval_mode: bool = True
+    training_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         get_geometry(self.norm)  # raises UserError for an unknown norm
@@ -277,7 +283,8 @@ class Attack(ABC):
 
         Returns:
             x_adv (B, C, H, W), detached, inside the eps-ball around x and in [0, 1]; equal to
-            ``x`` (the same values) wherever ``eps == 0``.
+            ``x`` (the same values) wherever ``eps == 0``. (A training-only attack may go
+            further, to its :meth:`reach`: N-FGSM's points lie within (k + 1) * eps.)
         """
         return self._attack(model, x, y, eps, x_init, generator, early_stop).x_adv
 
@@ -311,7 +318,16 @@ class Attack(ABC):
 
         Returns:
             A :class:`Verdict`.
+
+        Raises:
+            UserError: a training-only attack (:attr:`training_only`).
         """
+        if self.training_only:
+            raise UserError(
+                f"attack '{self.name}' is for training only, not an evaluation attack (its "
+                "examples may leave the eps-ball, or it names a training method); evaluate with "
+                "apgd-ce, pgd or fgsm"
+            )
         outcome = self._attack(model, x, y, eps, x_init, generator, early_stop)
         if outcome.fooled is not None:
             return Verdict(outcome.x_adv, outcome.fooled)
@@ -362,11 +378,24 @@ class Attack(ABC):
         early_stop: bool,
     ) -> Outcome:
         if x_init is not None:
-            x_init = self.geometry.project(x_init.detach().to(x.device, x.dtype), x, eps)
+            x_init = self.geometry.project(
+                x_init.detach().to(x.device, x.dtype), x, self.start_radius(eps)
+            )
         with crafting_mode(model, eval_mode=self.eval_mode):
             outcome = self._perturb(model, x, y, eps, x_init, generator, early_stop=early_stop)
         # the safety net leaves feasible points bit for bit unchanged, so verdicts stay valid
-        return Outcome(self.geometry.project(outcome.x_adv.detach(), x, eps), outcome.fooled)
+        x_adv = self.geometry.project(outcome.x_adv.detach(), x, self.reach(eps))
+        return Outcome(x_adv, outcome.fooled)
+
+    def start_radius(self, eps: Tensor) -> Tensor:
+        """(B,) radius of the ball the random start (and ``x_init``) lies in: ``eps``, except
+        for N-FGSM's wider noise."""
+        return eps
+
+    def reach(self, eps: Tensor) -> Tensor:
+        """(B,) radius of the ball the returned points lie in: ``eps`` for every attack that
+        evaluates; larger for a training-only attack such as N-FGSM."""
+        return eps
 
     @abstractmethod
     def _perturb(

@@ -114,7 +114,7 @@ def _key(key: str) -> Iterator[None]:
         raise UserError(f"config {key}: {err}") from None
 
 
-ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs")
+ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs", "n-fgsm", "grad-align")
 
 
 def build_attack(name: str, *, norm: str, steps: int, **hyper: Any) -> attacks.Attack:
@@ -126,12 +126,30 @@ def build_attack(name: str, *, norm: str, steps: int, **hyper: Any) -> attacks.A
     return attacks.create(name, norm=norm, **hyper)
 
 
+def build_evaluation_attack(name: str, *, norm: str, steps: int) -> attacks.Attack:
+    """:func:`build_attack` for an evaluation: a training-only attack (``n-fgsm``, whose
+    examples may leave the eps-ball, and ``grad-align``) is refused.
+
+    Raises:
+        UserError: an unknown or training-only name, or a bad norm or step count.
+    """
+    spec = attacks.ATTACKS.lookup(name)
+    if spec.cls.training_only:
+        valid = [n for n, s in attacks.ATTACKS.items() if not s.cls.training_only]
+        raise UserError(
+            f"attack '{name}' is for training only, not an evaluation attack; valid: "
+            f"{', '.join(valid)}"
+        )
+    return build_attack(name, norm=norm, steps=steps)
+
+
 def build_train_attack(config: RunConfig) -> attacks.Attack:
     """The attack that crafts training examples (``attack`` section)."""
     a = config.attack
     hyper: dict[str, Any] = {"eval_mode": a.eval_mode}
-    if a.rel_step is not None:
-        hyper["rel_step"] = a.rel_step
+    for key in ("rel_step", "noise_factor", "grad_align_lambda"):
+        if getattr(a, key) is not None:
+            hyper[key] = getattr(a, key)
     return build_attack(a.name, norm=a.norm, steps=a.steps, **hyper)
 
 
@@ -179,4 +197,6 @@ def build_backbone(config: RunConfig, num_classes: int) -> ClassifierModel:
 
 def build_eval_attack(config: RunConfig) -> attacks.Attack:
     """The final evaluation's attack (``eval.attack`` with ``eval.steps``, the run's norm)."""
-    return build_attack(config.eval.attack, norm=config.attack.norm, steps=config.eval.steps)
+    return build_evaluation_attack(
+        config.eval.attack, norm=config.attack.norm, steps=config.eval.steps
+    )

@@ -44,7 +44,7 @@ from robustft.robustness.autoattack import AutoAttackResult
 from robustft.robustness.curve import RobustnessCurve
 from robustft.robustness.evaluate import MODES
 from robustft.run.rundir import RunDir, locked, run_dir_of, run_state
-from robustft.training.build import build_attack, build_data, eval_grid
+from robustft.training.build import build_data, build_evaluation_attack, eval_grid
 from robustft.units import default_eps_step, eps_grid, eps_upper, format_eps, parse_eps
 
 _logger = logging.getLogger(__name__)
@@ -443,7 +443,7 @@ def _evaluate(
         callbacks.on_note(note)
     config = with_data(config, data, bad_images)
     grid = chosen.grid()
-    attack = build_attack(chosen.attack, norm=chosen.norm, steps=chosen.steps)
+    attack = build_evaluation_attack(chosen.attack, norm=chosen.norm, steps=chosen.steps)
     splits = build_data(config)
     check_checkpoint_classes(payload, splits, run=run, data_given=data is not None)
     if autoattack is not None:
