@@ -174,6 +174,11 @@ def test_bad_cli_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     _assert_one_line_error(
         *run_cli(capsys, "train", SMOKE, "--set", "train.epochs")[::2], "key=value"
     )
+    # the program's name once: "robustft: error: robustft: ..." read it twice
+    code, _, err = run_cli(capsys, "train", SMOKE, "--bogus")
+    assert code == 2 and err == "robustft: error: unrecognized arguments: --bogus (see --help)\n"
+    code, _, err = run_cli(capsys, "train")
+    assert code == 2 and err.startswith("robustft: error: robustft train: the following arguments")
 
 
 def test_one_step_attacks_ignore_steps(smoke_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

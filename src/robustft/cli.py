@@ -38,7 +38,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse reporting errors as one line with exit code 2 (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message} (see --help)")
+        # the CLI prefixes "robustft: error: ": a subcommand's name is worth repeating, the
+        # top level's is not ("robustft: error: robustft: unrecognized arguments" read twice)
+        where = "" if self.prog == "robustft" else f"{self.prog}: "
+        raise UserError(f"{where}{message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
