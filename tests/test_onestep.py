@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import robustft
 from conftest import TinyCNN
 from robustft import attacks, cli
 from robustft.attacks import get_geometry
@@ -240,3 +241,19 @@ def test_new_keys_leave_existing_run_ids_alone() -> None:
     assert same.run_id() == config.run_id()
     other = load_config(SMOKE, ["attack.name=n-fgsm", "attack.noise_factor=3"])
     assert other.run_id() != load_config(SMOKE, ["attack.name=n-fgsm"]).run_id()
+
+
+def test_eval_refuses_a_training_attack_before_loading_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # checked with the other arguments: no note about the run's settings, no run read at all
+    missing = tmp_path / "no-such-run"
+    assert cli.main(["eval", str(missing), "--attack", "n-fgsm"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "robustft: error: --attack 'n-fgsm' is for training only, not an evaluation attack; "
+        "valid: fgsm, fgsm-rs, pgd, apgd-ce, apgd-dlr, square\n"
+    )
+    with pytest.raises(UserError, match=r"^attack 'grad-align' is for training only"):
+        robustft.evaluate_run(missing, attack="grad-align")

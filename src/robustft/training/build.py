@@ -133,14 +133,19 @@ def build_evaluation_attack(name: str, *, norm: str, steps: int) -> attacks.Atta
     Raises:
         UserError: an unknown or training-only name, or a bad norm or step count.
     """
-    spec = attacks.ATTACKS.lookup(name)
-    if spec.cls.training_only:
+    check_evaluation_attack(name)
+    return build_attack(name, norm=norm, steps=steps)
+
+
+def check_evaluation_attack(name: str, label: str = "attack") -> None:
+    """Refuse a training-only attack's name for an evaluation, the message naming it as
+    ``label`` (``--attack`` on the command line); an unknown name as the registry refuses it."""
+    if attacks.ATTACKS.lookup(name).cls.training_only:
         valid = [n for n, s in attacks.ATTACKS.items() if not s.cls.training_only]
         raise UserError(
-            f"attack '{name}' is for training only, not an evaluation attack; valid: "
+            f"{label} '{name}' is for training only, not an evaluation attack; valid: "
             f"{', '.join(valid)}"
         )
-    return build_attack(name, norm=norm, steps=steps)
 
 
 def build_train_attack(config: RunConfig) -> attacks.Attack:

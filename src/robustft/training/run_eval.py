@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from robustft import distributed
+from robustft import attacks, distributed
 from robustft.callbacks import Callbacks
 from robustft.config import (
     AUTOATTACK_VERSIONS,
@@ -44,7 +44,12 @@ from robustft.robustness.autoattack import AutoAttackResult
 from robustft.robustness.curve import RobustnessCurve
 from robustft.robustness.evaluate import MODES
 from robustft.run.rundir import RunDir, locked, run_dir_of, run_state
-from robustft.training.build import build_data, build_evaluation_attack, eval_grid
+from robustft.training.build import (
+    build_data,
+    build_evaluation_attack,
+    check_evaluation_attack,
+    eval_grid,
+)
 from robustft.units import default_eps_step, eps_grid, eps_upper, format_eps, parse_eps
 
 _logger = logging.getLogger(__name__)
@@ -131,6 +136,8 @@ def check_arguments(
             f"{option('attack', None)} must be an attack's name such as apgd-ce, got a "
             f"{type(attack).__name__}"
         )
+    if attack is not None and attacks.is_attack(attack):  # an unknown name: with the config
+        check_evaluation_attack(attack, option("attack", None))
     if data is not None and not isinstance(data, str):
         raise UserError(
             f"{option('data', None)} must be a dataset's name such as imagefolder:DIR, got a "
