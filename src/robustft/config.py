@@ -293,7 +293,9 @@ class ValConfig:
 
 
 MONITOR_CHOICES = ("auto", "on", "off")
-MONITOR_ACTIONS = ("flag", "stop", "rollback")
+MONITOR_ACTIONS = ("flag", "stop", "rollback", "switch")
+SWITCH_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr")  # the multi-step attacks monitor.action=switch uses
+SWITCH_DEFAULTS = ("pgd", 7)  # monitor.switch_attack and monitor.switch_steps when null
 
 
 @dataclass(frozen=True)
@@ -303,8 +305,11 @@ class MonitorConfig:
     sample of ``examples`` validation images; flagged when FGSM beats PGD by ``gap`` or more and
     PGD accuracy fell to at most ``ratio`` of its best earlier value (which was at least 10%).
     ``co``: ``auto`` (on for fgsm/fgsm-rs/n-fgsm/grad-align training), ``on``, ``off``.
-    ``action``: ``flag``, ``stop`` (end training at the onset) or ``rollback`` (end training and
-    restore the last epoch before it)."""
+    ``action``: ``flag``, ``stop`` (end training at the onset), ``rollback`` (end training and
+    restore the last epoch before it) or ``switch`` (restore the last epoch before it, weights
+    and optimizer state, and train the rest of the planned epochs with a multi-step attack).
+    ``switch_attack``: the attack ``switch`` trains with, ``pgd``, ``apgd-ce`` or ``apgd-dlr``
+    (null = pgd); ``switch_steps``: its steps, an integer >= 2 (null = 7)."""
 
     co: str | bool = "auto"
     action: str = "flag"
@@ -312,6 +317,8 @@ class MonitorConfig:
     pgd_steps: int = 10
     gap: float = 0.20
     ratio: float = 0.5
+    switch_attack: str | None = None
+    switch_steps: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.co, bool):  # YAML reads the documented `co: on` as true
@@ -322,6 +329,28 @@ class MonitorConfig:
         _check(self.pgd_steps >= 1, "monitor.pgd_steps", self.pgd_steps, "an integer >= 1")
         _check(0 < self.gap <= 1, "monitor.gap", self.gap, "a fraction in (0, 1]")
         _check(0 < self.ratio < 1, "monitor.ratio", self.ratio, "a fraction in (0, 1)")
+        if self.switch_attack is not None and self.switch_attack not in SWITCH_ATTACKS:
+            raise UserError(
+                f"config monitor.switch_attack: {self.switch_attack!r} is not a multi-step "
+                f"attack to switch to{did_you_mean(self.switch_attack, SWITCH_ATTACKS)}; "
+                f"valid: {', '.join(SWITCH_ATTACKS)} (null = pgd)"
+            )
+        if self.switch_steps is not None:
+            _check(
+                self.switch_steps >= 2,
+                "monitor.switch_steps",
+                self.switch_steps,
+                "an integer >= 2 (a multi-step attack; null = 7)",
+            )
+
+    @property
+    def switch_to(self) -> tuple[str, int]:
+        """The attack and steps ``action: switch`` trains with (the nulls resolved)."""
+        name, steps = SWITCH_DEFAULTS
+        return (
+            self.switch_attack if self.switch_attack is not None else name,
+            self.switch_steps if self.switch_steps is not None else steps,
+        )
 
 
 @dataclass(frozen=True)
@@ -452,7 +481,12 @@ class FingerprintConfig:
 
 # keys added after runs existed, left out of the run id while null (their default), so that
 # those runs keep their ids
-LATER_KEYS = (("attack", "noise_factor"), ("attack", "grad_align_lambda"))
+LATER_KEYS = (
+    ("attack", "noise_factor"),
+    ("attack", "grad_align_lambda"),
+    ("monitor", "switch_attack"),
+    ("monitor", "switch_steps"),
+)
 
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers
 # (train.num_workers only between positive counts; see robustft.data.loader)
@@ -500,6 +534,7 @@ class RunConfig:
                 f"null: robustft.fit sets it for a {section} given from Python, and "
                 f"{section}.name is {name!r}",
             )
+        _check_switch(self.attack, self.monitor)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; eps values that are multiples of 1/255 are written as ``"k/255"``."""
@@ -533,6 +568,23 @@ class RunConfig:
                 data[section].pop(key)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _check_switch(attack: AttackConfig, monitor: MonitorConfig) -> None:
+    """Refuse ``monitor.action: switch`` to the attack the run already trains with at as many
+    steps or more: every epoch is reseeded from ``(train.seed, epoch)``, so retraining with the
+    same attack would repeat the overfitted epochs as they were."""
+    if monitor.action != "switch":
+        return
+    name, steps = monitor.switch_to
+    if attack.name == name and attack.steps >= steps:
+        raise UserError(
+            f"config monitor.action=switch: the run already trains with {name} "
+            f"(attack.name={attack.name}, attack.steps={attack.steps}), so switching to "
+            f"monitor.switch_attack={name} with monitor.switch_steps={steps} would retrain the "
+            "same epochs; switch is for one-step training (e.g. attack.name=fgsm-rs), or use "
+            "monitor.action=rollback"
+        )
 
 
 def _eps_text(eps: float, norm: str) -> str:

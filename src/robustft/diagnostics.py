@@ -363,22 +363,38 @@ def _suboptimal_transfer(
 
 
 def _catastrophic_overfitting(
-    history: Sequence[Mapping[str, Any]], rule: OverfitRule
+    history: Sequence[Mapping[str, Any]], rule: OverfitRule, switched: Mapping[str, Any] | None
 ) -> Finding | None:
+    if switched:  # monitor.action=switch: the flagged epochs were rolled back
+        back = int(switched.get("rolled_back_to") or 0)
+        discarded = list(switched.get("discarded") or [])
+        history = [*(r for r in history if int(r["epoch"]) <= back), *discarded]
     onset = overfit_onset(history, rule)
     if onset is None:
         return None
     row = next(r for r in history if int(r["epoch"]) == onset)
     pgd, fgsm = float(row[PGD_KEY]), float(row[FGSM_KEY])
     before = best_pgd([r for r in history if int(r["epoch"]) < onset]) or 0.0
-    return Finding(
-        "catastrophic_overfitting",
+    message = (
         f"at epoch {onset} (eps {_eps(float(row.get('eps', 0.0)))}) PGD accuracy collapsed to "
         f"{percent(pgd, 1)}% (best before: {percent(before, 1)}%) while FGSM accuracy stayed at "
-        f"{percent(fgsm, 1)}%",
-        "train with attack.name=fgsm-rs (random start, step 1.25 eps) or pgd, a smaller or "
-        "later-ramping eps, or set monitor.action=rollback to keep the last good epoch",
+        f"{percent(fgsm, 1)}%"
     )
+    suggestion = (
+        "train with attack.name=fgsm-rs (random start, step 1.25 eps) or pgd, a smaller or "
+        "later-ramping eps, or set monitor.action=rollback to keep the last good epoch"
+    )
+    if switched:
+        to = switched.get("to_attack")
+        message += (
+            f"; monitor.action=switch went back to epoch {switched.get('rolled_back_to')} and "
+            f"trained on with {to}: the model evaluated is the switched one"
+        )
+        suggestion = (
+            f"the epochs after the switch cost {to}'s passes (result.json cost.switch); to stay "
+            "one-step, train with a smaller or later-ramping eps"
+        )
+    return Finding("catastrophic_overfitting", message, suggestion)
 
 
 def diagnose_run(
@@ -398,7 +414,9 @@ def diagnose_run(
 
     * ``never_adapts``: validation accuracy never above :func:`adaptation_threshold`;
     * ``catastrophic_overfitting``: the monitor's PGD accuracy collapsed while FGSM's stayed
-      high (:mod:`robustft.monitor`, ``overfit_rule``; default thresholds when None);
+      high (:mod:`robustft.monitor`, ``overfit_rule``; default thresholds when None); after
+      ``monitor.action: switch`` from the rows it rolled back (``result["switched"]``), and
+      the message says the run switched;
     * ``collapse_on_ramp``: :func:`find_collapse` found a drop of more than
       :data:`COLLAPSE_DROP` while eps grew;
     * ``suboptimal_transfer``: test clean accuracy more than :data:`SUBOPTIMAL_TRANSFER_GAP`
@@ -425,7 +443,7 @@ def diagnose_run(
     never = _never_adapts(history, num_classes, profile, schedule)
     findings = [
         never,
-        _catastrophic_overfitting(history, overfit_rule or OverfitRule()),
+        _catastrophic_overfitting(history, overfit_rule or OverfitRule(), result.get("switched")),
         _collapse_on_ramp(history, num_classes, profile, schedule),
         None if never else _suboptimal_transfer(result, reference_clean, profile, schedule),
         _no_robustness(result, profile, attack_name, attack_steps),

@@ -20,7 +20,10 @@ so a model that is simply not robust yet (PGD never above 10%), or one where FGS
 weaker attack than PGD at a large eps (a steady gap, no collapse), is never flagged. The first
 flagged epoch is the onset. The actions (config ``monitor.action``): ``flag`` records it in the
 metrics and the result's findings; ``stop`` ends training there and evaluates that model;
-``rollback`` ends training and restores the last epoch before the onset.
+``rollback`` ends training and restores the last epoch before the onset; ``switch`` restores
+the last epoch before the onset (weights and optimizer state, from its checkpoint) and trains the
+rest of the planned epochs with a multi-step attack (``monitor.switch_attack``, PGD-7 by
+default), once: a run that switched does not switch again.
 """
 
 from __future__ import annotations

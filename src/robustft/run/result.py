@@ -21,6 +21,7 @@ from robustft.monitor import OverfitRule
 
 if TYPE_CHECKING:
     from robustft.config import RunConfig
+    from robustft.cost import PassCount
     from robustft.robustness.curve import RobustnessCurve
 
 
@@ -35,6 +36,18 @@ class Stopped(_StoppedRequired, total=False):
     epoch."""
 
     rolled_back_to: int | None  # rollback only: the epoch whose weights were restored
+
+
+class Switched(TypedDict):
+    """``result.json``'s ``switched`` (and the checkpoint's): ``monitor.action: switch`` caught
+    catastrophic overfitting and trained the rest of the run with a multi-step attack."""
+
+    reason: str  # "catastrophic_overfitting"
+    onset: int  # the epoch the overfitting monitor flagged
+    rolled_back_to: int  # the epoch whose weights and optimizer state training went on from
+    from_attack: str  # the attack that trained the epochs up to the onset: "fgsm-rs"
+    to_attack: str  # the attack that trained the epochs after rolled_back_to: "pgd-7"
+    discarded: list[dict[str, Any]]  # the metrics rows of the epochs rolled back
 
 
 class AutoAttackSummary(TypedDict):
@@ -53,8 +66,22 @@ class AutoAttackSummary(TypedDict):
     warnings: list[str]  # the reference's checks that fired
 
 
+class SwitchCost(TypedDict):
+    """``result.json``'s ``cost.switch``: what ``monitor.action: switch`` cost, measured."""
+
+    discarded_epochs: int  # epochs trained with the fast attack, then rolled back
+    discarded_seconds: float  # their training time
+    discarded_example_passes: int  # their forward plus backward passes, weighted by batch size
+    discarded_passes_per_step: float | None
+    retrained_epochs: int  # epochs trained with the multi-step attack after the switch
+    retrained_seconds: float
+    retrained_example_passes: int
+    retrained_passes_per_step: float | None
+
+
 class Cost(TypedDict):
-    """``result.json``'s ``cost``: the compute a run spent, measured."""
+    """``result.json``'s ``cost``: the compute a run spent, measured (the epochs a switch
+    discarded included)."""
 
     train_forward_passes: int  # passes through the model during training (attack and update)
     train_backward_passes: int
@@ -69,6 +96,7 @@ class Cost(TypedDict):
     eval_seconds: float  # the final evaluation's time
     trainable_parameters: int
     total_parameters: int
+    switch: SwitchCost | None  # monitor.action=switch's share; None when the run did not switch
 
 
 class FindingDict(TypedDict):
@@ -111,6 +139,7 @@ class RunResult(_RunResultRequired, total=False):
     schedule: str  # the eps schedule as configured
     schedule_resolved: str  # as run (auto, hinge(auto) record their choice here)
     stopped: Stopped | None  # None, or why training ended early
+    switched: Switched | None  # None, or when and to what monitor.action=switch switched
     skipped_images: int  # unreadable images left out (data.bad_images: skip)
     threads: int  # CPU threads it trained with
     device: str  # the device it trained on
@@ -155,6 +184,7 @@ class TrainingRecord:
         train_seconds: training time over every attempt (resumes included).
         schedule: the eps schedule as configured; ``schedule_resolved`` as run.
         stopped: why training ended early (the overfitting monitor), None when it did not.
+        switched: the overfitting monitor's switch to a multi-step attack, None when none.
         skipped_images: unreadable images left out (``data.bad_images: skip``).
         threads, device, world_size: what it trained with.
         trainable_parameters, total_parameters: the model's parameter counts.
@@ -173,6 +203,7 @@ class TrainingRecord:
     world_size: int
     trainable_parameters: int
     total_parameters: int
+    switched: Switched | None = None
 
 
 def run_result(record: TrainingRecord, curve: RobustnessCurve) -> RunResult:
@@ -201,6 +232,7 @@ def run_result(record: TrainingRecord, curve: RobustnessCurve) -> RunResult:
         "schedule_resolved": record.schedule_resolved,
         "warnings": list(curve.warnings),
         "stopped": record.stopped,
+        "switched": record.switched,
         "skipped_images": record.skipped_images,
         "threads": record.threads,
         "device": record.device,
@@ -242,23 +274,23 @@ def run_cost(record: TrainingRecord, curve: RobustnessCurve) -> Cost:
     """Compute spent: measured training passes, time per epoch, throughput, trainable size.
 
     ``train_example_*_passes`` weigh passes by batch size; ``passes_per_step`` is the forward
-    passes of one optimizer step (attack + update: 2 for FGSM, 8 for PGD-7)."""
-    from robustft.cost import PassCount
-
-    rows = record.history
+    passes of one optimizer step (attack + update: 2 for FGSM, 8 for PGD-7). The epochs a
+    ``monitor.action: switch`` rolled back count too (the run spent them); ``switch`` says
+    what they and the epochs trained after the switch cost."""
+    switched = record.switched
+    discarded = tuple(switched["discarded"]) if switched else ()
+    rows = (*record.history, *discarded)
+    totals = _pass_totals(rows)
     seconds = sum(float(r["seconds"]) for r in rows)
     steps = sum(int(r.get("steps", 0)) for r in rows)
     examples = sum(int(r.get("examples", 0)) for r in rows)
-    totals = PassCount(  # the epochs' measured counts (metrics rows), summed
-        *(sum(int(r.get(key, 0)) for r in rows) for key in PassCount().as_dict())
-    )
     return {
         "train_forward_passes": totals.forward,
         "train_backward_passes": totals.backward,
         "train_example_forward_passes": totals.example_forward,
         "train_example_backward_passes": totals.example_backward,
         "train_steps": steps,
-        "passes_per_step": round(totals.forward / steps, 3) if steps else None,
+        "passes_per_step": _passes_per_step(rows),
         "train_seconds": round(record.train_seconds, 3),
         "seconds_per_epoch": round(seconds / len(rows), 3) if rows else None,
         "examples_per_second": round(examples / seconds, 2) if seconds > 0 else None,
@@ -266,6 +298,44 @@ def run_cost(record: TrainingRecord, curve: RobustnessCurve) -> Cost:
         "eval_seconds": curve.seconds,
         "trainable_parameters": record.trainable_parameters,
         "total_parameters": record.total_parameters,
+        "switch": None if switched is None else _switch_cost(record.history, switched),
+    }
+
+
+def _pass_totals(rows: Sequence[Mapping[str, Any]]) -> PassCount:
+    """The epochs' measured pass counts (metrics rows), summed."""
+    from robustft.cost import PassCount
+
+    return PassCount(*(sum(int(r.get(key, 0)) for r in rows) for key in PassCount().as_dict()))
+
+
+def _passes_per_step(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    steps = sum(int(r.get("steps", 0)) for r in rows)
+    return round(_pass_totals(rows).forward / steps, 3) if steps else None
+
+
+def _switch_cost(history: Sequence[Mapping[str, Any]], switched: Switched) -> SwitchCost:
+    """The epochs a switch rolled back and those trained after it: epochs, seconds, example
+    passes (forward plus backward) and passes per step."""
+    retrained = [r for r in history if int(r["epoch"]) > switched["rolled_back_to"]]
+    discarded = switched["discarded"]
+
+    def example_passes(rows: Sequence[Mapping[str, Any]]) -> int:
+        totals = _pass_totals(rows)
+        return totals.example_forward + totals.example_backward
+
+    def seconds(rows: Sequence[Mapping[str, Any]]) -> float:
+        return round(sum(float(r["seconds"]) for r in rows), 3)
+
+    return {
+        "discarded_epochs": len(discarded),
+        "discarded_seconds": seconds(discarded),
+        "discarded_example_passes": example_passes(discarded),
+        "discarded_passes_per_step": _passes_per_step(discarded),
+        "retrained_epochs": len(retrained),
+        "retrained_seconds": seconds(retrained),
+        "retrained_example_passes": example_passes(retrained),
+        "retrained_passes_per_step": _passes_per_step(retrained),
     }
 
 

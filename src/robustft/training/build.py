@@ -95,6 +95,9 @@ def check_config(config: RunConfig) -> None:
         build_schedule(config)
     with _key("attack.name"):
         build_train_attack(config)
+    if config.monitor.action == "switch":
+        with _key("monitor.switch_attack"):
+            build_switch_attack(config)
     eval_grid(config)
     with _key("eval.attack"):
         build_eval_attack(config)
@@ -156,6 +159,22 @@ def build_train_attack(config: RunConfig) -> attacks.Attack:
         if getattr(a, key) is not None:
             hyper[key] = getattr(a, key)
     return build_attack(a.name, norm=a.norm, steps=a.steps, **hyper)
+
+
+def build_switch_attack(config: RunConfig) -> attacks.Attack:
+    """The multi-step attack ``monitor.action: switch`` trains with after catastrophic
+    overfitting (``monitor.switch_attack`` with ``monitor.switch_steps``, the run's norm and
+    ``attack.eval_mode``; its step size the attack's default, as a run training with it)."""
+    name, steps = config.monitor.switch_to
+    return build_attack(
+        name, norm=config.attack.norm, steps=steps, eval_mode=config.attack.eval_mode
+    )
+
+
+def attack_label(name: str, steps: int) -> str:
+    """``pgd-7``, ``apgd-ce-10``; a name alone for an attack without a step count (``fgsm-rs``)."""
+    spec = attacks.ATTACKS.get(name)
+    return f"{name}-{steps}" if spec is not None and spec.takes_steps else name
 
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:

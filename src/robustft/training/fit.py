@@ -46,10 +46,11 @@ from robustft.run.result import RunResult, Stopped, run_result
 from robustft.run.rundir import RunDir, check_run_dir, init_run_dir, locked, write_env
 from robustft.schedules import HingeAuto
 from robustft.training.build import (
+    attack_label,
     check_config,
 )
 from robustft.training.evaluate import final_evaluation, monitor_enabled
-from robustft.training.loop import train_epoch
+from robustft.training.loop import train_attack_label, train_epoch
 from robustft.training.state import (
     TrainState,
     build_state,
@@ -57,6 +58,7 @@ from robustft.training.state import (
     distribute,
     load_final_weights,
     restore,
+    use_switch_attack,
 )
 from robustft.utils.fsio import atomic_write_json, atomic_write_text
 from robustft.utils.process import cpu_count
@@ -370,8 +372,13 @@ def _apply_monitor(state: TrainState, run: RunDir) -> None:
     """Act on the overfitting monitor's verdict for the epoch just finished.
 
     ``rollback`` keeps the trainable weights of every unflagged epoch in ``good.pt``; at the
-    onset it restores them. ``stop`` and ``rollback`` end training (``state.stopped``)."""
+    onset it restores them. ``stop`` and ``rollback`` end training (``state.stopped``).
+    ``switch`` goes back to the last checkpoint (:func:`_switch`), once."""
     row, action = state.history[-1], state.config.monitor.action
+    if action == "switch":
+        if row.get("co_flagged") and state.switched is None:
+            _switch(state, run)
+        return
     if not row.get("co_flagged"):
         if action == "rollback" and monitor_enabled(state.config):
             snapshot = {"epoch": state.epoch, "model": trainable_state_dict(state.model)}
@@ -392,3 +399,35 @@ def _apply_monitor(state: TrainState, run: RunDir) -> None:
             stopped["rolled_back_to"] = int(good["epoch"])
     _logger.warning("catastrophic overfitting at epoch %d: %s", state.epoch, stopped)
     state.stopped = stopped
+
+
+def _switch(state: TrainState, run: RunDir) -> None:
+    """``monitor.action: switch`` at the onset: restore the training state of the last epoch
+    before it from its checkpoint (``last.pt``, written at that epoch's end: weights, optimizer
+    state, step, history), keep the rows of the epochs rolled back in ``state.switched`` and
+    train the epochs from there on with the multi-step attack. The time spent so far stays
+    counted."""
+    onset, seconds = state.epoch, state.train_seconds
+    history = list(state.history)
+    payload = distributed.agree(
+        state.world, lambda: load_checkpoint_with_fallback(run.checkpoint, _logger.warning)
+    )
+    from_attack = train_attack_label(state)
+    restore(state, payload)
+    state.train_seconds = seconds
+    name, steps = state.config.monitor.switch_to
+    state.switched = {
+        "reason": "catastrophic_overfitting",
+        "onset": onset,
+        "rolled_back_to": state.epoch,
+        "from_attack": from_attack,
+        "to_attack": attack_label(name, steps),
+        "discarded": [r for r in history if int(r["epoch"]) > state.epoch],
+    }
+    use_switch_attack(state)
+    _logger.warning(
+        "catastrophic overfitting at epoch %d: back to epoch %d, training on with %s",
+        onset,
+        state.epoch,
+        state.switched["to_attack"],
+    )

@@ -14,6 +14,7 @@ from robustft.callbacks import Callbacks
 from robustft.cost import count_passes
 from robustft.distributed import ShardBatches, World
 from robustft.errors import NumericalFault
+from robustft.training.build import attack_label
 from robustft.training.evaluate import monitor_epoch, validate
 from robustft.training.state import TrainState
 from robustft.utils.seeding import derive_seed
@@ -212,10 +213,19 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
         "threads": torch.get_num_threads(),
         **_global_passes(passes.as_dict(), world),
     }
+    if cfg.monitor.action == "switch":  # which attack trained it: before or after a switch
+        row["train_attack"] = train_attack_label(state)
     row.update(validate(state, epoch))
     row["val_seconds"] = round(time.perf_counter() - start - seconds, 3)
     row.update(monitor_epoch(state, epoch, schedule.eps_at(epoch, spe - 1, spe)))
     return row
+
+
+def train_attack_label(state: TrainState) -> str:
+    """The attack training the run now: ``fgsm-rs``, or after a switch ``pgd-7``."""
+    if state.switched is not None:
+        return state.switched["to_attack"]
+    return attack_label(state.config.attack.name, state.config.attack.steps)
 
 
 def _global_passes(counts: dict[str, int], world: World) -> dict[str, int]:

@@ -32,7 +32,7 @@ from robustft.run.checkpoint import (
     load_latest_checkpoint,
 )
 from robustft.run.load import check_base
-from robustft.run.result import Stopped, TrainingRecord
+from robustft.run.result import Stopped, Switched, TrainingRecord
 from robustft.run.rundir import RunDir
 from robustft.schedules import Auto, EpsSchedule, HingeAuto
 from robustft.training.build import (
@@ -40,6 +40,7 @@ from robustft.training.build import (
     build_data,
     build_optimizer,
     build_schedule,
+    build_switch_attack,
     build_train_attack,
 )
 from robustft.utils.seeding import derive_seed
@@ -63,6 +64,7 @@ class TrainState:
     probe_val_acc: list[float] | None = None  # hinge(auto): the clean probe's val accuracies
     base_fingerprint: str = ""  # hash of the frozen base weights (models.base_fingerprint)
     stopped: Stopped | None = None  # set when the overfitting monitor ended training
+    switched: Switched | None = None  # set when monitor.action=switch went multi-step
     threads: int = 1  # CPU threads the run trains with (recorded; kept on resume)
     world: World = SINGLE  # the ranks of a data-parallel run (torchrun); one process by default
     net: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when world.active
@@ -92,6 +94,7 @@ class TrainState:
             schedule=str(self.eps_schedule.schedule),
             schedule_resolved=str(self.current_schedule().schedule),
             stopped=self.stopped,
+            switched=self.switched,
             skipped_images=len(self.data.skipped),
             threads=self.threads,
             device=str(self.device),
@@ -204,6 +207,7 @@ def checkpoint_payload(state: TrainState) -> dict[str, Any]:
         "base_fingerprint": state.base_fingerprint,
         "optimizer": state.optimizer.state_dict(),
         "stopped": state.stopped,
+        "switched": state.switched,
         "num_classes": state.data.num_classes,
         "class_names": list(state.data.class_names),
         "rng_cpu": torch.get_rng_state(),
@@ -232,11 +236,23 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
     load_trainable_state_dict(state.model, payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.stopped = payload.get("stopped")
+    state.switched = payload.get("switched")
+    if state.switched is not None:  # a run that switched goes on with the multi-step attack
+        use_switch_attack(state)
     state.epoch = int(payload["epoch"])
     state.step = int(payload["step"])
     state.train_seconds = float(payload["train_seconds"])
     state.history = list(payload["history"])
     torch.set_rng_state(payload["rng_cpu"])
+
+
+def use_switch_attack(state: TrainState) -> None:
+    """Train from now on with ``monitor.action: switch``'s multi-step attack
+    (:func:`~robustft.training.build.build_switch_attack`), the objective's other settings
+    kept."""
+    state.objective = AdversarialCE(
+        build_switch_attack(state.config), autocast_bf16=state.config.train.bf16
+    )
 
 
 def load_final_weights(model: ClassifierModel, run: RunDir) -> None:
