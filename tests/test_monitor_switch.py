@@ -14,6 +14,8 @@ import torch
 
 from robustft import cli
 from robustft.config import load_config
+from robustft.report.collect import load_run
+from robustft.report.cost import cost_tables
 from robustft.run.checkpoint import load_checkpoint
 from robustft.training import loop
 from robustft.training.fit import fit
@@ -131,6 +133,9 @@ def test_switch_rolls_back_and_trains_on_with_pgd(
 
     checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
     assert checkpoint["switched"]["to_attack"] == "pgd-3" and checkpoint["epoch"] == 4
+
+    (table,) = cost_tables([load_run(run)])  # the report's Cost table says what it includes
+    assert table.switched == 1 and "1 run switched to a multi-step attack" in table.caption()
 
 
 class Killed(Exception):

@@ -43,12 +43,13 @@ COST_HEADERS = (
 class CostTable:
     """Training compute next to expected robustness, per (backbone, dataset, method), for one
     evaluation budget (``norm``, ``eval_eps``); ``missing`` runs of that budget had no cost
-    data."""
+    data; ``switched`` runs switched to a multi-step attack (``monitor.action: switch``)."""
 
     eval_eps: float
     cells: tuple[Cell, ...]
     missing: int = 0
     norm: str = "linf"
+    switched: int = 0
 
     @property
     def title(self) -> str:
@@ -70,6 +71,13 @@ class CostTable:
         if self.missing:
             runs = "run has" if self.missing == 1 else "runs have"
             text += f" {self.missing} {runs} no cost data (made before cost accounting), left out."
+        if self.switched:
+            runs, its = ("run", "its") if self.switched == 1 else ("runs", "their")
+            text += (
+                f" {self.switched} {runs} switched to a multi-step attack after catastrophic "
+                f"overfitting (monitor.action=switch): {its} passes and time include the epochs "
+                "rolled back and those trained after the switch (result.json cost.switch)."
+            )
         return text
 
     def body(self) -> list[list[str]]:
@@ -150,7 +158,8 @@ def cost_tables(runs: Sequence[RunRecord]) -> list[CostTable]:
         )
         if here:
             missing = sum(r.cost is None for r in members)
-            tables.append(CostTable(eps, tuple(here), missing, norm))
+            switched = sum(bool(r.result.get("switched")) for r in members if r.cost is not None)
+            tables.append(CostTable(eps, tuple(here), missing, norm, switched))
     return tables
 
 
