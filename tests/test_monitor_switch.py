@@ -230,3 +230,18 @@ def test_switch_to_a_stronger_pgd_is_allowed_and_new_keys_keep_old_run_ids() -> 
 
     assert build_config(data).run_id() == plain.run_id()  # null new keys: same id as before
     assert load_config(SMOKE, ["monitor.switch_steps=7"]).run_id() != plain.run_id()
+
+
+def test_epoch_line_names_the_training_attack_of_a_switch_run() -> None:
+    import io
+
+    from robustft.commands._render import Progress
+
+    stream = io.StringIO()
+    row = {"epoch": 3, "eps": 8 / 255, "train_loss": 2.0, "train_acc": 0.2, "val_acc": 0.1}
+    Progress(stream).on_epoch_end({**row, "seconds": 1.0, "train_attack": "pgd-7"})
+    Progress(stream).on_epoch_end({**row, "seconds": 1.0})  # other runs: as before
+    assert stream.getvalue().splitlines() == [
+        "epoch 3 eps 8/255 pgd-7 loss 2.000 train 20.00% val 10.00% (1.0s)",
+        "epoch 3 eps 8/255 loss 2.000 train 20.00% val 10.00% (1.0s)",
+    ]

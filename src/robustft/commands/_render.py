@@ -64,8 +64,10 @@ class Progress(Callbacks):
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         robust = row.get("val_robust_acc")
         extra = f" val robust {percent(robust)}%" if robust is not None else ""
+        attack = row.get("train_attack")  # monitor.action=switch: before or after the switch
+        named = f"{attack} " if attack else ""
         text = (
-            f"{self.label}epoch {row['epoch']} eps {format_eps(row['eps'], self.norm)} "
+            f"{self.label}epoch {row['epoch']} eps {format_eps(row['eps'], self.norm)} {named}"
             f"loss {row['train_loss']:.3f} train {percent(row['train_acc'])}% "
             f"val {percent(row['val_acc'])}%{extra} ({row['seconds']:.1f}s)"
         )
