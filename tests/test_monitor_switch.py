@@ -245,3 +245,26 @@ def test_epoch_line_names_the_training_attack_of_a_switch_run() -> None:
         "epoch 3 eps 8/255 pgd-7 loss 2.000 train 20.00% val 10.00% (1.0s)",
         "epoch 3 eps 8/255 loss 2.000 train 20.00% val 10.00% (1.0s)",
     ]
+
+
+def test_a_run_switches_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flagged again after the switch (the multi-step epochs overfit too): recorded, no second
+    switch, training goes on to the last epoch."""
+
+    def always_overfit_from_3(state: Any, epoch: int, eps: float) -> dict[str, Any]:
+        flagged = epoch >= 3
+        pgd, fgsm = (0.0, 0.9) if flagged else (0.4, 0.45)
+        out = {"co_pgd_acc": pgd, "co_fgsm_acc": fgsm, "co_eps": eps, "co_flagged": flagged}
+        return {**out, "monitor_seconds": 0.0} if eps > 0 else {}
+
+    monkeypatch.setattr(loop, "monitor_epoch", always_overfit_from_3)
+    result = fit(switch_config(), tmp_path / "r")
+    rows = read_rows(tmp_path / "r")
+    assert [(r["epoch"], r["train_attack"], r.get("co_flagged")) for r in rows] == [
+        (1, "fgsm", None),
+        (2, "fgsm", False),
+        (3, "pgd-3", True),
+        (4, "pgd-3", True),
+    ]
+    assert result["switched"] is not None and result["switched"]["onset"] == 3
+    assert result["stopped"] is None
