@@ -93,8 +93,20 @@ class ModelConfig:
 
 AUGMENTS = ("basic", "paper", "none")  # training augmentation presets (robustft.data)
 BAD_IMAGES = ("refuse", "skip")  # what to do with unreadable image files
+BAD_ROWS = ("refuse", "skip")  # what to do with bad rows of a text file
 IMAGEFOLDER = "imagefolder:"
+TEXT_PREFIX = "text:"  # data.name of a text file or a Hugging Face datasets folder
+TEXT_DATASETS = ("drugreview",)  # the named text datasets
 CUSTOM_PREFIX = "custom:"  # model.name and data.name of a model or datasets given from Python
+DEFAULT_MAX_LENGTH = 128
+# the keys of the data section that only text data reads (a set one on image data is refused)
+TEXT_KEYS = ("max_length", "text_column", "label_column", "labels", "val_path", "test_path")
+
+
+def data_modality(name: str) -> str:
+    """``"text"`` for a text dataset name (``drugreview``, ``text:<path>``), else ``"image"``."""
+    name = name.strip()
+    return "text" if name in TEXT_DATASETS or name.startswith(TEXT_PREFIX) else "image"
 
 
 def absolute_path(text: str) -> str:
@@ -107,14 +119,27 @@ def absolute_path(text: str) -> str:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset: ``digits`` (offline default), ``imagefolder:<path>`` or a torchvision set name.
+    """Dataset: ``digits`` (offline default), ``imagefolder:<path>`` or a torchvision set name;
+    text: ``drugreview`` (offline default) or ``text:<path>`` (a CSV, TSV or JSONL file, or a
+    Hugging Face ``datasets`` folder saved with ``save_to_disk``).
     ``bad_images``: unreadable image files in an image folder: ``refuse`` (error naming the first)
     or ``skip`` (leave them out with a warning).
 
-    A relative ``imagefolder:`` path or ``root`` is made absolute against the current directory
-    when the config is built, before the run id is hashed: the run stores (and is identified by)
-    where its data is, so ``eval``/``export``/``report`` find it from any directory, and the
-    same folder gives the same run id from any directory."""
+    Text only (:data:`TEXT_KEYS`; refused on image data): ``max_length`` tokens per text,
+    ``[CLS]`` and ``[SEP]`` included (longer texts are truncated, shorter ones padded);
+    ``text_column`` and ``label_column``, the names of the columns (JSONL keys) holding the text
+    and the label (required for ``text:``); ``labels``, the label set in class-index order (null:
+    the sorted distinct labels of the training file); ``val_path`` and ``test_path``, files
+    holding the validation and test rows (null: carved out of the training file by
+    ``val_fraction`` and ``test_fraction``, as for images). ``bad_rows``: rows with an empty
+    text, a label outside the label set, bytes that are not UTF-8 or missing fields: ``refuse``
+    (error naming the file, the row and the fix) or ``skip`` (leave them out with a warning).
+
+    A relative ``imagefolder:`` or ``text:`` path, ``val_path``, ``test_path`` or ``root`` is made
+    absolute against the current directory when the config is built, before the run id is
+    hashed: the run stores (and is identified by) where its data is, so
+    ``eval``/``export``/``report`` find it from any directory, and the same folder gives the
+    same run id from any directory."""
 
     name: str = "digits"
     image_size: int = 32
@@ -125,13 +150,22 @@ class DataConfig:
     augment: str = "basic"
     max_train_per_class: int | None = None
     bad_images: str = "refuse"
+    max_length: int = DEFAULT_MAX_LENGTH
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: tuple[str, ...] | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    bad_rows: str = "refuse"
 
     def __post_init__(self) -> None:
-        if self.name.startswith(IMAGEFOLDER):
-            folder = absolute_path(self.name.removeprefix(IMAGEFOLDER))
-            object.__setattr__(self, "name", IMAGEFOLDER + folder)
-        if self.root is not None:
-            object.__setattr__(self, "root", absolute_path(self.root))
+        for prefix in (IMAGEFOLDER, TEXT_PREFIX):
+            if self.name.startswith(prefix):
+                folder = absolute_path(self.name.removeprefix(prefix))
+                object.__setattr__(self, "name", prefix + folder)
+        for key in ("root", "val_path", "test_path"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, absolute_path(getattr(self, key)))
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         for key in ("val_fraction", "test_fraction"):
             v = getattr(self, key)
@@ -145,6 +179,59 @@ class DataConfig:
             )
         _choice("data.bad_images", self.bad_images, BAD_IMAGES)
         _choice("data.augment", self.augment, AUGMENTS)
+        _choice("data.bad_rows", self.bad_rows, BAD_ROWS)
+        self._check_text()
+
+    @property
+    def modality(self) -> str:
+        """``"text"`` or ``"image"`` (:func:`data_modality`)."""
+        return data_modality(self.name)
+
+    def _check_text(self) -> None:
+        """The text keys: in range, given where ``text:`` needs them, unset on image data."""
+        _check(
+            self.max_length >= 2,
+            "data.max_length",
+            self.max_length,
+            "an integer >= 2 (tokens per text, [CLS] and [SEP] included)",
+        )
+        for key in ("text_column", "label_column", "val_path", "test_path"):
+            value = getattr(self, key)
+            if value is not None:
+                _check(bool(value.strip()), f"data.{key}", value, "a non-empty name or null")
+        if self.labels is not None:
+            labels = self.labels
+            _check(
+                len(labels) >= 2 and len(set(labels)) == len(labels) and all(labels),
+                "data.labels",
+                list(labels),
+                "a list of at least 2 distinct non-empty labels in class-index order, or null",
+            )
+        if self.name.startswith(CUSTOM_PREFIX):
+            return
+        if self.modality == "image":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for key in TEXT_KEYS:
+                if getattr(self, key) != defaults[key]:
+                    raise UserError(
+                        f"config data.{key}: applies to text data (data.name drugreview or "
+                        f"text:<path>), and data.name is {self.name!r}; remove data.{key}, or "
+                        "name a text dataset"
+                    )
+        elif self.name.startswith(TEXT_PREFIX):
+            for key, example in (("text_column", "review"), ("label_column", "rating")):
+                if getattr(self, key) is None:
+                    raise UserError(
+                        f"config data.{key}: data.name {self.name} needs the name of the column "
+                        f"(JSONL key) holding the {key.split('_')[0]}s; set it, e.g. "
+                        f"{setting(f'data.{key}', example)}"
+                    )
+        elif self.val_path is not None or self.test_path is not None:
+            key = "val_path" if self.val_path is not None else "test_path"
+            raise UserError(
+                f"config data.{key}: applies to text:<path> data, and data.name {self.name} has "
+                f"its own splits; remove data.{key}, or use text:<path> for your own files"
+            )
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -479,13 +566,14 @@ class FingerprintConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-# keys added after runs existed, left out of the run id while null (their default), so that
-# those runs keep their ids
+# keys added after runs existed, left out of the run id while at their default, so that those
+# runs keep their ids
 LATER_KEYS = (
     ("attack", "noise_factor"),
     ("attack", "grad_align_lambda"),
     ("monitor", "switch_attack"),
     ("monitor", "switch_steps"),
+    *(("data", key) for key in (*TEXT_KEYS, "bad_rows")),
 )
 
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers
@@ -545,6 +633,8 @@ class RunConfig:
         if self.eval.eps_max is not None:
             out["eval"]["eps_max"] = _eps_text(self.eval.eps_max, norm)
         out["log"]["backends"] = list(self.log.backends)  # YAML has lists, not tuples
+        if self.data.labels is not None:
+            out["data"]["labels"] = list(self.data.labels)
         # only those set: a run of no model or data given from Python keeps its config and id
         out["fingerprints"] = self.fingerprints.given()
         if not out["fingerprints"]:
@@ -558,16 +648,21 @@ class RunConfig:
         """Short hash of the resolved config, except the ``name`` label, the settings that
         change only how fast a run goes (:data:`RESOURCE_KEYS`): changing those resumes the
         same run (``train.threads`` is not one of them: on CPU it changes float sums), and keys
-        added later while at their null default (:data:`LATER_KEYS`)."""
+        added later while at their default (:data:`LATER_KEYS`)."""
         data = self.to_dict()
         data.pop("name")
         for section, key in RESOURCE_KEYS:
             data[section].pop(key)
         for section, key in LATER_KEYS:
-            if data[section][key] is None:
+            if data[section][key] == _default(getattr(self, section), key):
                 data[section].pop(key)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _default(section: Any, key: str) -> Any:
+    """The default of the field ``key`` of a config section (a dataclass instance)."""
+    return next(f.default for f in dataclasses.fields(section) if f.name == key)
 
 
 def _check_switch(attack: AttackConfig, monitor: MonitorConfig) -> None:
