@@ -1,5 +1,5 @@
 """What a dataset is: its spec (the validated ``data`` section and seed), its splits, and the
-sources the splits read their images from.
+sources the splits read their images from (text splits: :mod:`robustft.data.text`).
 """
 
 from __future__ import annotations
@@ -9,12 +9,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from robustft.config import DEFAULT_MAX_LENGTH, data_modality
+
+if TYPE_CHECKING:
+    from robustft.data.text import TextSplit
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,15 @@ class DataSpec:
         bad_images: unreadable image files in an image folder: ``refuse`` (error naming the
             first one) or ``skip`` (leave them out, warn, list them in
             :attr:`DataSplits.skipped`).
+        max_length: text only: tokens per text, ``[CLS]`` and ``[SEP]`` included.
+        text_column, label_column: text only: the columns (JSONL keys) of the text and the label.
+        labels: text only: the label set in class-index order (None: the sorted distinct
+            labels of the training file).
+        val_path, test_path: text only: files of the validation and test rows (None: carved
+            out of the training file).
+        bad_rows: text only: bad rows (empty text, unknown label, not UTF-8, missing fields):
+            ``refuse`` or ``skip`` (leave them out, warn, list them in
+            :attr:`DataSplits.skipped`).
     """
 
     name: str = DEFAULT_DATASET
@@ -61,6 +75,18 @@ class DataSpec:
     augment: str = "basic"
     max_train_per_class: int | None = None
     bad_images: str = "refuse"
+    max_length: int = DEFAULT_MAX_LENGTH
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: tuple[str, ...] | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    bad_rows: str = "refuse"
+
+    @property
+    def modality(self) -> str:
+        """``"text"`` (``drugreview``, ``text:<path>``) or ``"image"``."""
+        return data_modality(self.name)
 
 
 class Source(Protocol):
@@ -76,26 +102,33 @@ class DataSplits:
     """Train/validation/test datasets of one task.
 
     Attributes:
-        train, val, test: datasets of ``(float tensor (3, S, S) in [0, 1], int label)``.
+        train, val, test: datasets of ``(float tensor (3, S, S) in [0, 1], int label)``, or for
+            text data :class:`~robustft.data.text.TextSplit` of ``(token ids (L,), int label)``.
         num_classes: number of classes.
         class_names: the class names, indexed by label.
         spec: the request that built them.
         flip_invariant: whether horizontal flips preserve the labels.
         skipped: paths of the unreadable image files left out (``bad_images="skip"``), in scan
-            order; empty when none were.
+            order, or for text data one line per bad row left out (``bad_rows="skip"``: file, row,
+            problem); empty when none were.
     """
 
-    train: ImageSplit
-    val: ImageSplit
-    test: ImageSplit
+    train: ImageSplit | TextSplit
+    val: ImageSplit | TextSplit
+    test: ImageSplit | TextSplit
     num_classes: int
     class_names: tuple[str, ...]
     spec: DataSpec = field(default_factory=DataSpec)
     flip_invariant: bool = True
     skipped: tuple[str, ...] = ()
 
+    @property
+    def modality(self) -> str:
+        """``"text"`` or ``"image"``."""
+        return self.spec.modality
+
     def sizes(self) -> dict[str, int]:
-        """Number of images per split."""
+        """Number of examples per split."""
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
@@ -107,6 +140,8 @@ class Raw:
     class_names: tuple[str, ...]
     flip_invariant: bool = True
     skipped: tuple[str, ...] = ()
+    items: str = "images"  # what the examples are, for messages
+    explicit: str = "provide explicit val/ and test/ folders"  # the fix for a split too small
 
 
 class ImageSplit(Dataset[tuple[Tensor, int]]):

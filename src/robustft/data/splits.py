@@ -91,10 +91,17 @@ def split_indices(raw: Raw, spec: DataSpec) -> dict[str, np.ndarray]:
             out[split] = np.arange(len(raw.parts[split].labels))
         else:
             train, out[split] = stratified_split(
-                labels, train, fraction, spec.seed, spec.name, class_names=raw.class_names
+                labels,
+                train,
+                fraction,
+                spec.seed,
+                spec.name,
+                class_names=raw.class_names,
+                items=raw.items,
+                explicit=raw.explicit,
             )
             logger.info(
-                "%s: %s carved from %s (%d images)", spec.name, split, base, len(out[split])
+                "%s: %s carved from %s (%d %s)", spec.name, split, base, len(out[split]), raw.items
             )
     out["train"] = train
     return out
@@ -108,6 +115,8 @@ def stratified_split(
     what: str = "data",
     *,
     class_names: Sequence[str] = (),
+    items: str = "images",
+    explicit: str = "provide explicit val/ and test/ folders",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (kept, held out) with ``fraction`` held out, stratified by label.
 
@@ -119,6 +128,8 @@ def stratified_split(
         what: the dataset name, for error messages.
         class_names: the name of each label (its folder), for error messages; labels are
             named by number without them.
+        items: what the examples are (``images``, ``rows``), for error messages.
+        explicit: the fix naming explicit splits, for error messages.
 
     Returns:
         Two sorted int64 arrays of positions.
@@ -133,11 +144,12 @@ def stratified_split(
     if lone:
         named = [repr(class_names[v]) if v < len(class_names) else str(v) for v in lone]
         shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        one = items.removesuffix("s")
         raise UserError(
-            f"{what}: cannot hold out {fraction:g} of {len(indices)} images stratified by "
-            f"class: class {shown} {'has' if len(lone) == 1 else 'have'} a single image "
-            "there; add images to it (at least 2 per class, 3 when val and test are both "
-            "carved out) or provide explicit val/ and test/ folders"
+            f"{what}: cannot hold out {fraction:g} of {len(indices)} {items} stratified by "
+            f"class: class {shown} {'has' if len(lone) == 1 else 'have'} a single {one} "
+            f"there; add {items} to it (at least 2 per class, 3 when val and test are both "
+            f"carved out) or {explicit}"
         )
     try:
         kept, held = train_test_split(
@@ -145,9 +157,8 @@ def stratified_split(
         )
     except ValueError as exc:
         raise UserError(
-            f"{what}: cannot hold out {fraction:g} of {len(indices)} images stratified by class "
-            f"({first_line(exc, 200)}); add images per class or provide explicit val/ and test/ "
-            "folders"
+            f"{what}: cannot hold out {fraction:g} of {len(indices)} {items} stratified by class "
+            f"({first_line(exc, 200)}); add {items} per class or {explicit}"
         ) from None
     return np.sort(kept).astype(np.int64), np.sort(held).astype(np.int64)
 
