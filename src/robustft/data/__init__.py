@@ -12,6 +12,11 @@ Modules: :mod:`~robustft.data.spec` (what a dataset is: :class:`DataSpec`, :clas
 :mod:`~robustft.data.images` (how images are read and cached), :mod:`~robustft.data.splits`
 (stratified splits, few-shot subsets, class checks), :mod:`~robustft.data.transforms` (resizing
 and augmentation) and :mod:`~robustft.data.loader` (training batches).
+
+Text data (``drugreview``, ``text:<path>``): the splits are :class:`TextSplit` yielding
+``(token ids (max_length,), label)`` with the raw strings beside them
+(:mod:`~robustft.data.text`), read by :mod:`~robustft.data.textfiles` and tokenised (and
+cached) by :mod:`~robustft.data.tokens`.
 """
 
 from robustft.data.factory import (
@@ -25,6 +30,8 @@ from robustft.data.factory import (
 from robustft.data.imagefolder import IMAGE_EXTENSIONS, find_unreadable_images
 from robustft.data.spec import DataSpec, DataSplits, ImageSplit, default_root
 from robustft.data.splits import check_class_set, few_shot_indices, stratified_split
+from robustft.data.text import MappedTextSplit, TextSplit
+from robustft.data.tokens import TextEncoder, load_tokenizer
 from robustft.data.torchvision import TORCHVISION_SETS
 from robustft.data.transforms import build_transform, resize_transform
 
@@ -35,6 +42,9 @@ __all__ = [
     "DataSpec",
     "DataSplits",
     "ImageSplit",
+    "MappedTextSplit",
+    "TextEncoder",
+    "TextSplit",
     "build_datasets",
     "build_datasets_from_spec",
     "build_transform",
@@ -45,6 +55,7 @@ __all__ = [
     "find_unreadable_images",
     "is_dataset",
     "list_datasets",
+    "load_tokenizer",
     "resize_transform",
     "stratified_split",
 ]
