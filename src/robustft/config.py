@@ -125,21 +125,22 @@ class DataConfig:
     ``bad_images``: unreadable image files in an image folder: ``refuse`` (error naming the first)
     or ``skip`` (leave them out with a warning).
 
-    Text only (:data:`TEXT_KEYS`; refused on image data): ``max_length`` tokens per text,
-    ``[CLS]`` and ``[SEP]`` included (longer texts are truncated, shorter ones padded);
-    ``text_column`` and ``label_column``, the names of the columns (JSONL keys) holding the text
-    and the label (required for ``text:``); ``labels``, the label set in class-index order (null:
-    the sorted distinct labels of the training file); ``val_path`` and ``test_path``, files
-    holding the validation and test rows (null: carved out of the training file by
-    ``val_fraction`` and ``test_fraction``, as for images). ``bad_rows``: rows with an empty
-    text, a label outside the label set, bytes that are not UTF-8 or missing fields: ``refuse``
-    (error naming the file, the row and the fix) or ``skip`` (leave them out with a warning).
+    Text data only (set on image data, these keys are refused). ``max_length``: tokens per text,
+    ``[CLS]`` and ``[SEP]`` included (longer texts are truncated, shorter ones padded).
+    ``text_column``: the column (JSONL key) holding the texts, required for ``text:``.
+    ``label_column``: the column (JSONL key) holding the labels, required for ``text:``.
+    ``labels``: the label set in class-index order (null: the sorted distinct labels of the
+    training file). ``val_path``: a file of validation rows (null: carved out of the training
+    file, as for images); a relative one is made absolute. ``test_path``: a file of test rows
+    (null: carved out of the training file); a relative one is made absolute. ``bad_rows``: rows
+    with an empty text, a label outside the label set, bytes that are not UTF-8 or missing
+    fields: ``refuse`` (error naming the file, the row and the fix) or ``skip`` (leave them out
+    with a warning).
 
-    A relative ``imagefolder:`` or ``text:`` path, ``val_path``, ``test_path`` or ``root`` is made
-    absolute against the current directory when the config is built, before the run id is
-    hashed: the run stores (and is identified by) where its data is, so
-    ``eval``/``export``/``report`` find it from any directory, and the same folder gives the
-    same run id from any directory."""
+    A relative ``imagefolder:`` or ``text:`` path or ``root`` is made absolute against the
+    current directory when the config is built, before the run id is hashed: the run stores (and
+    is identified by) where its data is, so ``eval``/``export``/``report`` find it from any
+    directory, and the same folder gives the same run id from any directory."""
 
     name: str = "digits"
     image_size: int = 32
