@@ -386,6 +386,15 @@ def test_jsonl_bad_lines(tmp_path: Path) -> None:
     ]
 
 
+def test_a_class_too_small_to_split_names_rows_and_the_split_files(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "a.csv", [*ROWS, ("lonely", "meh")])
+    with pytest.raises(UserError) as err:
+        text_data(path, tmp_path)
+    message = one_line(err)
+    assert "class 'meh' has a single row there; add rows to it" in message
+    assert "give data.val_path and data.test_path files" in message
+
+
 @pytest.mark.parametrize("content", [b"", b"\n\n", b"text,label\n"])
 def test_empty_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "e.csv"

@@ -99,8 +99,8 @@ def read_table(path: Path, text_column: str, label_column: str) -> Table:
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
             raise UserError(
-                f"text: {path} holds several splits (dataset_dict.json); name the folder in "
-                "data.name, not a file path, or one split's folder"
+                f"text: {path} holds several splits (dataset_dict.json); give it as data.name "
+                f"text:{path}, or give one split's folder ({path}/<split>)"
             )
         return read_arrow_dataset(path, text_column, label_column)
     if not path.is_file():
