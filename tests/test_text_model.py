@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import threading
 import zipfile
 from pathlib import Path
@@ -178,6 +179,7 @@ def test_embedder_packs_kinds_and_scaled_embeddings(bert_dir: Path) -> None:
     assert torch.allclose(x[:, :16] * embedder.unit_scale, table[ids], atol=1e-6)
     batch = embedder(ids.repeat(2, 1))
     assert batch.shape == (2, 8, 17) and torch.equal(batch[1], x)
+    assert torch.equal(pickle.loads(pickle.dumps(embedder))(ids), x)  # DataLoader workers
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 22\)"):
         embedder(torch.tensor([0, 25]))
     with pytest.raises(TypeError, match="integers"):
