@@ -324,6 +324,40 @@ def test_sentence_transformers_pooling_is_read_from_the_folder(
     assert build_model(f"hf:{folder}", num_classes=2).net.pooling == "cls"
 
 
+def test_a_text_model_from_the_hugging_face_cache_offline(
+    bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hub id in the Hugging Face cache builds offline, its tokenizer from the cache too."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    revision = "0" * 40
+    for repo, drop in (("me/bert", None), ("me/no-tokenizer", "tokenizer.json")):
+        folder = tmp_path / f"models--{repo.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text(revision)
+        shutil.copytree(bert_dir, folder / "snapshots" / revision)
+        if drop:
+            (folder / "snapshots" / revision / drop).unlink()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model("hf:me/bert", num_classes=3)
+    assert model.info.modality == "text" and model.net.hub_id == "me/bert"
+    assert model.info.source == "hf pretrained (me/bert)"
+    assert Path(model.net.tokenizer_path).parent.parent.name == "snapshots"
+    local = tiny(bert_dir)
+    x = local.net.embedder()(tokens(bert_dir / "tokenizer.json", TEXTS, 12))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), local.eval()(x))  # the same weights and head init
+    message = r"no tokenizer\.json .* in the Hugging Face cache \(offline\)"
+    with pytest.raises(UserError, match=message):
+        build_model("hf:me/no-tokenizer", num_classes=3)
+    with pytest.raises(UserError, match=r"cannot download me/absent \(offline\?\)"):
+        build_model("hf:me/absent", num_classes=3)
+
+
 def test_text_model_problems_are_one_line(bert_dir: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -156,9 +156,10 @@ def build_hf_text(
             f"{label}: not a text encoder transformers can load ({first_line(err)})"
         ) from None
     if tokenizer is None:
+        where = " in the Hugging Face cache (offline)" if cache_only and not local else ""
         raise UserError(
-            f"{label}: no {TOKENIZER_FILE} (fast tokenizer) with the model; save it beside the "
-            "weights: AutoTokenizer.from_pretrained(...).save_pretrained(DIR)"
+            f"{label}: no {TOKENIZER_FILE} (fast tokenizer) with the model{where}; save it beside "
+            "the weights: AutoTokenizer.from_pretrained(...).save_pretrained(DIR)"
         )
     if pooling is None:
         pooling = "pooler" if getattr(encoder, "pooler", None) is not None else "mean"
