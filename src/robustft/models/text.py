@@ -264,6 +264,12 @@ class TextClassifier(nn.Module):
         config: Any = self.encoder.config
         return int(getattr(config, "max_position_embeddings", 512))
 
+    def unit_scales(self) -> dict[str, float]:
+        """Each threat model's eps unit (:meth:`TokenEmbedder.unit_scales`), without copying the
+        table."""
+        scale = float(self.unit_scale)
+        return {"l2-token": scale, "linf": scale / math.sqrt(self.dim)}
+
     def embedder(self) -> TokenEmbedder:
         """A :class:`TokenEmbedder` for this model's inputs: a frozen copy of the table and the
         current ``unit_scale`` (call it after loading weights)."""
