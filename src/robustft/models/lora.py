@@ -7,7 +7,10 @@
   ``fc1``/``fc2`` linears (torchvision's ViT/Swin compute attention from the weight tensors
   directly, so there only the MLP linears); ConvNeXt the MLP ``fc1``/``fc2``; ResNet the
   residual-branch convs ``layerI.J.convK`` (not the 1x1 shortcut ``downsample`` convs, which exist
-  in one block per stage and carry no features of their own; nor the stem); EfficientNet/MobileNet
+  in one block per stage and carry no features of their own; nor the stem); BERT-style text
+  encoders (BERT, RoBERTa, XLM-R, ELECTRA; MiniLM) the self-attention ``query``/``value`` and the
+  MLP's ``intermediate.dense`` and ``output.dense`` (DistilBERT: ``q_lin``, ``v_lin``,
+  ``ffn.lin1``, ``ffn.lin2``); EfficientNet/MobileNet
   (``efficientnet_lite0`` included) the pointwise convs ``conv_pw``/``conv_pwl``/``conv_head``
   (torchvision: each block's 1x1 expand/project convs) - depthwise convs are skipped because
   peft 0.21 cannot merge LoRA into ``groups > 1`` convs (and needs ``rank % groups == 0``); other
@@ -27,10 +30,13 @@ from torch import nn
 
 from robustft.errors import UserError, few
 from robustft.models.spec import ModeOptions
+from robustft.models.text import TextClassifier
 from robustft.models.wrapper import ClassifierModel
 
 # the package's logger, as before the split into modules (records keep the name robustft.models)
 logger = logging.getLogger("robustft.models")
+
+_LAYER_OUTPUT = r".*layer\.\d+\.output\.dense"
 
 # (network classes, by qualified name; default target patterns)
 _LORA_FAMILIES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -70,8 +76,25 @@ _LORA_FAMILIES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
             "attention.query",
             "attention.value",
             "intermediate.dense",
-            r".*layer\.\d+\.output\.dense",
+            _LAYER_OUTPUT,
         ),
+    ),
+    (
+        "bert",
+        (
+            "transformers.models.bert.modeling_bert.BertModel",
+            "transformers.models.roberta.modeling_roberta.RobertaModel",
+            "transformers.models.xlm_roberta.modeling_xlm_roberta.XLMRobertaModel",
+            "transformers.models.electra.modeling_electra.ElectraModel",
+        ),
+        # self-attention query/value, the MLP's intermediate.dense and the layer's output.dense
+        # (not attention.output.dense)
+        ("attention.self.query", "attention.self.value", "intermediate.dense", _LAYER_OUTPUT),
+    ),
+    (
+        "bert",
+        ("transformers.models.distilbert.modeling_distilbert.DistilBertModel",),
+        ("attention.q_lin", "attention.v_lin", "ffn.lin1", "ffn.lin2"),
     ),
     ("convnext", ("timm.models.convnext.ConvNeXt",), ("mlp.fc1", "mlp.fc2")),
     ("convnext", ("torchvision.models.convnext.ConvNeXt",), (r"features\.\d+\.\d+\.block\.[35]",)),
@@ -121,7 +144,10 @@ def _qualnames(cls: type) -> set[str]:
 
 
 def _family_net(net: nn.Module) -> nn.Module:
-    """The network whose class names the family: an ``hf:`` model's transformers model."""
+    """The network whose class names the family: an ``hf:`` model's transformers model (a text
+    classifier's encoder)."""
+    if isinstance(net, TextClassifier):
+        return net.encoder
     inner = getattr(net, "model", None)
     return inner if type(net).__name__ == "HFImageClassifier" and inner is not None else net
 

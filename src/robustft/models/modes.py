@@ -22,6 +22,10 @@ whole model in every mode.
 - ``partial``: the last ``blocks`` blocks train, plus everything after them and the head; the
   frozen earlier part is kept in eval mode (:mod:`robustft.models.blocks`).
 
+Every mode leaves the parameters a model declares frozen (``ClassifierModel.frozen_prefixes``:
+a text model's word-embedding table, which defines the embedding threat model's coordinates,
+:mod:`robustft.models.text`) frozen.
+
 New modes plug in with :func:`register_mode`.
 """
 
@@ -169,6 +173,9 @@ def apply_mode(
     except Exception:
         model.backbone_eval, model.eval_modules = saved
         raise
+    for name, p in model.named_parameters():
+        if model.is_frozen(name):  # a text model's word embeddings: the threat model's axes
+            p.requires_grad_(False)
     model.mode, model.options = mode, options
     model.train(model.training)
     return model

@@ -125,11 +125,14 @@ class ModelInfo:
     Attributes:
         name, num_classes, pretrained, weights: as requested (:class:`ModelSpec`).
         mode: the current fine-tuning mode.
-        mean, std: per-channel input normalisation applied inside the model (pixel units).
-        input_size: suggested square input side in pixels (the pretraining resolution).
+        mean, std: per-channel input normalisation applied inside the model (pixel units);
+            ``(0, 0, 0)``/``(1, 1, 1)`` for none (text models, networks given from Python).
+        input_size: images: suggested square input side in pixels (the pretraining
+            resolution); text: the longest input the encoder takes, in tokens.
         source: where the backbone weights came from (human-readable).
         head: qualified names of the head module(s) inside the model.
         options: the mode options the model was built with (:class:`ModeOptions`).
+        modality: ``image`` or ``text`` (packed token embeddings, :mod:`robustft.models.text`).
     """
 
     name: str
@@ -143,6 +146,7 @@ class ModelInfo:
     source: str
     head: tuple[str, ...]
     options: ModeOptions = ModeOptions()
+    modality: str = "image"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict of all fields (``options`` as a nested dict)."""
@@ -150,6 +154,17 @@ class ModelInfo:
         out["mean"], out["std"], out["head"] = list(self.mean), list(self.std), list(self.head)
         out["options"] = self.options.to_dict()
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
+        """Inverse of :meth:`to_dict` (a checkpoint's ``model_info``); ``modality`` defaults to
+        ``image`` for checkpoints written before text models existed."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        values["head"] = tuple(values["head"])
+        values["options"] = ModeOptions.from_dict(values.get("options") or {})
+        return cls(**values)
 
     def to_spec(self, *, pretrained: bool = False) -> ModelSpec:
         """Return the spec that rebuilds this architecture (random init by default, for loading a

@@ -56,6 +56,10 @@ class ClassifierModel(Normalized):
     (e.g. ``net.classifier``) form the head; all others are the backbone. When the mode freezes
     the backbone (``linear``), :meth:`train` keeps every non-head submodule in eval mode; the
     submodules named in ``eval_modules`` (``partial``: the frozen blocks) also stay in eval mode.
+    Parameters under ``frozen_prefixes`` (a text model's word-embedding table) never train, in
+    any mode (:func:`~robustft.models.modes.apply_mode`). ``modality``: ``image`` (inputs
+    ``(B, C, H, W)`` in ``[0, 1]``) or ``text`` (packed token embeddings ``(B, L, D + 1)``, see
+    :mod:`robustft.models.text`; no normalisation: ``mean``/``std`` None).
     """
 
     def __init__(
@@ -68,10 +72,14 @@ class ClassifierModel(Normalized):
         input_size: int,
         head: Sequence[str],
         source: str,
+        modality: str = "image",
+        frozen: Sequence[str] = (),
     ) -> None:
         super().__init__(net, mean, std)
         self.spec = spec
         self.head_prefixes = tuple(f"net.{h}" for h in head)
+        self.frozen_prefixes = tuple(f"net.{f}" for f in frozen)
+        self.modality = modality
         self.input_size = int(input_size)
         self.source = source
         self.mode = "full"
@@ -85,6 +93,10 @@ class ClassifierModel(Normalized):
     def is_head(self, name: str) -> bool:
         """Whether a parameter/module name (relative to this model) belongs to the head."""
         return any(name == p or name.startswith(p + ".") for p in self.head_prefixes)
+
+    def is_frozen(self, name: str) -> bool:
+        """Whether a parameter name (relative to this model) is frozen in every mode."""
+        return any(name == p or name.startswith(p + ".") for p in self.frozen_prefixes)
 
     def head_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Yield ``(name, parameter)`` for the head."""
@@ -124,4 +136,5 @@ class ClassifierModel(Normalized):
             self.source,
             head,
             self.options,
+            self.modality,
         )

@@ -4,14 +4,16 @@
 - :mod:`~robustft.models.sources.timm`: ``timm:<name>``.
 - :mod:`~robustft.models.sources.torchvision`: ``torchvision:<name>``.
 - :mod:`~robustft.models.sources.hf`: ``hf:<repo id or directory>`` (transformers).
+- :mod:`~robustft.models.sources.hf_text`: the text encoders of ``hf:`` (and ``minilm``).
 - :mod:`~robustft.models.sources.lite`: the offline default ``efficientnet_lite0`` and its
   siblings ``efficientnet_lite1``/``efficientnet_lite2``.
+- :mod:`~robustft.models.sources.minilm`: ``minilm``, the offline default text backbone.
 
 A new source is a module with a builder ``fn(arch, spec) -> _Built`` (and, when it can tell
 offline which architectures exist, a check ``fn(arch)``), registered below as a prefix
-(``SOURCES.register(name, Source(...), argument=...)``). The ``efficientnet_lite<k>`` names are
-registered whole, without a prefix. :func:`model_source` validates a name: the factory
-(:func:`robustft.models.factory.build_model_from_spec`) calls it before building, and
+(``SOURCES.register(name, Source(...), argument=...)``). The ``efficientnet_lite<k>`` and
+``minilm`` names are registered whole, without a prefix. :func:`model_source` validates a name:
+the factory (:func:`robustft.models.factory.build_model_from_spec`) calls it before building, and
 :func:`robustft.training.build.check_config` before a run starts.
 """
 
@@ -24,6 +26,7 @@ from robustft.errors import UserError, did_you_mean
 from robustft.models.sources.base import _Built
 from robustft.models.sources.hf import _build_hf
 from robustft.models.sources.lite import LITE_MODELS, _build_lite
+from robustft.models.sources.minilm import MINILM, _build_minilm
 from robustft.models.sources.timm import _build_timm, _check_timm_name
 from robustft.models.sources.torchvision import _build_torchvision, _check_torchvision_name
 from robustft.models.spec import DEFAULT_MODEL, ModelSpec
@@ -48,10 +51,11 @@ def _unknown_model(name: str) -> UserError:
     _, colon, rest = name.partition(":")
     base = rest if colon else name  # timn:resnet18 -> timm:resnet18
     prefixed = [f"{source}:{base}" for source in ("timm", "torchvision")] if base else []
-    hint = did_you_mean(name, [*LITE_MODELS, *prefixed])
+    hint = did_you_mean(name, [*LITE_MODELS, MINILM, *prefixed])
     return UserError(
         f"unknown model '{name}'{hint}; use {DEFAULT_MODEL} (or efficientnet_lite1/2), "
-        "timm:<name>, torchvision:<name> or hf:<repo id or directory> (e.g. timm:resnet50)"
+        f"timm:<name>, torchvision:<name>, hf:<repo id or directory> (e.g. timm:resnet50) or, "
+        f"for text, {MINILM}"
     )
 
 
@@ -60,8 +64,8 @@ def _lite(name: str, spec: ModelSpec) -> _Built:
 
 
 SOURCES: Registry[Source] = Registry("model", unknown=_unknown_model)
-"""Model names: ``efficientnet_lite<k>`` whole, and the prefixes ``timm:``, ``torchvision:``,
-``hf:``."""
+"""Model names: ``efficientnet_lite<k>`` and ``minilm`` whole, and the prefixes ``timm:``,
+``torchvision:``, ``hf:``."""
 for _name in LITE_MODELS:
     SOURCES.register(_name, Source(_lite))
 SOURCES.register("timm", Source(_build_timm, _check_timm_name), argument="name")
@@ -69,6 +73,7 @@ SOURCES.register(
     "torchvision", Source(_build_torchvision, _check_torchvision_name), argument="name"
 )
 SOURCES.register("hf", Source(_build_hf), argument="repo id or directory")
+SOURCES.register(MINILM, Source(_build_minilm))
 
 
 def model_source(name: str) -> tuple[Source, str]:

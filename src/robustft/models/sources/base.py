@@ -15,14 +15,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class _Built(NamedTuple):
-    """What a backbone source returns to :func:`build_model_from_spec`."""
+    """What a backbone source returns to :func:`build_model_from_spec`: the network, its head
+    and frozen parameters (names inside ``net``), its normalisation (None: none, as for text),
+    input size (pixels; tokens for text), origin and modality (``image`` or ``text``)."""
 
     net: nn.Module
     head: tuple[str, ...]
-    mean: Sequence[float]
-    std: Sequence[float]
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
     input_size: int
     source: str
+    modality: str = "image"
+    frozen: tuple[str, ...] = ()
 
 
 def _head_names(net: nn.Module, heads: Sequence[nn.Module]) -> tuple[str, ...]:

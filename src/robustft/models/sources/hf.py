@@ -1,5 +1,7 @@
 """The ``hf:<repo id or local directory>`` source: Hugging Face ``transformers`` image
-classifiers (``pip install 'robustft[hf]'``).
+classifiers (``pip install 'robustft[hf]'``); a model whose config describes a text model
+(:func:`~robustft.models.sources.hf_text.is_text_config`) is built as a text classifier by
+:mod:`robustft.models.sources.hf_text`.
 
 - ``hf:google/vit-base-patch16-224`` downloads from the Hub (the Hugging Face cache, ``HF_HOME``,
   is used and honoured; ``HF_HUB_OFFLINE=1`` uses only the cache, and so does a machine whose
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from robustft.errors import UserError, first_line
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, _Built, _head_names
+from robustft.models.sources.hf_text import build_hf_text, is_text_config
 from robustft.models.sources.hub import hub_unreachable, offline_mode
 from robustft.models.spec import ModelSpec
 
@@ -118,8 +121,9 @@ def _load_error(arch: str, local: bool, cache_only: bool, err: BaseException) ->
     text = first_line(err)
     if local:
         return UserError(
-            f"hf:{arch}: not a Hugging Face image-classification model directory ({text}); "
-            "it needs the config.json and weights written by save_pretrained"
+            f"hf:{arch}: not a Hugging Face image-classification model or text encoder "
+            f"directory ({text}); it needs the config.json and weights written by "
+            "save_pretrained"
         )
     if cache_only or "connect" in text.lower() or "offline" in text.lower():
         return UserError(
@@ -208,6 +212,15 @@ def _build_hf(arch: str, spec: ModelSpec) -> _Built:
         )
     source, local = _source(arch)
     cache_only = not local and hub_unreachable()
+    try:
+        with _quiet(), offline_mode(cache_only):
+            found = transformers.AutoConfig.from_pretrained(source, local_files_only=cache_only)
+    except (OSError, ValueError) as err:
+        raise _load_error(arch, local, cache_only, err) from None
+    if is_text_config(found):
+        return build_hf_text(
+            label, source, config=found, spec=spec, local=local, cache_only=cache_only
+        )
     auto = transformers.AutoModelForImageClassification
     try:
         with _quiet(), offline_mode(cache_only):
