@@ -54,7 +54,7 @@ from robustft.models.modes import (
     is_mode,
     register_mode,
 )
-from robustft.models.sources import SOURCES, model_source
+from robustft.models.sources import SOURCES, model_source, name_modality, text_tokenizer
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD
 from robustft.models.sources.lite import (
     LITE_MODELS,
@@ -82,6 +82,8 @@ from robustft.models.weights import load_backbone_weights, read_state_dict
 from robustft.models.wrapper import ClassifierModel, Normalized
 
 __all__ = [
+    "name_modality",
+    "text_tokenizer",
     "DEFAULT_MODEL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -30,7 +30,9 @@ from robustft.models import (
     build_model,
     check_model_name,
     mode_options_from_config,
+    name_modality,
     param_groups,
+    text_tokenizer,
 )
 from robustft.monitor import OverfitRule
 from robustft.schedules import EpsSchedule, parse_schedule
@@ -41,7 +43,9 @@ _logger = logging.getLogger(__name__)
 
 
 def build_data(config: RunConfig) -> DataSplits:
-    """The train/val/test splits the config describes (deterministic given train.seed).
+    """The train/val/test splits the config describes (deterministic given train.seed); text
+    tokenised with the backbone's own tokenizer (:func:`robustft.models.text_tokenizer`), as
+    token ids: :func:`embed_text` packs them for a built model.
 
     Raises:
         UserError: the run was trained on datasets given from Python (``custom:...``).
@@ -51,7 +55,60 @@ def build_data(config: RunConfig) -> DataSplits:
             f"this run was trained on datasets given from Python ({config.data.name}); evaluate "
             "it in Python (robustft.evaluate) or on named data (robustft eval RUN --data NAME)"
         )
-    return build_datasets_from_spec(DataSpec(**asdict(config.data), seed=config.train.seed))
+    spec = DataSpec(**asdict(config.data), seed=config.train.seed)
+    if spec.modality != "text":
+        return build_datasets_from_spec(spec)
+    return build_datasets_from_spec(spec, tokenizer=text_tokenizer(config.model.name))
+
+
+def check_modalities(config: RunConfig, model_modality: str | None = None) -> None:
+    """Refuse a text dataset with an image backbone and the reverse: from the model name alone
+    (before anything is built), or from a built model's ``modality`` (``hf:`` names).
+
+    Raises:
+        UserError: one line naming both keys and the fix.
+    """
+    data = config.data.modality
+    model = model_modality or name_modality(config.model.name)
+    if model is None or model == data:
+        return
+    fix = (
+        "use model.name: minilm or hf:<text model>"
+        if data == "text"
+        else "use an image backbone (efficientnet_lite0, timm:..., torchvision:..., hf:<image "
+        "model>) or a text dataset (drugreview, text:<path>)"
+    )
+    raise UserError(
+        f"config model.name: {config.model.name} is a {model} backbone but data.name "
+        f"{config.data.name} is {data} data; {fix}"
+    )
+
+
+def embed_text(data: DataSplits, model: ClassifierModel) -> DataSplits:
+    """Text splits of token ids, packed for ``model`` by its
+    :class:`~robustft.models.TokenEmbedder` (each example ``(L, D + 1)``, see
+    :mod:`robustft.models.text`); image splits unchanged.
+
+    Raises:
+        UserError: the model does not take the data's modality.
+    """
+    if data.modality != "text" and model.modality != "text":
+        return data
+    if data.modality != model.modality:
+        raise UserError(
+            f"the model takes {model.modality} inputs but the data is {data.modality}; "
+            "use a text backbone (minilm, hf:<text model>) for text data and an image one for "
+            "images"
+        )
+    embedder = model.net.embedder()  # type: ignore[operator]
+    splits = {k: getattr(data, k) for k in ("train", "val", "test")}
+    return replace(data, **{k: split.mapped(embedder) for k, split in splits.items()})
+
+
+def attack_space(config: RunConfig) -> str:
+    """The input space the run's attacks work in: ``embedding`` for text data, else
+    ``pixel``."""
+    return "embedding" if config.data.modality == "text" else "pixel"
 
 
 def eval_grid(config: RunConfig) -> list[float]:
@@ -90,6 +147,7 @@ def check_config(config: RunConfig) -> None:
         MODES.check(config.model.mode)
     with _key("data.name"):
         check_dataset_name(config.data.name)
+    check_modalities(config)
     check_backends(config.log.backends)  # its message names log.backends
     with _key("attack.schedule"):
         build_schedule(config)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from robustft.errors import UserError, did_you_mean
 from robustft.models.sources.base import _Built
-from robustft.models.sources.hf import _build_hf
+from robustft.models.sources.hf import _build_hf, hf_tokenizer
 from robustft.models.sources.lite import LITE_MODELS, _build_lite
-from robustft.models.sources.minilm import MINILM, _build_minilm
+from robustft.models.sources.minilm import MINILM, _build_minilm, minilm_dir
 from robustft.models.sources.timm import _build_timm, _check_timm_name
 from robustft.models.sources.torchvision import _build_torchvision, _check_torchvision_name
 from robustft.models.spec import DEFAULT_MODEL, ModelSpec
@@ -91,3 +92,32 @@ def model_source(name: str) -> tuple[Source, str]:
         raise _unknown_model(name)
     source.check(arch)
     return source, arch
+
+
+def name_modality(name: str) -> str | None:
+    """What a model name takes, known from the name alone: ``text`` (``minilm``), ``image``
+    (EfficientNet-Lite, ``timm:``, ``torchvision:``), or None where only the model's own config
+    tells (``hf:``, ``custom:``)."""
+    name = name.strip()
+    if name == MINILM:
+        return "text"
+    if name.startswith(("hf:", "custom:")):
+        return None
+    return "image"
+
+
+def text_tokenizer(name: str) -> Path | None:
+    """The ``tokenizer.json`` of the text backbone ``name``: all-MiniLM-L6-v2's (extracted once,
+    :func:`~robustft.models.sources.minilm.minilm_dir`) or the one beside an ``hf:`` model (its
+    folder, or the Hugging Face cache; None when it has none, an image model). Reads no weights.
+
+    Raises:
+        UserError: the MiniLM package is missing, or the Hub cannot be reached for a model that
+            is not cached.
+    """
+    name = name.strip()
+    if name == MINILM:
+        return minilm_dir() / "tokenizer.json"
+    if name.startswith("hf:"):
+        return hf_tokenizer(name[len("hf:"):].strip())
+    return None

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from robustft.errors import UserError, first_line
 from robustft.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, _Built, _head_names
-from robustft.models.sources.hf_text import build_hf_text, is_text_config
+from robustft.models.sources.hf_text import build_hf_text, is_text_config, model_file
 from robustft.models.sources.hub import hub_unreachable, offline_mode
 from robustft.models.spec import ModelSpec
 
@@ -199,6 +199,22 @@ def _head(net: HFImageClassifier, label: str) -> tuple[str, ...]:
             f"{type(net.model).__name__}); use an image-classification model"
         )
     return _head_names(net, (head,))
+
+
+def hf_tokenizer(arch: str) -> Path | None:
+    """The ``tokenizer.json`` of the ``hf:`` model ``arch`` (in its folder, or from the Hub's
+    cache when the Hub cannot be reached), None when it has none (an image model).
+
+    Raises:
+        UserError: the Hub cannot be reached and the model is not cached.
+    """
+    source, local = _source(arch)
+    cache_only = not local and hub_unreachable()
+    try:
+        with _quiet(), offline_mode(cache_only):
+            return model_file(source, "tokenizer.json", local=local, cache_only=cache_only)
+    except (OSError, ValueError) as err:
+        raise _load_error(arch, local, cache_only, err) from None
 
 
 def _build_hf(arch: str, spec: ModelSpec) -> _Built:

@@ -43,7 +43,7 @@ def is_text_config(config: Any) -> bool:
     return isinstance(vocab, int) and not isinstance(vocab, bool) and not image
 
 
-def _file(source: str, name: str, *, local: bool, cache_only: bool) -> Path | None:
+def model_file(source: str, name: str, *, local: bool, cache_only: bool) -> Path | None:
     """A file of the model: beside it in a folder, or from its Hub repo (the cache when
     ``cache_only``); None when the model has no such file.
 
@@ -70,7 +70,7 @@ def sentence_transformers_pooling(source: str, *, local: bool, cache_only: bool)
     module's config), None for other models. Other pooling modes (max, mean-sqrt-len) are not
     supported: mean, with a warning."""
     path: str | None = "1_Pooling"
-    modules = _file(source, "modules.json", local=local, cache_only=cache_only)
+    modules = model_file(source, "modules.json", local=local, cache_only=cache_only)
     if modules is not None:
         try:
             entries = json.loads(modules.read_text(encoding="utf-8"))
@@ -82,7 +82,7 @@ def sentence_transformers_pooling(source: str, *, local: bool, cache_only: bool)
             path = None
     if path is None:
         return None
-    config = _file(source, f"{path}/config.json", local=local, cache_only=cache_only)
+    config = model_file(source, f"{path}/config.json", local=local, cache_only=cache_only)
     if config is None:
         return None
     try:
@@ -140,7 +140,7 @@ def build_hf_text(
     transformers = _transformers()
     try:
         with _quiet(), offline_mode(cache_only):
-            tokenizer = _file(source, TOKENIZER_FILE, local=local, cache_only=cache_only)
+            tokenizer = model_file(source, TOKENIZER_FILE, local=local, cache_only=cache_only)
             if pooling is None:
                 pooling = sentence_transformers_pooling(source, local=local, cache_only=cache_only)
             if spec.pretrained:
