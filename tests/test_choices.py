@@ -88,7 +88,7 @@ def test_names_that_need_no_download_are_accepted(
 def test_an_unknown_norm_is_refused_when_the_config_is_built() -> None:
     with pytest.raises(UserError) as excinfo:
         build_config({"attack": {"norm": "zz"}})
-    assert str(excinfo.value) == "config attack.norm: unknown value 'zz'; valid: linf, l2"
+    assert str(excinfo.value) == "config attack.norm: unknown value 'zz'; valid: linf, l2, l2-token"
     with pytest.raises(UserError, match=r"attack\.norm.*did you mean 'l2'"):
         build_config({}, ["attack.norm=L2"])
 

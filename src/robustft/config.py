@@ -317,13 +317,15 @@ class TrainConfig:
             _check(self.threads >= 1, "train.threads", self.threads, "an integer >= 1 or null")
 
 
-NORMS = ("linf", "l2")  # the threat models (robustft.attacks.geometry)
+# the threat models (robustft.attacks.geometry); l2-token (an l2 ball per token) is for text
+NORMS = ("linf", "l2", "l2-token")
 
 
 @dataclass(frozen=True)
 class AttackConfig:
     """Training perturbation: ``eps`` is eps_g (pixel units, e.g. 8/255; 0 = standard
-    fine-tuning), ``norm`` the threat model eps is measured in (``linf`` or ``l2``), ``schedule``
+    fine-tuning), ``norm`` the threat model eps is measured in (``linf`` or ``l2``; for text
+    also ``l2-token``), ``schedule``
     the text form of the eps schedule, ``name``/``steps`` the attack that crafts training examples
     (``rel_step`` only for pgd/fgsm/n-fgsm; null = the attack's default). ``noise_factor``: the
     noise of n-fgsm, uniform in [-k eps, k eps] (null = 2). ``grad_align_lambda``: the weight of

@@ -105,8 +105,9 @@ def grad_align_penalty(
 
     ``g`` is the input gradient of the cross-entropy, ``eta`` a random point of the eps-ball
     (``geometry.random_init``: uniform in the l-inf cube, clamped to [0, 1]), the cosine taken
-    per example over all input dimensions and averaged over the examples whose two gradients
-    are non-zero (0 when none is). As in the paper's code, the gradient at ``x`` is a constant
+    per example over all input dimensions the threat model moves (every pixel; for text, the
+    embeddings of ordinary tokens) and averaged over the examples whose two gradients are
+    non-zero (0 when none is). As in the paper's code, the gradient at ``x`` is a constant
     and the one at ``x + eta`` is differentiated through (double backpropagation,
     ``create_graph=True``). Both are taken in the model's current mode, the update's (train
     mode), so that the cosine compares gradients of one function: the attack's FGSM gradient,
@@ -128,9 +129,11 @@ def grad_align_penalty(
         A scalar in [0, 2], differentiable in the model's parameters.
     """
     radius = torch.full((len(x),), float(eps), dtype=torch.float32, device=x.device)
-    at_x = _input_gradient(model, x, y, create_graph=False).flatten(1)
+    # over the coordinates the threat model moves (every pixel; not text's frozen tokens)
+    restrict = geometry.space.restrict
+    at_x = restrict(_input_gradient(model, x, y, create_graph=False), x).flatten(1)
     noisy = geometry.random_init(x.detach(), radius, generator)
-    at_noise = _input_gradient(model, noisy, y, create_graph=True).flatten(1)
+    at_noise = restrict(_input_gradient(model, noisy, y, create_graph=True), x).flatten(1)
     norms = at_x.norm(dim=1) * at_noise.norm(dim=1)
     cosine = (at_x * at_noise).sum(dim=1) / norms.clamp_min(_TINY)
     counted = (norms > 0).to(cosine.dtype)

@@ -178,7 +178,7 @@ def _momentum_step(
     """
     x_now = search.x_now
     step = _per_example(search.step, x_now).to(x_now.dtype)
-    z = geometry.project(x_now + step * geometry.ascent_direction(search.grad), x, eps)
+    z = geometry.project(x_now + step * geometry.ascent_direction(search.grad, x), x, eps)
     moved = x_now + momentum * (z - x_now) + (1.0 - momentum) * (x_now - search.x_before)
     return geometry.project(moved, x, eps)
 

@@ -3,9 +3,10 @@
 An attack object holds only hyperparameters and is never mutated by a call. The final
 ``__call__`` validates the inputs, skips examples with ``eps == 0`` at zero cost, puts the model
 in eval mode with parameter gradients off (restored on exit), calls the subclass's
-``_perturb``, projects the result into the eps-ball intersected with ``[0, 1]`` (a safety net;
-the wider ball of :meth:`Attack.reach` for N-FGSM, which trains beyond eps by design and is
-refused by evaluation) and detaches it.
+``_perturb``, projects the result into the eps-ball intersected with the input space's box
+(``[0, 1]`` for images; for text, padding and special tokens and the kind channel at their clean
+values: :mod:`robustft.attacks.space`) as a safety net (the wider ball of :meth:`Attack.reach`
+for N-FGSM, which trains beyond eps by design and is refused by evaluation) and detaches it.
 
 Evaluation asks a different question than training: not "where is a strong point?" but "is
 this example still classified correctly under attack?". :meth:`Attack.evaluate` answers it
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from robustft.attacks.geometry import Geometry, get_geometry
+from robustft.attacks.space import InputSpace
 from robustft.errors import UserError, is_real
 
 
@@ -64,26 +66,6 @@ def crafting_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Mo
         finally:
             for p, requires_grad in flags:
                 p.requires_grad_(requires_grad)
-
-
-def _check_inputs(x: Tensor, y: Tensor, x_init: Tensor | None) -> None:
-    """Check shapes, and that images are in [0, 1] (a normalised batch is the classic mistake).
-
-    Raises:
-        UserError: wrong shapes, or pixel values outside [0, 1].
-    """
-    if x.ndim != 4 or y.shape != (x.shape[0],):
-        raise UserError(f"expected x (B,C,H,W) and y (B,), got {tuple(x.shape)}, {tuple(y.shape)}")
-    if x_init is not None and x_init.shape != x.shape:
-        raise UserError(
-            f"x_init must have the shape of x {tuple(x.shape)}, got {tuple(x_init.shape)}"
-        )
-    if x.numel() and bool(((x < 0) | (x > 1)).any()):
-        raise UserError(
-            f"attacks expect images in [0, 1] (got values in [{float(x.min()):.3g}, "
-            f"{float(x.max()):.3g}]); put mean/std normalisation inside the model and clamp "
-            "after resizing"
-        )
 
 
 def check_hyperparameter(name: str, value: object, valid: bool, expected: str) -> None:
@@ -148,7 +130,7 @@ class Outcome:
     """What one attack run crafted (the return value of ``_perturb``).
 
     Attributes:
-        x_adv: (B, C, H, W) adversarial points, inside the eps-ball and [0, 1].
+        x_adv: (B, ...) adversarial points, inside the eps-ball and the input space's box.
         fooled: (B,) bool, the model misclassifies ``x_adv`` (judged by the attack's own
             forward passes), or None where the attack did not judge its points (training calls,
             and evaluation without early exit: the caller judges them with one forward pass).
@@ -163,7 +145,7 @@ class Verdict:
     """What :meth:`Attack.evaluate` returns: the adversarial points and the judgement on each.
 
     Attributes:
-        x_adv: (B, C, H, W) adversarial points, inside the eps-ball and [0, 1].
+        x_adv: (B, ...) adversarial points, inside the eps-ball and the input space's box.
         fooled: (B,) bool, the model misclassifies ``x_adv``: the example is not robust.
     """
 
@@ -234,8 +216,12 @@ class Attack(ABC):
     """Base class of all attacks. Subclasses are frozen dataclasses of hyperparameters.
 
     Attributes:
-        norm: threat model, ``"linf"`` or ``"l2"``; eps is measured in that norm, pixel units.
+        norm: threat model, ``"linf"``, ``"l2"`` or (text) ``"l2-token"``; eps is measured in
+            that norm, in the input space's units.
         eval_mode: craft with the model in eval mode (default, and always so in evaluation).
+        space: the inputs attacked (:mod:`robustft.attacks.space`): ``"pixel"``, images
+            (B, C, H, W) in [0, 1] (the default), or ``"embedding"``, packed text inputs
+            (B, L, D + 1) whose padding and special tokens are never perturbed.
         training_only: the attack crafts training examples only (its points may leave the
             eps-ball, as N-FGSM's do, or it names a training method, as GradAlign): evaluation
             (:meth:`evaluate`) refuses it.
@@ -243,17 +229,25 @@ class Attack(ABC):
 
     norm: str = "linf"
     eval_mode: bool = True
+    space: str = "pixel"
     training_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        get_geometry(self.norm)  # raises UserError for an unknown norm
+        # raises UserError for an unknown norm or space, or a norm the space does not take
+        get_geometry(self.norm, self.space)
         if not isinstance(self.eval_mode, bool):
             raise UserError(f"eval_mode must be true or false, got {self.eval_mode!r}")
 
     @property
     def geometry(self) -> Geometry:
-        """The norm's geometry (random init, ascent direction, projection)."""
-        return get_geometry(self.norm)
+        """The norm's geometry in the attack's input space (random init, ascent direction,
+        projection)."""
+        return get_geometry(self.norm, self.space)
+
+    @property
+    def input_space(self) -> InputSpace:
+        """The input space (input checks, movable coordinates, box)."""
+        return self.geometry.space
 
     def __call__(
         self,
@@ -269,11 +263,14 @@ class Attack(ABC):
         """Craft adversarial examples.
 
         Args:
-            model: maps (B, C, H, W) images in [0, 1] to (B, K) logits.
-            x: clean images, (B, C, H, W), float in [0, 1].
+            model: maps the inputs (images (B, C, H, W) in [0, 1], or packed text (B, L, D + 1)
+                in the embedding space) to (B, K) logits.
+            x: clean inputs of the attack's space: images (B, C, H, W), float in [0, 1], or
+                packed text (B, L, D + 1) whose last channel is the token kind.
             y: labels, (B,), int64.
-            eps: budget in pixel units in ``self.norm``: a float or a (B,) tensor.
-            x_init: optional starting point (B, C, H, W), e.g. the adversarial example found at a
+            eps: budget in ``self.norm``, in the space's units (pixels; for text, the model's
+                unit scale): a float or a (B,) tensor.
+            x_init: optional starting point shaped as ``x``, e.g. the adversarial example found at a
                 smaller eps; projected into the ball first. Replaces the random start.
             generator: CPU ``torch.Generator`` for random starts and restarts; with the same
                 seed the result is the same.
@@ -282,7 +279,7 @@ class Attack(ABC):
                 training needs the point after the full step count.
 
         Returns:
-            x_adv (B, C, H, W), detached, inside the eps-ball around x and in [0, 1]; equal to
+            x_adv shaped as ``x``, detached, inside the eps-ball around x and the box; equal to
             ``x`` (the same values) wherever ``eps == 0``. (A training-only attack may go
             further, to its :meth:`reach`: N-FGSM's points lie within (k + 1) * eps.)
         """
@@ -345,7 +342,7 @@ class Attack(ABC):
         early_stop: bool,
     ) -> Outcome:
         """Validate, skip examples with ``eps == 0`` and run the attack on the others."""
-        _check_inputs(x, y, x_init)
+        self.input_space.check(x, y, x_init)
         if is_real(eps):  # one budget (training): checked on the host, no wait for the device
             value = float(eps)  # type: ignore[arg-type]
             if not math.isfinite(value) or value < 0:
@@ -416,10 +413,16 @@ class Attack(ABC):
         None (the training path: no extra forward pass)."""
 
     def describe(self) -> dict[str, object]:
-        """A JSON-serialisable description: the attack's registry name and hyperparameters."""
+        """A JSON-serialisable description: the attack's registry name and hyperparameters.
+
+        ``space`` is named only when it is not the pixel space, so that an image attack's
+        description (in curve.json and result.json) is the one it had before text existed."""
         from dataclasses import asdict
 
-        return {"name": self.name, **asdict(self)}
+        fields = asdict(self)
+        if fields["space"] == "pixel":
+            del fields["space"]
+        return {"name": self.name, **fields}
 
     @property
     @abstractmethod

@@ -8,7 +8,8 @@ of GradAlign training. Both are for training only: evaluation refuses them.
   ``(k + rel_step) * eps`` in l-inf (3 eps by default): by design, the stronger noise and the
   missing projection are what avoid CO; its examples are training examples, not an evaluation of
   robustness at eps. In l2 (not in the paper) the noise is the l2 geometry's random start at
-  radius ``k * eps`` and the step the unit-l2 gradient times ``rel_step * eps``.
+  radius ``k * eps`` and the step the unit-l2 gradient times ``rel_step * eps``. On text
+  (embedding space) the clamp is the space's box instead: padding and special tokens stay put.
   Cost: one forward and one backward pass to craft, as FGSM-RS.
 * GradAlign (Andriushchenko & Flammarion, NeurIPS 2020; code tml-epfl/understanding-fast-adv-
   training): FGSM examples (one step of eps from the clean input, as ``fgsm``), trained on with
@@ -82,7 +83,8 @@ class NFGSM(Attack):
             x_init = geometry.random_init(x, self.start_radius(eps), generator)
         _, grad, _ = input_gradient(model, x_init, y, cross_entropy)
         step = (self.rel_step * eps).view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-        return Outcome((x_init + step * geometry.ascent_direction(grad)).clamp(0.0, 1.0))
+        x_adv = x_init + step * geometry.ascent_direction(grad, x)
+        return Outcome(geometry.space.clamp(x_adv, x))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -172,7 +172,7 @@ class PGD(Attack):
                         break
                     x, y, eps, x_adv = x[keep], y[keep], eps[keep], x_adv[keep]
                     grad, step_size = grad[keep], step_size[keep]
-            x_adv = geometry.project(x_adv + step_size * geometry.ascent_direction(grad), x, eps)
+            x_adv = geometry.project(x_adv + step_size * geometry.ascent_direction(grad, x), x, eps)
         return x_adv
 
 

@@ -125,6 +125,11 @@ class Square(Attack):
                 f"the square attack supports only norm 'linf' (got '{self.norm}'); its l2 "
                 "variant is not implemented"
             )
+        if self.space != "pixel":
+            raise UserError(
+                f"the square attack supports only images (space 'pixel', got '{self.space}'): "
+                "its squares are image patches"
+            )
         check_hyperparameter(
             "queries", self.queries, is_int(self.queries) and self.queries >= 1, "an integer >= 1"
         )

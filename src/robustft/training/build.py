@@ -149,6 +149,9 @@ def check_config(config: RunConfig) -> None:
         check_dataset_name(config.data.name)
     check_modalities(config)
     check_backends(config.log.backends)  # its message names log.backends
+    with _key("attack.norm"):
+        # every run is an image run until text data is wired in (issue 21): l2-token is refused
+        attacks.get_geometry(config.attack.norm, "pixel")
     with _key("attack.schedule"):
         build_schedule(config)
     with _key("attack.name"):
