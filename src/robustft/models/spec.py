@@ -91,7 +91,8 @@ class ModelSpec:
     """What to build: the user's request.
 
     Attributes:
-        name: ``efficientnet_lite0``, ``timm:<name>`` or ``torchvision:<name>``.
+        name: ``efficientnet_lite0``, ``timm:<name>``, ``torchvision:<name>``,
+            ``hf:<repo id or directory>`` or ``minilm`` (text).
         num_classes: number of classes of the task (size of the new head), >= 1.
         pretrained: load pretrained weights (hub/default) when no ``weights`` file is given;
             ``False`` gives a random initialisation and never touches the network.
