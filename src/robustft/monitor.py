@@ -140,12 +140,14 @@ def measure(
     examples: int,
     pgd_steps: int,
     seed: int,
+    space: str = "pixel",
 ) -> dict[str, float]:
-    """The monitor's two accuracies at ``eps``: ``{co_pgd_acc, co_fgsm_acc}`` (fractions)."""
+    """The monitor's two accuracies at ``eps``: ``{co_pgd_acc, co_fgsm_acc}`` (fractions);
+    ``space``: the attacks' input space (``embedding`` for text)."""
     from robustft import attacks
 
-    pgd = attacks.create("pgd", norm=norm, steps=pgd_steps)
-    fgsm = attacks.create("fgsm", norm=norm)
+    pgd = attacks.create("pgd", norm=norm, steps=pgd_steps, space=space)
+    fgsm = attacks.create("fgsm", norm=norm, space=space)
     kwargs: dict[str, Any] = {"examples": examples, "seed": seed}
     return {
         PGD_KEY: attack_accuracy(model, data, pgd, eps, **kwargs),

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from robustft.config import DEFAULT_MAX_LENGTH, data_modality
 
 if TYPE_CHECKING:
-    from robustft.data.text import TextSplit
+    from robustft.data.text import MappedTextSplit, TextSplit
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class DataSplits:
 
     Attributes:
         train, val, test: datasets of ``(float tensor (3, S, S) in [0, 1], int label)``, or for
-            text data :class:`~robustft.data.text.TextSplit` of ``(token ids (L,), int label)``.
+            text data :class:`~robustft.data.text.TextSplit` of ``(token ids (L,), int label)``,
+            packed for a model into :class:`~robustft.data.text.MappedTextSplit` of
+            ``(float (L, D + 1), int label)``.
         num_classes: number of classes.
         class_names: the class names, indexed by label.
         spec: the request that built them.
@@ -113,9 +115,9 @@ class DataSplits:
             problem); empty when none were.
     """
 
-    train: ImageSplit | TextSplit
-    val: ImageSplit | TextSplit
-    test: ImageSplit | TextSplit
+    train: ImageSplit | TextSplit | MappedTextSplit
+    val: ImageSplit | TextSplit | MappedTextSplit
+    test: ImageSplit | TextSplit | MappedTextSplit
     num_classes: int
     class_names: tuple[str, ...]
     spec: DataSpec = field(default_factory=DataSpec)

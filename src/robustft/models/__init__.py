@@ -82,8 +82,6 @@ from robustft.models.weights import load_backbone_weights, read_state_dict
 from robustft.models.wrapper import ClassifierModel, Normalized
 
 __all__ = [
-    "name_modality",
-    "text_tokenizer",
     "DEFAULT_MODEL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -118,10 +116,12 @@ __all__ = [
     "lora_target_modules",
     "mode_options_from_config",
     "model_source",
+    "name_modality",
     "param_groups",
     "partial_parameter_names",
     "read_state_dict",
     "register_mode",
+    "text_tokenizer",
     "trainable_parameter_count",
     "trainable_state_dict",
     "wrap_model",

@@ -234,9 +234,12 @@ def _validate_grid(eps_grid: Sequence[float], mode: str) -> tuple[float, ...]:
 
 def default_masking_eps(norm: str, image_shape: Sequence[int]) -> float:
     """A budget no honest model survives: 0.5 in l-inf (half the pixel range); in l2 the radius
-    ``0.5 * sqrt(C*H*W)`` of the ball that contains that l-inf ball."""
+    ``0.5 * sqrt(C*H*W)`` of the ball that contains that l-inf ball; for text in l2-token, 4
+    (each token moved by up to four times the mean token-embedding norm)."""
     if norm == "linf":
         return 0.5
+    if norm == "l2-token":  # text: every token moved by up to four mean token norms
+        return 4.0
     return 0.5 * math.sqrt(math.prod(int(d) for d in image_shape))
 
 
@@ -295,8 +298,11 @@ def _gradient_free(
 
     if n_examples <= 0 or attack.name == "square":
         return None
-    if attack.norm != "linf":
-        reason = "no gradient-free check: the square attack is l-inf only (l2 not implemented)"
+    if attack.norm != "linf" or attack.space != "pixel":
+        reason = (
+            f"no gradient-free check: the square attack is l-inf only ({attack.norm} not "
+            "implemented)"
+        )
         _logger.info("robustness check: %s", reason)
         return {"attack": "square", "eps": eps, "skipped": reason}
     chosen = select(dataset, n_examples, seed)

@@ -74,7 +74,9 @@ def load_trained_model(
             )
     payload = load_latest_checkpoint(ckpt)
     config = build_config(payload["config"])
-    full = config.model.mode == "full"  # every weight is in the checkpoint: no base needed
+    # every weight is in the checkpoint, no base needed: full fine-tuning of an image model (a
+    # text model's word-embedding table is frozen in every mode, so it comes from the base)
+    full = config.model.mode == "full" and config.data.modality != "text"
     options = mode_options_from_config(config.model)
     num_classes = int(payload["num_classes"])
     if is_custom(config.model.name):

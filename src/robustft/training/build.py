@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from robustft import attacks
-from robustft.config import CUSTOM_PREFIX, RunConfig
+from robustft.config import CUSTOM_PREFIX, EvalConfig, RunConfig
 from robustft.data.factory import build_datasets_from_spec, check_dataset_name
 from robustft.data.spec import DataSpec, DataSplits
+from robustft.data.text import TextSplit
 from robustft.errors import UserError
 from robustft.models import (
     MODES,
@@ -36,7 +37,7 @@ from robustft.models import (
 )
 from robustft.monitor import OverfitRule
 from robustft.schedules import EpsSchedule, parse_schedule
-from robustft.units import eps_grid
+from robustft.units import default_eps_step, eps_grid
 from robustft.utils.seeding import derive_seed
 
 _logger = logging.getLogger(__name__)
@@ -101,8 +102,11 @@ def embed_text(data: DataSplits, model: ClassifierModel) -> DataSplits:
             "images"
         )
     embedder = model.net.embedder()  # type: ignore[operator]
-    splits = {k: getattr(data, k) for k in ("train", "val", "test")}
-    return replace(data, **{k: split.mapped(embedder) for k, split in splits.items()})
+
+    def pack(split: Any) -> Any:
+        return split.mapped(embedder) if isinstance(split, TextSplit) else split
+
+    return replace(data, train=pack(data.train), val=pack(data.val), test=pack(data.test))
 
 
 def attack_space(config: RunConfig) -> str:
@@ -113,12 +117,17 @@ def attack_space(config: RunConfig) -> str:
 
 def eval_grid(config: RunConfig) -> list[float]:
     """The final evaluation's eps grid: 0, eps_step, ..., eps_max (default eps_g; 8/255 for l-inf
-    or 0.5 for l2 when eps_g is 0, as for standard fine-tuning)."""
+    or 0.5 for l2 when eps_g is 0, as for standard fine-tuning). Text (l2-token) with the default
+    eps_step uses eighths of eps_max (:func:`~robustft.units.default_eps_step`)."""
     ecfg = config.eval
     eps_max = ecfg.eps_max if ecfg.eps_max is not None else config.attack.eps
     if eps_max == 0:
         eps_max = 8 / 255 if config.attack.norm == "linf" else 0.5
-    return eps_grid(eps_max, ecfg.eps_step)
+    step = ecfg.eps_step
+    if config.attack.norm == "l2-token" and step == EvalConfig.eps_step:
+        # the default step is the pixel quantum, meaningless for token embeddings: eighths
+        step = default_eps_step(config.attack.norm, eps_max)
+    return eps_grid(eps_max, step)
 
 
 def check_config(config: RunConfig) -> None:
@@ -150,8 +159,18 @@ def check_config(config: RunConfig) -> None:
     check_modalities(config)
     check_backends(config.log.backends)  # its message names log.backends
     with _key("attack.norm"):
-        # every run is an image run until text data is wired in (issue 21): l2-token is refused
-        attacks.get_geometry(config.attack.norm, "pixel")
+        attacks.get_geometry(config.attack.norm, attack_space(config))
+        if config.data.modality == "text" and config.attack.norm != "l2-token":
+            raise UserError(
+                f"text runs perturb token embeddings in the l2-token threat model (an l2 ball "
+                f"per token); {config.attack.norm} is not available for text yet: set "
+                "attack.norm: l2-token"
+            )
+    if config.data.modality == "text" and config.eval.autoattack is not None:
+        raise UserError(
+            "config eval.autoattack: AutoAttack attacks images; text runs are evaluated with "
+            "the embedding-space attacks (eval.attack: apgd-ce or pgd); set eval.autoattack: null"
+        )
     with _key("attack.schedule"):
         build_schedule(config)
     with _key("attack.name"):
@@ -181,16 +200,23 @@ def _key(key: str) -> Iterator[None]:
 ONE_STEP_ATTACKS = ("fgsm", "fgsm-rs", "n-fgsm", "grad-align")
 
 
-def build_attack(name: str, *, norm: str, steps: int, **hyper: Any) -> attacks.Attack:
+def build_attack(
+    name: str, *, norm: str, steps: int, space: str = "pixel", **hyper: Any
+) -> attacks.Attack:
     """``attacks.create`` with a step count that attacks without steps ignore (FGSM, FGSM-RS
-    take one step; Square counts queries)."""
+    take one step; Square counts queries), in the input ``space`` (``pixel`` or, for text,
+    ``embedding``: :func:`attack_space`)."""
     spec = attacks.ATTACKS.get(name)
     if spec is not None and spec.takes_steps:
         hyper["steps"] = steps
+    if space != "pixel":
+        hyper["space"] = space
     return attacks.create(name, norm=norm, **hyper)
 
 
-def build_evaluation_attack(name: str, *, norm: str, steps: int) -> attacks.Attack:
+def build_evaluation_attack(
+    name: str, *, norm: str, steps: int, space: str = "pixel"
+) -> attacks.Attack:
     """:func:`build_attack` for an evaluation: a training-only attack (``n-fgsm``, whose
     examples may leave the eps-ball, and ``grad-align``) is refused.
 
@@ -198,7 +224,7 @@ def build_evaluation_attack(name: str, *, norm: str, steps: int) -> attacks.Atta
         UserError: an unknown or training-only name, or a bad norm or step count.
     """
     check_evaluation_attack(name)
-    return build_attack(name, norm=norm, steps=steps)
+    return build_attack(name, norm=norm, steps=steps, space=space)
 
 
 def check_evaluation_attack(name: str, label: str = "attack") -> None:
@@ -219,7 +245,7 @@ def build_train_attack(config: RunConfig) -> attacks.Attack:
     for key in ("rel_step", "noise_factor", "grad_align_lambda"):
         if getattr(a, key) is not None:
             hyper[key] = getattr(a, key)
-    return build_attack(a.name, norm=a.norm, steps=a.steps, **hyper)
+    return build_attack(a.name, norm=a.norm, steps=a.steps, space=attack_space(config), **hyper)
 
 
 def build_switch_attack(config: RunConfig) -> attacks.Attack:
@@ -228,7 +254,11 @@ def build_switch_attack(config: RunConfig) -> attacks.Attack:
     ``attack.eval_mode``; its step size the attack's default, as a run training with it)."""
     name, steps = config.monitor.switch_to
     return build_attack(
-        name, norm=config.attack.norm, steps=steps, eval_mode=config.attack.eval_mode
+        name,
+        norm=config.attack.norm,
+        steps=steps,
+        space=attack_space(config),
+        eval_mode=config.attack.eval_mode,
     )
 
 
@@ -283,5 +313,8 @@ def build_backbone(config: RunConfig, num_classes: int) -> ClassifierModel:
 def build_eval_attack(config: RunConfig) -> attacks.Attack:
     """The final evaluation's attack (``eval.attack`` with ``eval.steps``, the run's norm)."""
     return build_evaluation_attack(
-        config.eval.attack, norm=config.attack.norm, steps=config.eval.steps
+        config.eval.attack,
+        norm=config.attack.norm,
+        steps=config.eval.steps,
+        space=attack_space(config),
     )

@@ -20,6 +20,7 @@ from robustft.robustness.evaluate import robustness_curve
 from robustft.subset import sample_size, subset
 from robustft.training.build import (
     ONE_STEP_ATTACKS,
+    attack_space,
     build_eval_attack,
     eval_grid,
     overfit_rule,
@@ -73,7 +74,9 @@ def validate(state: TrainState, epoch: int) -> dict[str, Any]:
     }
     eps_g = state.config.attack.eps
     if vcfg.robust_every > 0 and epoch % vcfg.robust_every == 0 and eps_g > 0:
-        attack = attacks.create("pgd", norm=state.config.attack.norm, steps=10)
+        attack = attacks.create(
+            "pgd", norm=state.config.attack.norm, steps=10, space=attack_space(state.config)
+        )
         curve = robustness_curve(
             state.model,
             state.data.val,
@@ -111,6 +114,7 @@ def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
         examples=mcfg.examples,
         pgd_steps=mcfg.pgd_steps,
         seed=derive_seed(state.config.train.seed, "monitor"),
+        space=attack_space(state.config),
     )
     out["co_eps"] = eps
     best = best_pgd(state.history)

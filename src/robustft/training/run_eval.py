@@ -45,9 +45,11 @@ from robustft.robustness.curve import RobustnessCurve
 from robustft.robustness.evaluate import MODES
 from robustft.run.rundir import RunDir, locked, run_dir_of, run_state
 from robustft.training.build import (
+    attack_space,
     build_data,
     build_evaluation_attack,
     check_evaluation_attack,
+    embed_text,
     eval_grid,
 )
 from robustft.units import default_eps_step, eps_grid, eps_upper, format_eps, parse_eps
@@ -450,8 +452,10 @@ def _evaluate(
         callbacks.on_note(note)
     config = with_data(config, data, bad_images)
     grid = chosen.grid()
-    attack = build_evaluation_attack(chosen.attack, norm=chosen.norm, steps=chosen.steps)
-    splits = build_data(config)
+    attack = build_evaluation_attack(
+        chosen.attack, norm=chosen.norm, steps=chosen.steps, space=attack_space(config)
+    )
+    splits = embed_text(build_data(config), net)
     check_checkpoint_classes(payload, splits, run=run, data_given=data is not None)
     if autoattack is not None:
         from robustft.robustness.autoattack import check_classes

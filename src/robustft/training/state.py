@@ -42,6 +42,7 @@ from robustft.training.build import (
     build_schedule,
     build_switch_attack,
     build_train_attack,
+    embed_text,
 )
 from robustft.utils.seeding import derive_seed
 
@@ -168,6 +169,7 @@ def build_state(
 
         check_classes(data.num_classes)
     model = build_backbone(config, data.num_classes) if model is None else model
+    data = embed_text(data, model)  # text: token ids -> the model's packed embeddings
     model = model.to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

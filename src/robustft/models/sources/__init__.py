@@ -119,5 +119,5 @@ def text_tokenizer(name: str) -> Path | None:
     if name == MINILM:
         return minilm_dir() / "tokenizer.json"
     if name.startswith("hf:"):
-        return hf_tokenizer(name[len("hf:"):].strip())
+        return hf_tokenizer(name[len("hf:") :].strip())
     return None
