@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,3 +99,63 @@ def tiny_batch() -> tuple[torch.Tensor, torch.Tensor]:
     """8 random images (8, 3, 16, 16) in [0, 1] and labels in [0, 10)."""
     gen = torch.Generator().manual_seed(0)
     return torch.rand(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+
+
+# A tiny BERT-style text model saved as on the Hub (hf:<folder>): the text tests' backbone.
+WORDS = [
+    "the",
+    "a",
+    "drug",
+    "worked",
+    "well",
+    "for",
+    "my",
+    "pain",
+    "it",
+    "made",
+    "me",
+    "sick",
+    "no",
+    "side",
+    "effects",
+    "great",
+    "bad",
+]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+LAYERS = 3  # transformer layers of the tiny BERT
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A BERT-style WordPiece tokenizer.json over :data:`WORDS` ([CLS] text [SEP])."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer.add_special_tokens(SPECIALS)
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+
+def save_tiny_bert(folder: Path, *, max_length: int = 40) -> Path:
+    """Save a 3-layer BERT (hidden 16, random weights from seed 0) and its WordPiece tokenizer
+    over :data:`WORDS` into ``folder``; returns ``folder``."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(SPECIALS) + len(WORDS),
+        hidden_size=16,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max_length,
+        pad_token_id=0,
+    )
+    BertModel(config).save_pretrained(folder)
+    write_tokenizer(folder)
+    return folder

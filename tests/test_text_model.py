@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import LAYERS, save_tiny_bert
 from robustft.errors import UserError
 from robustft.models import (
     ModelInfo,
@@ -29,28 +30,6 @@ from robustft.models import (
 from robustft.models.sources import minilm as minilm_source
 from robustft.models.text import TextClassifier, TokenEmbedder, attended_length
 
-WORDS = [
-    "the",
-    "a",
-    "drug",
-    "worked",
-    "well",
-    "for",
-    "my",
-    "pain",
-    "it",
-    "made",
-    "me",
-    "sick",
-    "no",
-    "side",
-    "effects",
-    "great",
-    "bad",
-]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-LAYERS = 3
-
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,41 +40,10 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
-def write_tokenizer(folder: Path) -> None:
-    """A BERT-style WordPiece tokenizer.json over :data:`WORDS` ([CLS] text [SEP])."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
-    tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer.add_special_tokens(SPECIALS)
-    tokenizer.save(str(folder / "tokenizer.json"))
-
-
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-layer BERT (hidden 16) and its tokenizer, saved as on the Hub."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=len(SPECIALS) + len(WORDS),
-        hidden_size=16,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=40,
-        pad_token_id=0,
-    )
-    BertModel(config).save_pretrained(folder)
-    write_tokenizer(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def tokens(model_dir: str | Path, texts: list[str], length: int) -> torch.Tensor:
