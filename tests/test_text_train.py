@@ -190,3 +190,20 @@ def test_the_text_eval_grid_is_in_eighths_unless_a_step_is_given(bert: Path, rev
     assert eval_grid(config) == pytest.approx([0.05 * k for k in range(9)])
     stepped = build_config(text_config(bert, reviews, **{"eval.eps_step": 0.2, "attack.eps": 0.4}))
     assert eval_grid(stepped) == pytest.approx([0.0, 0.2, 0.4])
+
+
+def test_the_text_demo_compares_three_schedules_of_one_valid_text_setting() -> None:
+    from robustft.demo import demo_configs
+
+    configs = demo_configs(6, 0.3, text=True)
+    assert [c.name for c in configs] == ["demo-text-standard", "demo-text-fix", "demo-text-sched"]
+    for config in configs:
+        check_config(config)  # minilm with drugreview, l2-token: nothing refused
+        assert config.data.modality == "text" and config.attack.norm == "l2-token"
+    dicts = [c.to_dict() for c in configs]
+    for d in dicts:
+        d.pop("name")
+        d["attack"].pop("schedule")
+        d["attack"].pop("eps")
+    assert dicts[0] == dicts[1] == dicts[2]
+    assert [c.attack.eps for c in configs] == [0, 0.3, 0.3]

@@ -19,11 +19,15 @@ Train standard fine-tuning, RFT-fix and Epsilon-Scheduling with the same budget 
 default (EfficientNet-Lite0 ImageNet weights from pip, scikit-learn digits), evaluate each
 over the eps grid and print a table. Needs no network; about 5-8 minutes on 2 CPU cores.
 Re-running continues or reuses finished runs in --out.
+
+--text asks the same question of a text backbone: all-MiniLM-L6-v2 on the drug reviews
+(positive vs negative), eps in the l2-token threat model (token embeddings); needs the text
+extra (pip install -e ".[text]"); under 10 minutes on 2 CPU cores.
 """
 
 
 def add_parser(sub: Any) -> None:
-    from robustft.demo import DEMO_EPOCHS
+    from robustft.demo import DEMO_EPOCHS, TEXT_DEMO_EPOCHS
 
     p = sub.add_parser(
         "demo",
@@ -32,9 +36,21 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs per run (default {DEMO_EPOCHS})"
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs per run (default {DEMO_EPOCHS}; {TEXT_DEMO_EPOCHS} with --text)",
     )
-    p.add_argument("--eps", default="16/255", help="eps_g, l-inf pixel units (default 16/255)")
+    p.add_argument(
+        "--eps",
+        default=None,
+        help="eps_g (default 16/255 l-inf pixel units; 0.3 l2-token with --text)",
+    )
+    p.add_argument(
+        "--text",
+        action="store_true",
+        help="the text demo: MiniLM on the drug reviews, eps on token embeddings",
+    )
     p.add_argument("--out", default="runs/demo", help="where the run directories go")
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=run)
@@ -56,12 +72,30 @@ def summary_table(runs: list[tuple[RunConfig, Path, RunResult]], eps: float) -> 
     robustness in % with 2 decimals, the adaptation delay and the wall time."""
     from robustft.demo import METHOD_LABELS
 
-    rows = [_row(METHOD_LABELS[c.name.removeprefix("demo-")], r) for c, _, r in runs]
-    headers = ["method", "clean %", f"robust@{format_eps(eps)} %", "expected rob. %"]
+    rows = [_row(METHOD_LABELS[_method(c)], r) for c, _, r in runs]
+    norm = runs[0][0].attack.norm if runs else "linf"
+    headers = ["method", "clean %", f"robust@{format_eps(eps, norm)} %", "expected rob. %"]
     return text_table([*headers, "delay (epoch)", "time (s)"], rows)
 
 
+def _method(config: RunConfig) -> str:
+    """``standard``, ``fix`` or ``sched``, from the config's name (``demo-[text-]METHOD``)."""
+    return config.name.removeprefix("demo-").removeprefix("text-")
+
+
 def _setting(config: RunConfig, eps: float) -> str:
+    if config.data.modality == "text":
+        return (
+            f"demo --text: {config.model.name} (all-MiniLM-L6-v2 weights) on drug reviews "
+            f"({'/'.join(config.data.labels or ())}), {config.data.max_train_per_class} train "
+            f"reviews/class, {config.data.max_length} tokens, {config.train.epochs} epochs, "
+            f"batch {config.train.batch_size}, eps_g {format_eps(eps, 'l2-token')} l2-token "
+            f"(fraction of the mean token-embedding norm), {config.train.optimizer} lr "
+            f"{config.train.lr:g} (head {config.train.head_lr:g}), train attack "
+            f"{config.attack.name} {config.attack.steps} steps, eval {config.eval.attack} "
+            f"{config.eval.steps} steps on eighths of eps_g over {config.eval.max_examples} test "
+            "reviews"
+        )
     return (
         f"demo: {config.model.name} (ImageNet weights) on digits {config.data.image_size}x"
         f"{config.data.image_size}, {config.data.max_train_per_class} train images/class, "
@@ -84,28 +118,30 @@ def _findings(runs: list[tuple[RunConfig, Path, RunResult]]) -> list[str]:
         history = RunDir(run_dir).read_metrics().rows
         compare = None if i == 0 else reference
         for f in diagnose(result, history, config.to_dict(), reference_clean=compare):
-            method = config.name.removeprefix("demo-")
+            method = _method(config)
             lines.append(f"  {method}: {f.code}: {f.message} -> {f.suggestion}")
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustft.demo import demo_configs
+    from robustft.demo import DEMO_EPOCHS, DEMO_EPS, TEXT_DEMO_EPOCHS, TEXT_DEMO_EPS, demo_configs
     from robustft.diagnostics import THRESHOLD_TEXT, adaptation_threshold
     from robustft.run.rundir import RunDir, default_run_dir
     from robustft.training.fit import fit
 
-    if args.epochs < 2:
-        raise UserError(f"--epochs must be >= 2 for a schedule to ramp, got {args.epochs}")
-    eps = parse_eps(args.eps, name="--eps")
+    epochs = args.epochs or (TEXT_DEMO_EPOCHS if args.text else DEMO_EPOCHS)
+    if epochs < 2:
+        raise UserError(f"--epochs must be >= 2 for a schedule to ramp, got {epochs}")
+    default_eps = TEXT_DEMO_EPS if args.text else DEMO_EPS
+    eps = default_eps if args.eps is None else parse_eps(args.eps, name="--eps")
     if eps == 0:
         raise UserError("--eps must be > 0 (the demo compares robust fine-tuning methods)")
-    configs = demo_configs(args.epochs, eps)
+    configs = demo_configs(epochs, eps, text=args.text)
     print(_setting(configs[-1], eps))
     start = time.perf_counter()
     runs = []
     for config in configs:
-        method = config.name.removeprefix("demo-")
+        method = _method(config)
         run_dir = default_run_dir(config, Path(args.out))
         resume = RunDir(run_dir).has_checkpoint()
         progress = Progress(label=method)
@@ -113,9 +149,11 @@ def run(args: argparse.Namespace) -> int:
         runs.append((config, run_dir, result))
     print(summary_table(runs, eps))
     threshold = adaptation_threshold(int(runs[0][2]["num_classes"]))
+    grid = "eighths of eps_g" if args.text else "1/255 grid"
+    norm = configs[0].attack.norm
     print(
         "expected robustness: accuracy averaged over eps uniform on "
-        f"[0, {format_eps(eps)}] (APGD-CE, 1/255 grid); delay: first epoch with validation "
+        f"[0, {format_eps(eps, norm)}] (APGD-CE, {grid}); delay: first epoch with validation "
         f"accuracy > {100 * threshold:.3g}% ({THRESHOLD_TEXT})"
     )
     findings = _findings(runs)
