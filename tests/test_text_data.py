@@ -446,6 +446,10 @@ def test_missing_file_unknown_suffix_and_broken_quoting(tmp_path: Path) -> None:
             ["data.name=drugreview", "data.labels=[a, a]"],
             "config data.labels: expected a list of at least 2 distinct",
         ),
+        (
+            ["data.name=drugreview", "data.labels=[0, 1]"],
+            "config data.labels: expected a list of strings such as ['0', '1']",
+        ),
     ],
 )
 def test_bad_text_settings_are_refused_by_the_config(overrides: list[str], expected: str) -> None:
