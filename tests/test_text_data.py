@@ -99,6 +99,9 @@ def test_drugreview_ids_are_cls_text_sep_padding(drugs: Any) -> None:
     assert (lengths == 128).any() and (lengths < 128).any()  # truncated and padded texts
     short = int(torch.argmin(lengths))
     assert (split.ids[short, lengths[short] :] == PAD).all()
+    # the split's encoder turns an edited text into ids the same way
+    assert split.encoder is not None and split.encoder.pad_id == PAD
+    assert torch.equal(split.encoder.encode([split.texts[5]])[0], split.ids[5])
 
 
 # ----------------------------------------------------------------------------- text: files
@@ -445,6 +448,10 @@ def test_missing_file_unknown_suffix_and_broken_quoting(tmp_path: Path) -> None:
         (
             ["data.name=drugreview", "data.labels=[a, a]"],
             "config data.labels: expected a list of at least 2 distinct",
+        ),
+        (
+            ["data.name=drugreview", "data.labels=[0, 1]"],
+            "config data.labels: expected a list of strings such as ['0', '1']",
         ),
     ],
 )

@@ -736,7 +736,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is tuple:  # tuple[str, ...]: a YAML list, or one comma-separated string
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
-        expected = "a list of strings such as [tensorboard, mlflow]"
+        example = (
+            "['0', '1'] (labels that look like numbers quoted)"
+            if key == "data.labels"
+            else "[tensorboard, mlflow]"
+        )
+        expected = f"a list of strings such as {example}"
         _check(isinstance(value, (list, tuple)), key, value, expected)
         _check(all(isinstance(v, str) for v in value), key, value, expected)
         return tuple(value)

@@ -177,7 +177,7 @@ def _text_splits(
     splits = {}
     for split, idx in indices.items():
         part = train_part(raw) if split not in raw.parts else split
-        splits[split] = TextSplit(sources[part], idx, raw.class_names)
+        splits[split] = TextSplit(sources[part], idx, raw.class_names, encoder)
     out = DataSplits(
         splits["train"],
         splits["val"],

@@ -12,11 +12,15 @@ turns ids into the float inputs the attacks perturb.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from robustft.data.tokens import TextEncoder
 
 InputMap = Callable[[Tensor], Tensor]
 
@@ -60,6 +64,8 @@ class TextSplit(Dataset[tuple[Tensor, int]]):
         source: the tokenised texts and their labels.
         indices: positions in ``source`` belonging to this split.
         class_names: the class names, indexed by label.
+        encoder: the :class:`~robustft.data.tokens.TextEncoder` that made the ids (its
+            ``pad_id`` and ``special_ids``; ``encode`` turns edited texts into ids the same way).
 
     Attributes:
         indices: as given (int64).
@@ -67,9 +73,16 @@ class TextSplit(Dataset[tuple[Tensor, int]]):
         labels: LongTensor ``(N,)``.
         texts: the split's raw strings, in order.
         class_names, num_classes: the classes.
+        encoder: as given (None when not given).
     """
 
-    def __init__(self, source: TextSource, indices: np.ndarray, class_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        source: TextSource,
+        indices: np.ndarray,
+        class_names: Sequence[str],
+        encoder: TextEncoder | None = None,
+    ) -> None:
         if source.ids is None:
             raise ValueError("TextSplit needs a tokenised source (TextSource.with_ids)")
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -79,6 +92,7 @@ class TextSplit(Dataset[tuple[Tensor, int]]):
         self.texts = [source.texts[int(i)] for i in self.indices]
         self.where = [source.where[int(i)] for i in self.indices] if source.where else []
         self.class_names = tuple(class_names)
+        self.encoder = encoder
 
     @property
     def num_classes(self) -> int:
