@@ -51,6 +51,13 @@ def test_digits_configs_match_the_demo() -> None:
         assert shipped.run_id() == config.run_id(), method
 
 
+def test_text_configs_match_the_text_demo() -> None:
+    for config in demo_configs(text=True):
+        method = config.name.removeprefix("demo-text-")
+        shipped = load_config(CONFIGS / "text" / f"drugreview_{method}.yaml")
+        assert shipped.run_id() == config.run_id(), method
+
+
 def test_sweep_files_are_found() -> None:
     assert {p.parent.name for p in SWEEPS} >= {"sweeps", "reproduction"}
 

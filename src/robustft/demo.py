@@ -96,11 +96,15 @@ def text_demo_base(epochs: int = TEXT_DEMO_EPOCHS, eps: float = TEXT_DEMO_EPS) -
 
 
 def demo_configs(
-    epochs: int = DEMO_EPOCHS, eps: float = DEMO_EPS, *, text: bool = False
+    epochs: int | None = None, eps: float | None = None, *, text: bool = False
 ) -> list[RunConfig]:
     """One config per method (standard, fix, sched), identical except for the eps schedule;
-    ``text``: the text demo's (:func:`text_demo_base`) instead of the image demo's."""
+    ``text``: the text demo's (:func:`text_demo_base`) instead of the image demo's. ``epochs``
+    and ``eps`` default to the demo's own (:data:`DEMO_EPOCHS` and :data:`DEMO_EPS`, or
+    :data:`TEXT_DEMO_EPOCHS` and :data:`TEXT_DEMO_EPS`)."""
     base = text_demo_base if text else demo_base
+    epochs = epochs or (TEXT_DEMO_EPOCHS if text else DEMO_EPOCHS)
+    eps = eps if eps is not None else (TEXT_DEMO_EPS if text else DEMO_EPS)
     configs = []
     for method, spec in METHODS.items():
         data = base(epochs, eps)

@@ -124,7 +124,7 @@ def _findings(runs: list[tuple[RunConfig, Path, RunResult]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustft.demo import DEMO_EPOCHS, DEMO_EPS, TEXT_DEMO_EPOCHS, TEXT_DEMO_EPS, demo_configs
+    from robustft.demo import DEMO_EPOCHS, TEXT_DEMO_EPOCHS, demo_configs
     from robustft.diagnostics import THRESHOLD_TEXT, adaptation_threshold
     from robustft.run.rundir import RunDir, default_run_dir
     from robustft.training.fit import fit
@@ -132,11 +132,11 @@ def run(args: argparse.Namespace) -> int:
     epochs = args.epochs or (TEXT_DEMO_EPOCHS if args.text else DEMO_EPOCHS)
     if epochs < 2:
         raise UserError(f"--epochs must be >= 2 for a schedule to ramp, got {epochs}")
-    default_eps = TEXT_DEMO_EPS if args.text else DEMO_EPS
-    eps = default_eps if args.eps is None else parse_eps(args.eps, name="--eps")
+    eps = None if args.eps is None else parse_eps(args.eps, name="--eps")
     if eps == 0:
         raise UserError("--eps must be > 0 (the demo compares robust fine-tuning methods)")
     configs = demo_configs(epochs, eps, text=args.text)
+    eps = configs[-1].attack.eps
     print(_setting(configs[-1], eps))
     start = time.perf_counter()
     runs = []
