@@ -82,15 +82,21 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    torch.manual_seed(0)
-    net = TinyTextModel()
-    x, y = texts(400, seed=3)
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.02)
-    for step in range(150):
-        rows = torch.randint(0, len(x), (64,), generator=seeded(step))
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(net(x[rows]), y[rows]).backward()
-        optimizer.step()
+    """Trained on one thread: its tiny steps only wait on a second one (a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        net = TinyTextModel()
+        x, y = texts(400, seed=3)
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.02)
+        for step in range(150):
+            rows = torch.randint(0, len(x), (64,), generator=seeded(step))
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(x[rows]), y[rows]).backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     return net.eval()
 
 
