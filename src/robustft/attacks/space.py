@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from robustft.errors import UserError
+from robustft.utils.packed import ORDINARY, PADDING, SPECIAL
 from robustft.utils.registry import Registry
 
-PADDING, SPECIAL, ORDINARY = 0.0, 1.0, 2.0
 """The token kinds of the last channel of a packed text input."""
 
 

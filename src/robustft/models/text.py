@@ -47,12 +47,11 @@ import torch
 from torch import Tensor, nn
 
 from robustft.errors import UserError, first_line
+from robustft.utils.packed import ORDINARY, PADDING, SPECIAL
 
 POOLINGS = ("mean", "pooler", "cls")
 """The pooling choices of :class:`TextClassifier` (see the module docstring)."""
 
-PAD, SPECIAL, ORDINARY = 0.0, 1.0, 2.0
-"""Values of the kind channel ``x[..., D]`` of a packed input."""
 
 GEOMETRIES = ("l2-token", "linf")
 """Threat models whose eps unit :meth:`TokenEmbedder.unit_scales` gives."""
@@ -132,7 +131,7 @@ class TokenEmbedder:
         self.scaled = table.detach().to(torch.float32).clone() / self.unit_scale
         kinds = torch.full((self.scaled.shape[0],), ORDINARY, dtype=torch.float32)
         kinds[list(self.special_ids)] = SPECIAL
-        kinds[self.pad_id] = PAD
+        kinds[self.pad_id] = PADDING
         self.kinds = kinds.to(self.scaled.device)
 
     @property
