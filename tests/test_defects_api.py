@@ -99,10 +99,14 @@ def test_runs_of_other_data_or_models_get_their_own_run_id(
         "test_data"
     }
     assert config["fingerprints"]["train_data"].startswith("240:")
-    # runs of configs alone keep their ids (and write no fingerprints)
-    assert build_config({}).run_id() == "e8b53bfbf6"
-    smoke = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
-    assert smoke.run_id() == "3843549b79" and "fingerprints" not in smoke.to_dict()
+    # runs of configs alone keep their ids (and write no fingerprints); since
+    # train.channels_last became auto (issue 23), the ids of before with channels_last false
+    assert build_config({}).run_id() == "8cd2722f63"
+    assert build_config({}, ["train.channels_last=false"]).run_id() == "e8b53bfbf6"
+    smoke_file = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    smoke = load_config(smoke_file)
+    assert smoke.run_id() == "031ba90db7" and "fingerprints" not in smoke.to_dict()
+    assert load_config(smoke_file, ["train.channels_last=false"]).run_id() == "3843549b79"
 
 
 def yaml_config(run_dir: Path) -> dict[str, Any]:

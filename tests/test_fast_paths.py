@@ -119,7 +119,7 @@ def _one_epoch(*overrides: str, device: str = "cpu"):
 def test_channels_last_training_keeps_plain_checkpoints_and_the_same_work() -> None:
     from robustft.models import trainable_state_dict
 
-    _, plain = _one_epoch()
+    _, plain = _one_epoch("train.channels_last=false")
     state, nhwc = _one_epoch("train.channels_last=true")
     assert state.model.net.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(t.is_contiguous() for t in trainable_state_dict(state.model).values())

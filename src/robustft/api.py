@@ -42,6 +42,7 @@ from robustft.errors import DataFault, UserError, describe, printable, python_ap
 from robustft.robustness.curve import RobustnessCurve
 from robustft.run.result import RunResult
 from robustft.utils.device import model_device
+from robustft.utils.memory_format import kept_layout
 
 if TYPE_CHECKING:
     from robustft.training.run_eval import RunEvaluation
@@ -352,6 +353,10 @@ def fit(
         force: overwrite a run directory holding another run.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
 
+    The model is trained and evaluated in the memory format ``train.channels_last`` and
+    ``eval.channels_last`` choose (``auto``: channels_last for a convolutional network on a
+    CPU; :mod:`robustft.utils.memory_format`) and given back in the one it came in.
+
     A model or data given here is part of the run's identity (its run id, hence the default
     ``run_dir``; :class:`robustft.config.FingerprintConfig`): the model's parameter and buffer
     names, shapes and starting values, and each dataset's size, labels and a seeded sample of
@@ -410,16 +415,18 @@ def fit(
             splits = data
         cfg = dataclasses.replace(cfg, fingerprints=FingerprintConfig(**given))
         target = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-        return train_fit(
-            cfg,
-            target,
-            resume=resume,
-            force=force,
-            callbacks=callbacks,
-            device=device,
-            model=wrapped,
-            data=splits,
-        )
+        # trained in place, given back in the memory format it came in
+        with contextlib.nullcontext() if model is None else kept_layout(model):
+            return train_fit(
+                cfg,
+                target,
+                resume=resume,
+                force=force,
+                callbacks=callbacks,
+                device=device,
+                model=wrapped,
+                data=splits,
+            )
 
 
 def _user_splits(
@@ -500,19 +507,23 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 128,
     early_stop: bool = True,
+    channels_last: str | bool = "auto",
 ) -> RobustnessCurve:
     """The robustness curve of ``model`` (any ``nn.Module`` mapping ``[0, 1]`` images to logits)
     on ``data`` over the grid ``0, eps_step, ..., eps_max`` (pixel units; ``"8/255"`` accepted;
     ``eps_step`` None: ``1/255`` in l-inf, ``eps_max / 8`` in l2), on a seeded, stratified
     sample of ``max_examples`` (None: all), with expected robustness and sanity warnings; see
     :func:`robustft.robustness.evaluate.robustness_curve` (``early_stop``: settle each example at
-    its first fooling iterate).
+    its first fooling iterate). ``channels_last``: the memory format to attack in, ``"auto"``
+    (channels_last for a convolutional network on a CPU; :mod:`robustft.utils.memory_format`),
+    True or False; ``model`` is given back in the one it came in.
     """
     from robustft.config import SEED_RANGE, valid_seed
     from robustft.models.custom import check_network
     from robustft.robustness.evaluate import robustness_curve
     from robustft.training.build import build_evaluation_attack
     from robustft.units import default_eps_step, eps_grid, eps_upper, parse_eps
+    from robustft.utils import memory_format
 
     check_network(model)
     upper = eps_upper(norm)
@@ -531,19 +542,32 @@ def evaluate(
             raise UserError(f"{name}: expected an integer >= 1, got {value!r}")
     if not valid_seed(seed):
         raise UserError(f"seed: expected {SEED_RANGE}, got {seed!r}")
+    check_channels_last(channels_last)
     dataset = _as_dataset(data, "data")
     classes = _outputs(model, check_example(dataset, "data"))
-    return robustness_curve(
-        model,
-        CheckedDataset(dataset, "data", classes),  # each item checked as it is read
-        build_evaluation_attack(attack, norm=norm, steps=steps),
-        eps_grid(top, step),
-        mode=mode,
-        seed=seed,
-        batch_size=batch_size,
-        max_examples=max_examples,
-        early_stop=bool(early_stop),
-    )
+    with kept_layout(model):
+        chosen = memory_format.choose(
+            channels_last, model, model_device(model), bf16=False, setting="channels_last"
+        )
+        memory_format.apply(model, chosen)
+        _logger.info("memory format: %s", chosen.reason)
+        return robustness_curve(
+            model,
+            CheckedDataset(dataset, "data", classes),  # each item checked as it is read
+            build_evaluation_attack(attack, norm=norm, steps=steps),
+            eps_grid(top, step),
+            mode=mode,
+            seed=seed,
+            batch_size=batch_size,
+            max_examples=max_examples,
+            early_stop=bool(early_stop),
+        )
+
+
+def check_channels_last(value: object) -> None:
+    """Refuse a ``channels_last`` argument other than ``"auto"``, True or False."""
+    if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
+        raise UserError(f"channels_last: expected 'auto', True or False, got {value!r}")
 
 
 def evaluate_run(

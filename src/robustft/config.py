@@ -256,10 +256,13 @@ class TrainConfig:
     loader processes (null = 0 on CPU, one per core but one, at most 8, on a GPU; workers
     augment each image from its own seed, so any positive count gives the same numbers, which
     differ from those of 0), ``pin_memory`` (null = on with CUDA), ``bf16`` (autocast for
-    crafting and the update), ``channels_last`` (NHWC memory format for the model's weights and
-    activations: faster convolutions on GPUs and on CPUs with AVX-512, different float
-    rounding), ``compile`` (``torch.compile`` the network for the update and for crafting;
-    the first steps pay the compilation)."""
+    crafting and the update), ``channels_last`` (the memory format of the model's weights,
+    inputs and activations for the update, crafting and the overfitting monitor: ``auto``
+    (default) = channels_last (NHWC) for a convolutional network on a CPU, or on a GPU with
+    bf16, NCHW otherwise; ``true``; ``false`` = NCHW; see :mod:`robustft.utils.memory_format`;
+    the format changes float rounding, so it is in the run id), ``compile``
+    (``torch.compile`` the network for the update and for crafting; the first steps pay the
+    compilation)."""
 
     epochs: int = 50
     batch_size: int = 64
@@ -278,7 +281,7 @@ class TrainConfig:
     threads: int | None = None
     sync_bn: bool = False
     pin_memory: bool | None = None
-    channels_last: bool = False
+    channels_last: str | bool = "auto"
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -315,6 +318,13 @@ class TrainConfig:
             )
         if self.threads is not None:
             _check(self.threads >= 1, "train.threads", self.threads, "an integer >= 1 or null")
+        _check_memory_format("train.channels_last", self.channels_last)
+
+
+def _check_memory_format(key: str, value: object) -> None:
+    """Refuse a ``channels_last`` value other than ``auto``, true or false."""
+    valid = isinstance(value, bool) or (isinstance(value, str) and value == "auto")
+    _check(valid, key, value, "auto, true or false")
 
 
 # the threat models (robustft.attacks.geometry); l2-token (an l2 ball per token) is for text
@@ -451,8 +461,11 @@ class EvalConfig:
     all); ``seed`` (>= 0) draws it and the attacks' random starts. ``early_stop``: settle an
     example at the first iterate that fools the model (same accuracies for APGD, the same or
     lower for PGD, fewer passes; see :mod:`robustft.robustness`); false runs every step and
-    judges the last point. Every value is checked here, with the rest of the config, before a
-    run starts (what needs the data, AutoAttack's classes, is checked once it is loaded)."""
+    judges the last point. ``channels_last``: the memory format of the final evaluation and of
+    ``robustft eval`` (curve, masking and gradient-free checks, AutoAttack): ``auto``, true or
+    false as for ``train.channels_last``; null (default) = the training's setting. Every value
+    is checked here, with the rest of the config, before a run starts (what needs the data,
+    AutoAttack's classes, is checked once it is loaded)."""
 
     attack: str = "apgd-ce"
     steps: int = 10
@@ -464,8 +477,11 @@ class EvalConfig:
     seed: int = 0
     early_stop: bool = True
     autoattack: str | None = None
+    channels_last: str | bool | None = None
 
     def __post_init__(self) -> None:
+        if self.channels_last is not None:
+            _check_memory_format("eval.channels_last", self.channels_last)
         if self.eps_max is not None:
             top = parse_eps(self.eps_max, name="config eval.eps_max", upper=1e6)
             _check(
@@ -577,6 +593,7 @@ LATER_KEYS = (
     ("monitor", "switch_attack"),
     ("monitor", "switch_steps"),
     *(("data", key) for key in (*TEXT_KEYS, "bad_rows")),
+    ("eval", "channels_last"),
 )
 
 # not in the run id: they change how fast a run goes or where it is logged, not its numbers
@@ -626,6 +643,15 @@ class RunConfig:
                 f"{section}.name is {name!r}",
             )
         _check_switch(self.attack, self.monitor)
+
+    @property
+    def eval_channels_last(self) -> tuple[str, str | bool]:
+        """The setting of the final evaluation's memory format, as (key, value):
+        ``eval.channels_last``, or when null ``train.channels_last``."""
+        own = self.eval.channels_last
+        if own is None:
+            return "train.channels_last", self.train.channels_last
+        return "eval.channels_last", own
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; eps values that are multiples of 1/255 are written as ``"k/255"``."""
@@ -708,8 +734,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        if bool in inner and isinstance(value, bool):  # e.g. monitor.co: on|off|auto
-            return value
+        if bool in inner and not isinstance(value, str):  # e.g. monitor.co: on|off|auto
+            return value  # a bool, or a value the dataclass refuses naming its choices
         return _coerce(key, value, inner[0])
     if hint is bool:
         _check(isinstance(value, bool), key, value, "true or false")

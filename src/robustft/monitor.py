@@ -115,8 +115,9 @@ def attack_accuracy(
     from robustft.attacks.base import evaluation_mode
     from robustft.subset import subset
     from robustft.utils.device import model_device
+    from robustft.utils.memory_format import as_format, model_format
 
-    device = model_device(model)
+    device, layout = model_device(model), model_format(model)
     sample, _ = subset(data, examples, seed)
     n = len(sample)  # type: ignore[arg-type]
     loader = DataLoader(sample, batch_size=batch_size)
@@ -124,7 +125,7 @@ def attack_accuracy(
     correct = 0
     with evaluation_mode(model):
         for x, y in loader:
-            x, y = x.to(device).float(), y.to(device)
+            x, y = as_format(x.to(device).float(), layout), y.to(device)
             # early exit: an example is settled at its first fooling iterate
             verdict = attack.evaluate(model, x, y, eps, generator=generator)
             correct += int((~verdict.fooled).sum())

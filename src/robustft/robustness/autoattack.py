@@ -219,6 +219,8 @@ def autoattack_accuracy(
             device = attacker.device
             done = 0
             for x, y in loader:
+                # NCHW inputs even for a channels_last model (its convolutions compute in
+                # channels_last all the same): the reference flattens them with .view()
                 x, y = x.to(device).float(), y.to(device)
                 with torch.no_grad():
                     clean.append((model(x).argmax(1) == y).cpu())

@@ -52,6 +52,7 @@ from robustft.errors import UserError
 from robustft.robustness.curve import RobustnessCurve, _pack_bits, expected_robustness
 from robustft.subset import select, subset
 from robustft.utils.device import model_device
+from robustft.utils.memory_format import as_format, model_format
 from robustft.utils.seeding import eval_batch_seed
 
 _logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def _attack_batches(
     process; across ``world``'s ranks, rank r takes batches r, r + N, ... and the results are
     gathered (on every rank) in batch order."""
     total = len(dataset)  # type: ignore[arg-type]
-    device = model_device(model)
+    device, layout = model_device(model), model_format(model)
     starts = list(range(0, total, batch_size))
     mine = [b for b in range(len(starts)) if b % world.size == world.rank]
     batches = [list(range(starts[b], min(total, starts[b] + batch_size))) for b in mine]
@@ -190,6 +191,7 @@ def _attack_batches(
     passes = PassCount()
     for b, (x, y) in zip(mine, loader):
         x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
+        x = as_format(x, layout)  # the layout the model computes in
         with count_passes(model, into=passes):
             res = _attack_batch(
                 model,
@@ -243,14 +245,14 @@ def default_masking_eps(norm: str, image_shape: Sequence[int]) -> float:
     return 0.5 * math.sqrt(math.prod(int(d) for d in image_shape))
 
 
-def _examples(
-    dataset: Dataset, indices: Sequence[int], device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """The examples at ``indices`` of ``dataset`` as tensors on ``device``."""
+def _examples(dataset: Dataset, indices: Sequence[int], model: nn.Module) -> tuple[Tensor, Tensor]:
+    """The examples at ``indices`` of ``dataset`` as tensors on ``model``'s device, the images
+    in its memory format."""
+    device = model_device(model)
     items = [dataset[i] for i in indices]
     x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device).float()
     y = torch.as_tensor([int(item[1]) for item in items], device=device)
-    return x, y
+    return as_format(x, model_format(model)), y
 
 
 def _masking(
@@ -271,7 +273,7 @@ def _masking(
     if n_examples <= 0:
         return None
     chosen = select(dataset, n_examples, seed)
-    x, y = _examples(dataset, chosen.indices, model_device(model))
+    x, y = _examples(dataset, chosen.indices, model)
     huge = eps or default_masking_eps(attack.norm, x.shape[1:])
     broken = ~final_correct[list(chosen.indices)]
     return masking_check(model, attack, x, y, huge, seed=seed, broken=broken)
@@ -306,7 +308,7 @@ def _gradient_free(
         _logger.info("robustness check: %s", reason)
         return {"attack": "square", "eps": eps, "skipped": reason}
     chosen = select(dataset, n_examples, seed)
-    x, y = _examples(dataset, chosen.indices, model_device(model))
+    x, y = _examples(dataset, chosen.indices, model)
     start = time.perf_counter()
     result = gradient_free_check(
         model, x, y, final_correct[list(chosen.indices)], eps, queries=queries, seed=seed

@@ -144,6 +144,7 @@ class RunResult(_RunResultRequired, total=False):
     threads: int  # CPU threads it trained with
     device: str  # the device it trained on
     world_size: int  # the number of processes it trained with
+    memory_format: dict[str, Any]  # {"train": {requested, chosen, reason}, "eval": {...}}
     cost: Cost  # the measured cost
     findings: list[FindingDict]  # the diagnostics
 
@@ -187,6 +188,8 @@ class TrainingRecord:
         switched: the overfitting monitor's switch to a multi-step attack, None when none.
         skipped_images: unreadable images left out (``data.bad_images: skip``).
         threads, device, world_size: what it trained with.
+        memory_format: the memory formats of training and of the final evaluation, each
+            ``{requested, chosen, reason}`` (:mod:`robustft.utils.memory_format`).
         trainable_parameters, total_parameters: the model's parameter counts.
     """
 
@@ -204,6 +207,7 @@ class TrainingRecord:
     trainable_parameters: int
     total_parameters: int
     switched: Switched | None = None
+    memory_format: Mapping[str, Any] | None = None
 
 
 def run_result(record: TrainingRecord, curve: RobustnessCurve) -> RunResult:
@@ -239,6 +243,8 @@ def run_result(record: TrainingRecord, curve: RobustnessCurve) -> RunResult:
         "world_size": record.world_size,
         "cost": run_cost(record, curve),
     }
+    if record.memory_format is not None:
+        result["memory_format"] = dict(record.memory_format)
     findings = diagnose(result, history, record.config.to_dict())
     result["findings"] = [
         {"code": f.code, "message": f.message, "suggestion": f.suggestion} for f in findings

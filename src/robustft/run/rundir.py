@@ -37,7 +37,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -538,5 +538,12 @@ def environment(device: torch.device, argv: list[str] | None = None) -> dict[str
     }
 
 
-def write_env(run: RunDir, device: torch.device) -> None:
-    atomic_write_json(run.env, environment(device))
+def write_env(
+    run: RunDir, device: torch.device, *, memory_format: Mapping[str, Any] | None = None
+) -> None:
+    """``env.json``: :func:`environment`, and the memory formats the run chose
+    (``memory_format``: ``{"train": {requested, chosen, reason}, "eval": {...}}``)."""
+    env = environment(device)
+    if memory_format is not None:
+        env["memory_format"] = dict(memory_format)
+    atomic_write_json(run.env, env)

@@ -26,6 +26,8 @@ from robustft.training.build import (
     overfit_rule,
 )
 from robustft.training.state import TrainState
+from robustft.utils import memory_format
+from robustft.utils.memory_format import as_format, model_format
 from robustft.utils.seeding import derive_seed
 
 
@@ -50,9 +52,10 @@ def clean_accuracy(
         loader = DataLoader(sample, batch_sampler=batches[world.rank :: world.size])
     else:
         loader = DataLoader(sample, batch_size=256)
-    correct = 0
+    correct, layout = 0, model_format(model)
     for x, y in loader:
-        correct += int((model(x.to(device).float()).argmax(1) == y.to(device)).sum())
+        x = as_format(x.to(device).float(), layout)
+        correct += int((model(x).argmax(1) == y.to(device)).sum())
     model.train(was_training)
     if world.active:
         correct = int(distributed.all_sum([correct], world)[0])
@@ -126,8 +129,10 @@ def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
 def final_evaluation(state: TrainState, callbacks: Callbacks) -> RobustnessCurve:
     """Robustness curve on the test split (config ``eval`` section) and, with
     ``eval.autoattack``, AutoAttack accuracy at the curve's largest eps on the same examples
-    (stored in the curve's ``autoattack``)."""
+    (stored in the curve's ``autoattack``); the model in the evaluation's memory format
+    (``state.eval_memory_format``: ``eval.channels_last``)."""
     ecfg = state.config.eval
+    memory_format.apply(state.model, state.eval_memory_format)
     grid = eval_grid(state.config)
     attack = build_eval_attack(state.config)
     n = sample_size(state.data.test, ecfg.max_examples)

@@ -328,7 +328,7 @@ def _epochs_and_evaluation(
 
 def _write_start(state: TrainState, run: RunDir) -> None:
     """The files a (re)started run writes first: ``env.json``, the skipped images."""
-    write_env(run, state.device)
+    write_env(run, state.device, memory_format=state.memory_formats())
     if state.data.skipped:  # data.bad_images=skip left these out
         atomic_write_text(run.skipped_images, "\n".join(state.data.skipped) + "\n")
 

@@ -17,6 +17,7 @@ from robustft.errors import NumericalFault
 from robustft.training.build import attack_label
 from robustft.training.evaluate import monitor_epoch, validate
 from robustft.training.state import TrainState
+from robustft.utils.memory_format import as_format
 from robustft.utils.seeding import derive_seed
 
 
@@ -192,6 +193,7 @@ def train_epoch(state: TrainState, epoch: int, callbacks: Callbacks) -> dict[str
     with count_passes(state.model) as passes:
         for i, (x, y) in enumerate(loader):
             x, y = x.to(state.device, **copy).float(), y.to(state.device, **copy)
+            x = as_format(x, state.memory_format.format)  # the layout the model computes in
             eps = schedule.eps_at(epoch, i, spe)
             bounds = None if shards is None else shards.bounds[i]
             batch_loss, batch_correct, n = _train_step(state, x, y, eps, attack_gen, bounds)

@@ -20,6 +20,7 @@ does inside a training process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ from robustft.training.build import (
     eval_grid,
 )
 from robustft.units import default_eps_step, eps_grid, eps_upper, format_eps, parse_eps
+from robustft.utils import memory_format
+from robustft.utils.device import model_device
+from robustft.utils.memory_format import MemoryFormat, kept_layout
 
 _logger = logging.getLogger(__name__)
 
@@ -335,6 +339,9 @@ class RunEvaluation:
         stored: whether AutoAttack's result was written into the run's files.
         not_stored_because: why a measured AutoAttack result was not stored ('' when it was,
             or when none was measured).
+        memory_format: the memory format the model was evaluated in (the run's
+            ``eval.channels_last``, else its ``train.channels_last``, chosen for this model
+            and device), with the reason.
     """
 
     curve: RobustnessCurve
@@ -344,6 +351,7 @@ class RunEvaluation:
     autoattack: AutoAttackResult | None = None
     stored: bool = False
     not_stored_because: str = ""
+    memory_format: MemoryFormat | None = None
 
     def notes(self) -> list[str]:
         """The notes on what was evaluated (also given to ``progress.on_note`` before the
@@ -395,29 +403,34 @@ def evaluate_run(
         autoattack=autoattack,
     )
     world, rank_device, created = distributed.join(device)  # a bad device fails first
+    # a model given from Python is given back in the memory format it came in
+    kept: contextlib.AbstractContextManager[Any] = (
+        contextlib.nullcontext() if model is None else kept_layout(model)
+    )
     try:
-        return _evaluate(
-            str(run),
-            world,
-            str(rank_device),
-            model=model,
-            progress=progress if world.is_main else None,
-            data=data,
-            bad_images=bad_images,
-            autoattack=autoattack,
-            settings={
-                "attack": attack,
-                "steps": steps,
-                "norm": norm,
-                "eps_max": eps_max,
-                "eps_step": eps_step,
-                "mode": mode,
-                "max_examples": max_examples,
-                "batch_size": batch_size,
-                "seed": seed,
-                "early_stop": early_stop,
-            },
-        )
+        with kept:
+            return _evaluate(
+                str(run),
+                world,
+                str(rank_device),
+                model=model,
+                progress=progress if world.is_main else None,
+                data=data,
+                bad_images=bad_images,
+                autoattack=autoattack,
+                settings={
+                    "attack": attack,
+                    "steps": steps,
+                    "norm": norm,
+                    "eps_max": eps_max,
+                    "eps_step": eps_step,
+                    "mode": mode,
+                    "max_examples": max_examples,
+                    "batch_size": batch_size,
+                    "seed": seed,
+                    "early_stop": early_stop,
+                },
+            )
     finally:
         distributed.leave(created)
 
@@ -441,6 +454,9 @@ def _evaluate(
 
     net, config, payload = load_trained_model(run, device=device, model=model)
     chosen = eval_settings(config, **settings)
+    key, value = config.eval_channels_last
+    layout = memory_format.choose(value, net, model_device(net), bf16=False, setting=key)
+    memory_format.apply(net, layout)
     root = run_dir_of(Path(run))
     state = None
     if root is not None:  # a run still training, failed or interrupted: say which epoch
@@ -477,7 +493,9 @@ def _evaluate(
         world=world,
         early_stop=chosen.early_stop,
     )
-    evaluation = RunEvaluation(curve=curve, settings=chosen, changed=changed, state=state)
+    evaluation = RunEvaluation(
+        curve=curve, settings=chosen, changed=changed, state=state, memory_format=layout
+    )
     if autoattack is None or not world.is_main:  # the reference's evaluation is not sharded
         return evaluation
     from robustft.robustness.autoattack import autoattack_accuracy, label

@@ -44,7 +44,11 @@ from robustft.training.build import (
     build_train_attack,
     embed_text,
 )
+from robustft.utils import memory_format
+from robustft.utils.memory_format import MemoryFormat
 from robustft.utils.seeding import derive_seed
+
+NCHW = MemoryFormat(False, False, "")  # a state's format until build_state chooses one
 
 
 @dataclass
@@ -70,6 +74,8 @@ class TrainState:
     world: World = SINGLE  # the ranks of a data-parallel run (torchrun); one process by default
     net: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when world.active
     batches: TrainBatches | None = None  # the training split's loader (made on first use)
+    memory_format: MemoryFormat = NCHW  # the update's, crafting's and the monitor's
+    eval_memory_format: MemoryFormat = NCHW  # the final evaluation's
 
     def current_schedule(self) -> EpsSchedule:
         """The eps schedule in force now: the configured one, or for an adaptive schedule
@@ -102,7 +108,13 @@ class TrainState:
             world_size=self.world.size,
             trainable_parameters=trainable_parameter_count(self.model),
             total_parameters=sum(p.numel() for p in self.model.parameters()),
+            memory_format=self.memory_formats(),
         )
+
+    def memory_formats(self) -> dict[str, Any]:
+        """The memory formats chosen, as ``result.json`` and ``env.json`` record them:
+        ``{"train": {requested, chosen, reason}, "eval": {...}}``."""
+        return {"train": self.memory_format.to_dict(), "eval": self.eval_memory_format.to_dict()}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -171,8 +183,17 @@ def build_state(
     model = build_backbone(config, data.num_classes) if model is None else model
     data = embed_text(data, model)  # text: token ids -> the model's packed embeddings
     model = model.to(device)
-    if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    train_format = memory_format.choose(
+        config.train.channels_last,
+        model,
+        device,
+        bf16=config.train.bf16,
+        setting="train.channels_last",
+    )
+    key, value = config.eval_channels_last
+    # evaluation attacks run in fp32
+    eval_format = memory_format.choose(value, model, device, bf16=False, setting=key)
+    memory_format.apply(model, train_format)
     if config.train.compile:
         # compiled in place: the update and the crafting call the compiled network, while the
         # module, its state dict (checkpoints) and the pass-counting hooks stay as they are
@@ -181,6 +202,7 @@ def build_state(
     objective = AdversarialCE(build_train_attack(config), autocast_bf16=config.train.bf16)
     schedule = build_schedule(config)
     state = TrainState(config, model, optimizer, data, schedule, objective, device)
+    state.memory_format, state.eval_memory_format = train_format, eval_format
     state.base_fingerprint = base_fingerprint(model)
     distribute(state, world)
     return state
