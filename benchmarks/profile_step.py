@@ -7,7 +7,8 @@ built with robustft's defaults (memory format, fused optimizer) unless told othe
 
 Prints the median milliseconds of each phase (the first two steps left out): the learning
 rate, the crafting, the update's forward, zeroing, backward, gradient norm, the one host copy,
-the optimizer step, the correct count; then the step's total and what it spends beside the attack, in attack steps.
+the optimizer step, the correct count; then the step's total and what it spends beside the
+attack, in attack steps.
 """
 
 from __future__ import annotations
