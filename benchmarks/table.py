@@ -150,9 +150,19 @@ def render(
                     for r in rows
                 ]
             if name == "compile":
-                lines += ["", "compilation (first epoch's extra time) and break-even:"]
                 lines += [
-                    f"- {r['case']}: compile {r['compile_s']} s, break-even after "
+                    "",
+                    "compilation (the first epoch's extra time, from a cold cache; a later case "
+                    "reuses the first one's graphs and is charged its cold cost) and break-even:",
+                ]
+                lines += [
+                    f"- {r['case']}: compile {r['compile_s']} s"
+                    + (
+                        f" (here {r['compile_here_s']} s)"
+                        if r.get("compile_here_s") not in (None, r["compile_s"])
+                        else ""
+                    )
+                    + ", break-even after "
                     f"{r['break_even_steps'] or 'never (not faster once compiled)'} steps; "
                     f"pays off in a demo run: {'yes' if r['pays_off_in_a_demo_run'] else 'no'}"
                     for r in rows
