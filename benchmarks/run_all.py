@@ -8,11 +8,16 @@ and prints the markdown table. Sections (``--sections`` picks some):
   then a forward pass), PGD-10 and APGD-CE-10, same model and batch; robust accuracies side by
   side.
 - ``curves``: a 9-point curve on [0, 8/255] with APGD-CE-10: ours (cascade + early exit, the
-  default) vs ours independent vs torchattacks' APGD run at every eps, on a standard fine-tuned
-  model (accuracy collapses) and a robustly fine-tuned one.
-- ``training``: one training epoch: clean, the eps = 0 epoch of a schedule, FGSM-RS, PGD-7,
-  APGD-7 (robustft's loop) and a plain PyTorch loop with torchattacks' PGD-7 inside; PGD-7
-  again with bf16 autocast and with channels_last (CPU: do they help?).
+  default; again on a channels_last copy of the model) vs ours independent vs torchattacks'
+  APGD run at every eps, on a standard fine-tuned model (accuracy collapses) and a robustly
+  fine-tuned one; each curve's example backward passes against its floor (:func:`floor_passes`).
+- ``training``: one training epoch: clean, the eps = 0 epoch of a schedule, FGSM-RS (again with
+  torch's per-tensor optimizer step), PGD-7, APGD-7 (robustft's loop, its defaults) and a plain
+  PyTorch loop with torchattacks' PGD-7 inside; PGD-7 again with bf16 autocast, and in NCHW and
+  channels_last set explicitly.
+- ``demo``: ``robustft demo`` in a fresh folder, as a user runs it: wall time, order of methods.
+- ``compile`` (only when named: minutes of compilation): ``train.compile`` vs eager epochs,
+  compilation time and the run length where it pays off.
 - ``scaling``: attack time vs steps K and vs batch size, least-squares slopes.
 - ``memory``: peak memory of one PGD-1 training step per batch size for the offline default
   (32 px) and ``timm:vit_small_patch16_224``, ``timm:resnet50`` at 224 px (random init), each
@@ -26,7 +31,9 @@ robust at 8/255). Training, scaling and memory use the offline default.
 
 Methodology (:mod:`timing`): contenders of one comparison run in one process, alternating (the
 order rotates every repetition), median of ``--repeats``; ratios are of medians. Every row says
-its settings (threads, dtype, memory format, compilation). The load average is recorded: on a
+its settings (threads, dtype, memory format, compilation): the memory format is the one the
+row's convolutions computed in (observed, or read from the training state), so rows built with
+robustft's defaults say what the defaults chose. The load average is recorded: on a
 shared machine absolute times are noisy, ratios much less so.
 """
 
@@ -38,6 +45,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,10 +61,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from table import render, rows_of
 from timing import (
+    Settings,
     alternate,
+    computed_layout,
     fit_line,
     load_average,
     machine,
+    model_layout,
     peak_memory_mib,
     settings,
 )
@@ -206,6 +217,18 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(dim=1) == y).float().mean())
 
 
+def _channels_last(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
+    """A copy of ``model`` and ``x`` converted to channels_last by hand, as a user would."""
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return nhwc, x.contiguous(memory_format=torch.channels_last)
+
+
+def _observed(model: nn.Module, run: Callable[[int], Any], **changes: Any) -> Settings:
+    """The settings of a row whose contender is ``run``: the layout its convolutions computed
+    in, observed on one more (untimed) call, whatever chose it."""
+    return settings(channels_last=computed_layout(model, lambda: run(0)), **changes)
+
+
 # ----------------------------------------------------------------------------- attacks
 
 
@@ -223,7 +246,6 @@ def section_attacks(ctx: Context) -> list[dict[str, Any]]:
     from robustft.attacks import create
 
     rows: list[dict[str, Any]] = []
-    setup = settings()
     for kind, model in ctx.models.items():
         eps = EPS_ATTACK[kind]
         for name, ours in (
@@ -248,10 +270,25 @@ def section_attacks(ctx: Context) -> list[dict[str, Any]]:
                 with torch.no_grad():
                     return model(x_adv).argmax(1) != ctx.y
 
-            timings = alternate(
-                {"ours (early exit)": early, "ours (attack + forward)": full, "torchattacks": peer},
-                ctx.sizes.repeats,
-            )
+            nhwc, x_nhwc = _channels_last(model, ctx.x)
+
+            def early_cl(
+                r: int,
+                ours: Any = ours,
+                nhwc: nn.Module = nhwc,
+                x_nhwc: Tensor = x_nhwc,
+                eps: float = eps,
+            ) -> Any:
+                gen = torch.Generator().manual_seed(max(r, 0))
+                return ours.evaluate(nhwc, x_nhwc, ctx.y, eps, generator=gen).fooled
+
+            runs: dict[str, Callable[[int], Any]] = {
+                "ours (early exit)": early,
+                "ours (early exit), channels_last model": early_cl,
+                "ours (attack + forward)": full,
+                "torchattacks": peer,
+            }
+            timings = alternate(runs, ctx.sizes.repeats)
             measured = {
                 who: {"robust_accuracy": round(1 - float(t.result.float().mean()), 4)}
                 for who, t in timings.items()
@@ -259,12 +296,13 @@ def section_attacks(ctx: Context) -> list[dict[str, Any]]:
             case = (
                 f"{name} {kind} eps {eps * 255:g}/255 (clean {accuracy(model, ctx.x, ctx.y):.3f})"
             )
+            models = {"ours (early exit), channels_last model": nhwc}
             rows += rows_of(
                 "attacks",
                 case,
                 timings,
                 "torchattacks",
-                dict.fromkeys(timings, setup),
+                {who: _observed(models.get(who, model), run) for who, run in runs.items()},
                 measured,
             )
     return rows
@@ -277,80 +315,102 @@ def _trapezoid(accs: Sequence[float]) -> float:
     return sum((a + b) / 2 for a, b in itertools.pairwise(accs)) / (len(accs) - 1)
 
 
+def floor_passes(accuracies: Sequence[float], n: int, steps: int) -> int:
+    """The fewest example backward passes a curve with these accuracies can take: an example
+    still robust at a grid point was attacked there with every step, ``steps + 1`` gradient
+    passes (APGD's start and its steps); one fooled there may have taken a single one, and the
+    clean point takes none. So sum over eps > 0 of (examples robust at eps) x (steps + 1)."""
+    return sum(round(a * n) for a in accuracies[1:]) * (steps + 1)
+
+
 def section_curves(ctx: Context) -> list[dict[str, Any]]:
-    """9-point APGD-CE-10 curves on [0, 8/255]: cascade (default), independent, torchattacks."""
+    """9-point APGD-CE-10 curves on [0, 8/255]: cascade (default), cascade on a channels_last
+    copy of the model, independent, torchattacks; the passes against the floor."""
     from robustft.attacks import create
     from robustft.cost import count_passes
     from robustft.robustness.evaluate import robustness_curve
 
     grid = [k / 255 for k in range(9)]
-    attack = create("apgd-ce", steps=10)
-    setup = settings()
+    steps = 10
+    attack = create("apgd-ce", steps=steps)
     rows: list[dict[str, Any]] = []
     for kind, model in ctx.models.items():
         passes: dict[str, int] = {}
+        nhwc, x_nhwc = _channels_last(model, ctx.x)
 
         def ours(
-            mode: str, model: nn.Module = model, passes: dict[str, int] = passes
+            who: str,
+            mode: str,
+            model: nn.Module = model,
+            x: Tensor = ctx.x,
+            passes: dict[str, int] = passes,
         ) -> Callable[[int], Any]:
-            def run(r: int) -> list[float]:
+            def curve_run(r: int) -> list[float]:
                 with count_passes(model) as count:
                     curve = robustness_curve(
                         model,
-                        (ctx.x, ctx.y),
+                        (x, ctx.y),
                         attack,
                         grid,
                         mode=mode,
                         seed=max(r, 0),
-                        batch_size=len(ctx.x),
+                        batch_size=len(x),
                         masking_check_examples=0,
                         gradient_free_examples=0,
                     )
-                passes[mode] = count.example_backward
+                passes[who] = count.example_backward
                 return list(curve.accuracy)
 
-            return run
+            return curve_run
 
         def peer(r: int, model: nn.Module = model, passes: dict[str, int] = passes) -> list[float]:
             accs = [accuracy(model, ctx.x, ctx.y)]
             with count_passes(model) as count:
                 for k, eps in enumerate(grid[1:], start=1):
                     torch.manual_seed(1000 * max(r, 0) + k)
-                    x_adv = _torchattacks("apgd", model, eps, 10)(ctx.x, ctx.y)
+                    x_adv = _torchattacks("apgd", model, eps, steps)(ctx.x, ctx.y)
                     accs.append(accuracy(model, x_adv, ctx.y))
-            passes["torchattacks"] = count.example_backward
+            passes["torchattacks per eps"] = count.example_backward
             return accs
 
-        timings = alternate(
-            {
-                "ours cascade": ours("cascade"),
-                "ours independent": ours("independent"),
-                "torchattacks per eps": peer,
-            },
-            ctx.sizes.repeats,
-        )
-        who_passes = {"ours cascade": "cascade", "ours independent": "independent"}
-        measured = {
-            who: {
+        runs = {
+            "ours cascade": ours("ours cascade", "cascade"),
+            "ours cascade, channels_last model": ours(
+                "ours cascade, channels_last model", "cascade", nhwc, x_nhwc
+            ),
+            "ours independent": ours("ours independent", "independent"),
+            "torchattacks per eps": peer,
+        }
+        timings = alternate(runs, ctx.sizes.repeats)
+        measured = {}
+        for who, t in timings.items():
+            floor = floor_passes(t.result, len(ctx.x), steps)
+            measured[who] = {
                 "expected_robustness": round(_trapezoid(t.result), 4),
                 "accuracies": [round(a, 4) for a in t.result],
-                "example_backward_passes": passes[who_passes.get(who, "torchattacks")],
+                "example_backward_passes": passes[who],
+                "floor_passes": floor,
+                "passes_vs_floor": round(passes[who] / floor, 3) if floor else None,
             }
-            for who, t in timings.items()
-        }
         acc8 = timings["ours cascade"].result[-1]
         case = f"{kind} 9 eps on [0, 8/255] (acc at 8/255 {acc8:.3f})"
-        rows += rows_of(
-            "curves", case, timings, "torchattacks per eps", dict.fromkeys(timings, setup), measured
-        )
+        models = {"ours cascade, channels_last model": nhwc}
+        setup = {who: _observed(models.get(who, model), run) for who, run in runs.items()}
+        rows += rows_of("curves", case, timings, "torchattacks per eps", setup, measured)
     return rows
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _train_contender(ctx: Context, attack: dict[str, Any], **train: Any) -> Callable[[int], float]:
-    """A function timing one epoch of robustft's loop (the loop's own clock, no validation)."""
+def _train_contender(
+    ctx: Context, attack: dict[str, Any], *, optimizer_loop: bool = False, **train: Any
+) -> tuple[Callable[[int], float], Settings]:
+    """A function timing one epoch of robustft's loop (the loop's own clock, no validation),
+    built as a user's run is (robustft's config defaults, ``train`` overrides), and the
+    settings it runs with (the memory format as the state chose it). ``optimizer_loop``:
+    torch's per-tensor optimizer step instead of robustft's default fused one (the step
+    before issue 23)."""
     from robustft.callbacks import Callbacks
     from robustft.training.loop import train_epoch
     from robustft.training.state import build_state
@@ -364,11 +424,19 @@ def _train_contender(ctx: Context, attack: dict[str, Any], **train: Any) -> Call
     )
     model = copy.deepcopy(ctx.models["standard"])
     state = build_state(config, ctx.device, model=model, data=_train_data(ctx, config))
+    if optimizer_loop:
+        for group in state.optimizer.param_groups:
+            group["fused"] = None
 
     def run(_r: int) -> float:
         return float(train_epoch(state, 1, Callbacks())["seconds"])
 
-    return run
+    setup = settings(
+        channels_last=model_layout(state.model),
+        dtype="bf16" if config.train.bf16 else "fp32",
+        compile=config.train.compile,
+    )
+    return run, setup
 
 
 _DATA_CACHE: dict[int, Any] = {}
@@ -412,37 +480,28 @@ def _plain_loop(ctx: Context) -> Callable[[int], float]:
 
 
 def section_training(ctx: Context) -> list[dict[str, Any]]:
-    """One training epoch per method; the loop's own clock (validation excluded)."""
+    """One training epoch per method, robustft's defaults (as a user gets them) unless the
+    name says otherwise; the loop's own clock (validation excluded)."""
     eps = 8 / 255
     const = {"eps": eps, "schedule": "constant"}
+    pgd7 = {"name": "pgd", "steps": 7, **const}
+    fgsm = {"name": "fgsm-rs", **const}
     contenders = {
-        "clean": (_train_contender(ctx, {"name": "pgd", "steps": 1, "eps": 0.0}), settings()),
-        "eps=0 epoch of hinge(t1=2,t2=3), PGD-7": (
-            _train_contender(
-                ctx, {"name": "pgd", "steps": 7, "eps": eps, "schedule": "hinge(t1=2,t2=3)"}
-            ),
-            settings(),
+        "clean": _train_contender(ctx, {"name": "pgd", "steps": 1, "eps": 0.0}),
+        "eps=0 epoch of hinge(t1=2,t2=3), PGD-7": _train_contender(
+            ctx, {**pgd7, "schedule": "hinge(t1=2,t2=3)"}
         ),
-        "FGSM-RS": (_train_contender(ctx, {"name": "fgsm-rs", **const}), settings()),
-        "N-FGSM": (_train_contender(ctx, {"name": "n-fgsm", **const}), settings()),
-        "GradAlign": (_train_contender(ctx, {"name": "grad-align", **const}), settings()),
-        "PGD-7": (_train_contender(ctx, {"name": "pgd", "steps": 7, **const}), settings()),
-        "APGD-CE-7": (_train_contender(ctx, {"name": "apgd-ce", "steps": 7, **const}), settings()),
+        "FGSM-RS": _train_contender(ctx, fgsm),
+        "FGSM-RS, per-tensor optimizer step": _train_contender(ctx, fgsm, optimizer_loop=True),
+        "N-FGSM": _train_contender(ctx, {"name": "n-fgsm", **const}),
+        "GradAlign": _train_contender(ctx, {"name": "grad-align", **const}),
+        "PGD-7": _train_contender(ctx, pgd7),
+        "APGD-CE-7": _train_contender(ctx, {"name": "apgd-ce", "steps": 7, **const}),
         "plain loop + torchattacks PGD-7": (_plain_loop(ctx), settings()),
-        "PGD-7 bf16": (
-            _train_contender(ctx, {"name": "pgd", "steps": 7, **const}, bf16=True),
-            settings(dtype="bf16"),
-        ),
-        "PGD-7 channels_last": (
-            _train_contender(ctx, {"name": "pgd", "steps": 7, **const}, channels_last=True),
-            settings(channels_last=True),
-        ),
+        "PGD-7 bf16": _train_contender(ctx, pgd7, bf16=True),
+        "PGD-7 NCHW": _train_contender(ctx, pgd7, channels_last=False),
+        "PGD-7 channels_last": _train_contender(ctx, pgd7, channels_last=True),
     }
-    if ctx.args.compile:
-        contenders["PGD-7 compiled"] = (
-            _train_contender(ctx, {"name": "pgd", "steps": 7, **const}, compile=True),
-            settings(compile=True),
-        )
     runs = {name: fn for name, (fn, _) in contenders.items()}
     timings = alternate(runs, ctx.sizes.repeats, warmup=True, clock="result")
     n = ctx.sizes.train_per_class * 10
@@ -452,6 +511,120 @@ def section_training(ctx: Context) -> list[dict[str, Any]]:
     measured = {name: {"vs_pgd7": round(t.median / ref, 3)} for name, t in timings.items()}
     rows = rows_of("training", case, timings, "clean", setup, measured)
     return rows
+
+
+DEMO_STEPS = 15 * 7  # a demo run: 15 epochs of 7 steps (200 images, batch 32)
+
+
+def section_compile(ctx: Context) -> list[dict[str, Any]]:
+    """``train.compile`` (torch.compile, inductor on a CPU) against eager, PGD-7 and FGSM-RS
+    epochs of the offline default: the first epoch (compilation included, a cold cache of its
+    own as in a fresh clone; validation included) and the steady epochs, and from them the run
+    length where compiling pays off, against a demo run's (each case charged the cold
+    compilation: the later case finds the graphs compiled by the first). Not in the default run
+    (the compilation takes minutes on a shared 2-core machine)."""
+    import tempfile
+
+    eps = 8 / 255
+    rows: list[dict[str, Any]] = []
+    cold: float | None = None  # the first case's compilation, from a cold cache
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            for label, attack in (
+                ("PGD-7", {"name": "pgd", "steps": 7}),
+                ("FGSM-RS", {"name": "fgsm-rs"}),
+            ):
+                attack = {**attack, "eps": eps, "schedule": "constant"}
+                contenders = {
+                    f"{label} eager": _train_contender(ctx, attack),
+                    f"{label} compiled": _train_contender(ctx, attack, compile=True),
+                }
+                runs = {name: fn for name, (fn, _) in contenders.items()}
+                first = {}
+                for name, fn in runs.items():
+                    start = time.perf_counter()
+                    fn(-1)
+                    first[name] = time.perf_counter() - start
+                timings = alternate(runs, ctx.sizes.repeats, clock="result")
+                eager, compiled = (timings[name].median for name in runs)
+                e_first, c_first = first.values()
+                extra = (c_first - compiled) - (e_first - eager)  # the compilation's cost
+                # the first case compiles the graphs (crafting in eval mode, the update in train
+                # mode) from a cold cache; a later case reuses them in this process, while a
+                # user's run of it would compile them cold: its verdict takes the cold cost
+                cold = extra if cold is None else cold
+                steps = ctx.sizes.train_per_class * 10 // ctx.sizes.train_batch
+                saving = (eager - compiled) / steps  # per step, once compiled
+                even = round(cold / saving) if saving > 0 else None
+                verdict: dict[str, Any] = {
+                    "first_epoch_s": round(c_first, 1),
+                    "compile_s": round(cold, 1),
+                    "compile_here_s": round(extra, 1),
+                    "break_even_steps": even,
+                    "pays_off_in_a_demo_run": even is not None and even <= DEMO_STEPS,
+                }
+                measured = {
+                    f"{label} eager": {"first_epoch_s": round(e_first, 2)},
+                    f"{label} compiled": verdict,
+                }
+                case = (
+                    f"{label} epoch, {steps} steps of batch {ctx.sizes.train_batch} "
+                    f"(a demo run: {DEMO_STEPS} steps)"
+                )
+                setup = {name: s for name, (_, s) in contenders.items()}
+                rows += rows_of("compile", case, timings, f"{label} eager", setup, measured)
+        finally:
+            if old is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+    return rows
+
+
+DEMO_ORDER = ("sched", "fix", "standard")  # by expected robustness, as the README's table
+DEMO_COMMAND = ["-m", "robustft", "demo"]
+
+
+def section_demo(ctx: Context) -> list[dict[str, Any]]:
+    """``robustft demo`` as a user runs it (its own defaults: every core of the machine), in a
+    fresh output folder: its wall time and the order of its methods by expected robustness."""
+    import tempfile
+
+    from timing import Timing
+
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, *DEMO_COMMAND, "--out", out]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"robustft demo failed:\n{done.stderr[-2000:]}")
+        results = {}
+        for path in Path(out).glob("*/result.json"):
+            result = json.loads(path.read_text())
+            results[result["name"].removeprefix("demo-")] = result
+    order = sorted(results, key=lambda m: -results[m]["expected_robustness"])
+    measured = {
+        "ordering": " > ".join(order),
+        "same_order": tuple(order) == DEMO_ORDER,
+        "methods": {
+            m: {k: r[k] for k in ("clean_accuracy", "robust_accuracy", "expected_robustness")}
+            for m, r in results.items()
+        },
+    }
+    timing = Timing([wall], None)
+    name = "robustft demo (3 runs, defaults)"
+    # the layout its runs trained in, where result.json records it (issue 23's memory format)
+    chosen = {
+        str((r.get("memory_format") or {}).get("train", {}).get("chosen", "nchw"))
+        for r in results.values()
+    }
+    setup = settings(threads=os.cpu_count() or 1, channels_last=chosen == {"channels_last"})
+    return rows_of(
+        "demo", "robustft demo, fresh --out", {name: timing}, name, {name: setup}, {name: measured}
+    )
 
 
 # ----------------------------------------------------------------------------- scaling
@@ -588,16 +761,22 @@ SECTIONS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
     "training": section_training,
     "scaling": section_scaling,
     "memory": section_memory,
+    "demo": section_demo,
+    "compile": section_compile,
 }
+DEFAULT_SECTIONS = ("attacks", "curves", "training", "scaling", "memory", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all but compile)",
+    )
     parser.add_argument("--repeats", type=int, help="repetitions per contender (default 3)")
-    parser.add_argument("--compile", action="store_true", help="also time a compiled epoch")
     parser.add_argument("--out", default=str(HERE), help="folder for results.json, RESULTS.md")
     parser.add_argument(
         "--update", action="store_true", help="replace only these sections in results.json"

@@ -85,6 +85,8 @@ MEASURES = {
     "curves": ("expected_robustness", "E.rob"),
     "training": ("vs_pgd7", "time / PGD-7"),
     "scaling": ("per", "fit per"),
+    "compile": ("first_epoch_s", "first epoch s"),
+    "demo": ("ordering", "order by E.rob"),
 }
 
 
@@ -132,11 +134,47 @@ def render(
             measure, label = MEASURES[name]
             lines.append(section_table(rows, measure, label))
             if name == "curves":
-                lines += ["", "accuracy per eps (0..8/255), example backward passes:"]
+                lines += [
+                    "",
+                    "accuracy per eps (0..8/255), example backward passes against the floor "
+                    "(sum over eps > 0 of the examples robust there x (steps + 1)):",
+                ]
                 lines += [
                     f"- {r['case']}, {r['contender']}: {r['accuracies']}, "
                     f"{r['example_backward_passes']} passes"
+                    + (
+                        f", floor {r['floor_passes']}, {r['passes_vs_floor']:.3f}x"
+                        if r.get("floor_passes")
+                        else ""
+                    )
                     for r in rows
+                ]
+            if name == "compile":
+                lines += [
+                    "",
+                    "compilation (the first epoch's extra time, from a cold cache; a later case "
+                    "reuses the first one's graphs and is charged its cold cost) and break-even:",
+                ]
+                lines += [
+                    f"- {r['case']}: compile {r['compile_s']} s"
+                    + (
+                        f" (here {r['compile_here_s']} s)"
+                        if r.get("compile_here_s") not in (None, r["compile_s"])
+                        else ""
+                    )
+                    + ", break-even after "
+                    f"{r['break_even_steps'] or 'never (not faster once compiled)'} steps; "
+                    f"pays off in a demo run: {'yes' if r['pays_off_in_a_demo_run'] else 'no'}"
+                    for r in rows
+                    if "compile_s" in r
+                ]
+            if name == "demo":
+                lines += [""]
+                lines += [
+                    f"- {m}: clean {v['clean_accuracy']:.4f}, robust {v['robust_accuracy']:.4f}, "
+                    f"E.rob {v['expected_robustness']:.4f}"
+                    for r in rows
+                    for m, v in r["methods"].items()
                 ]
     goals = targets(results)
     if goals:
@@ -183,7 +221,24 @@ def _curve_target(rows: Sequence[dict[str, Any]], kind: str, goal: float) -> tup
         else f"E.rob {cascade['expected_robustness']:.3f} vs {peer['expected_robustness']:.3f}"
     )
     text = f"{cascade['speedup']:.2f}x (cascade; independent {independent['speedup']:.2f}x); {erob}"
+    try:
+        cl = _row(rows, f"{kind} 9 eps", "ours cascade, channels_last model")
+        text += f"; cascade on a channels_last copy {cl['speedup']:.2f}x"
+    except KeyError:  # results written before that row existed
+        pass
     return text, "holds" if cascade["speedup"] >= goal else "missed"
+
+
+def _floor_target(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    cascade = _row(rows, "robust 9 eps", "ours cascade")
+    peer = _row(rows, "robust 9 eps", "torchattacks per eps")
+    ratio = cascade["passes_vs_floor"]
+    text = (
+        f"{cascade['example_backward_passes']} passes, floor {cascade['floor_passes']}: "
+        f"{ratio:.3f}x (torchattacks per eps {peer['example_backward_passes']} passes, "
+        f"{peer['passes_vs_floor']:.3f}x its floor)"
+    )
+    return text, "holds" if ratio <= 1.1 else "missed"
 
 
 def _training_target(rows: Sequence[dict[str, Any]], which: str) -> tuple[str, str]:
@@ -194,30 +249,33 @@ def _training_target(rows: Sequence[dict[str, Any]], which: str) -> tuple[str, s
     if which == "eps0":
         ratio = _row(rows, case, "eps=0 epoch of hinge(t1=2,t2=3), PGD-7")["speedup"]
         return f"{ratio:.2f}x a clean epoch's speed", "holds" if ratio >= 1 / 1.05 else "missed"
-    ours = _row(rows, case, "PGD-7")["median_s"]
+    ours = _row(rows, case, "PGD-7")
     plain = _row(rows, case, "plain loop + torchattacks PGD-7")["median_s"]
-    ratio = plain / ours
-    verdict = (
-        "holds"
-        if ratio >= 1
-        else "parity within noise: not shown to hold"
-        if ratio >= 0.95
-        else "missed"
-    )
-    return f"{ratio:.2f}x (plain loop's median / ours)", verdict
+    ratio = plain / ours["median_s"]
+    text = f"{ratio:.2f}x (plain loop's median / ours; ours {ours['settings_label']})"
+    return text, "holds" if ratio >= 1.8 else "missed"
+
+
+def _demo_target(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    demo = rows[0]
+    order = "same order" if demo["same_order"] else "order changed"
+    text = f"{demo['median_s']:.0f} s; {demo['ordering']} ({order})"
+    return text, "holds" if demo["median_s"] <= 150 and demo["same_order"] else "missed"
 
 
 TARGETS: tuple[tuple[str, str, Callable[[Sequence[dict[str, Any]]], tuple[str, str]]], ...] = (
     (
-        "accuracy under attack, every example attacked, >= 2x torchattacks attack + forward",
+        "accuracy under attack at one eps, PGD-10 and APGD-CE-10, >= 2x torchattacks attack + "
+        "forward (issue 23: on the robust model)",
         "attacks",
         _attack_target,
     ),
     (
-        "9-point curve 0-8/255 APGD-CE-10, model that stays robust, >= 1.8x torchattacks per eps",
+        "robust 9-point curve 0-8/255 APGD-CE-10 >= 1.8x torchattacks per eps",
         "curves",
         lambda rows: _curve_target(rows, "robust", 1.8),
     ),
+    ("robust 9-point curve: passes <= 1.1x the floor", "curves", _floor_target),
     (
         "9-point curve, collapsing (standard) model, >= 5x",
         "curves",
@@ -225,15 +283,16 @@ TARGETS: tuple[tuple[str, str, Callable[[Sequence[dict[str, Any]]], tuple[str, s
     ),
     ("FGSM-RS epoch <= 0.3x PGD-7 epoch", "training", lambda rows: _training_target(rows, "fgsm")),
     (
+        "PGD-7 epoch >= 1.8x faster than the plain torchattacks loop",
+        "training",
+        lambda rows: _training_target(rows, "plain"),
+    ),
+    (
         "eps = 0 epoch within 5% of a clean epoch",
         "training",
         lambda rows: _training_target(rows, "eps0"),
     ),
-    (
-        "our PGD-7 epoch no slower than the plain torchattacks loop",
-        "training",
-        lambda rows: _training_target(rows, "plain"),
-    ),
+    ("robustft demo <= 150 s on 2 cores, same ordering of methods", "demo", _demo_target),
 )
 
 

@@ -54,6 +54,36 @@ def settings(**changes: Any) -> Settings:
     return Settings(**{**base, **changes})
 
 
+def model_layout(model: torch.nn.Module) -> bool:
+    """Whether ``model`` stores its convolution weights channels_last (as a training state's
+    model is, once its memory format is chosen)."""
+    for p in model.parameters():
+        if p.ndim == 4 and not p.is_contiguous():
+            return p.is_contiguous(memory_format=torch.channels_last)
+    return False
+
+
+def computed_layout(model: torch.nn.Module, fn: Callable[[], Any]) -> bool:
+    """Whether the convolutions of ``model`` received channels_last inputs while ``fn`` ran
+    (what a row's settings say: the layout the defaults chose, wherever they chose it)."""
+    seen: list[bool] = []
+
+    def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        if x.ndim == 4 and not x.is_contiguous():
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+
+    handles = [
+        m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
+    try:
+        fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return any(seen)
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages (None where the OS has none)."""
     try:

@@ -268,16 +268,34 @@ def attack_label(name: str, steps: int) -> str:
     return f"{name}-{steps}" if spec is not None and spec.takes_steps else name
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD and AdamW kernels are used
+
+
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW over ``model``'s trainable parameter groups (head lr, no weight
-    decay on biases and norms); each group remembers its peak lr as ``initial_lr``."""
+    decay on biases and norms); each group remembers its peak lr as ``initial_lr``.
+
+    The step is torch's fused kernel (one pass over each parameter) where every trainable
+    parameter is a float tensor on a CPU or CUDA device: on the offline default (3.4 M
+    parameters, one CPU thread) AdamW's step takes 3.8 ms instead of 13.4 ms and SGD's 2.4 ms
+    instead of 6.0 ms. The kernel rounds differently from torch's per-tensor loop (AdamW's
+    weights differ by about 1e-7 after 40 steps of the same gradients, SGD's by about 1e-9
+    after 5), so a run repeats bit for bit only with the kernel it started with: it is recorded
+    in the checkpoint (the optimizer's ``fused`` setting), and a resumed run keeps the one its
+    checkpoint records (the loop, for a checkpoint written before fused was the default)."""
     cfg = config.train
     groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr)
     for group in groups:
         group["initial_lr"] = group["lr"]
+    trainable = [p for group in groups for p in group["params"]]
+    fused = bool(trainable) and all(
+        p.is_floating_point() and p.device.type in FUSED_DEVICES for p in trainable
+    )
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, fused=fused or None
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=fused or None)
 
 
 def overfit_rule(config: RunConfig) -> OverfitRule:

