@@ -601,6 +601,9 @@ def section_demo(ctx: Context) -> list[dict[str, Any]]:
         wall = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"robustft demo failed:\n{done.stderr[-2000:]}")
+        # the table the demo printed, beside results.json: the README quotes it from this run
+        Path(ctx.args.out).mkdir(parents=True, exist_ok=True)
+        (Path(ctx.args.out) / "demo.txt").write_text(done.stdout)
         results = {}
         for path in Path(out).glob("*/result.json"):
             result = json.loads(path.read_text())
