@@ -40,6 +40,11 @@ if TYPE_CHECKING:  # the rule is torch-free (reports import it); measuring needs
 
 PGD_KEY = "co_pgd_acc"
 FGSM_KEY = "co_fgsm_acc"
+CLEAN_KEY = "co_clean_acc"
+ALIGN_KEY = "co_grad_align"
+GAP_KEY = "co_gap"
+RATIO_KEY = "co_pgd_fgsm_ratio"
+ABOVE_CLEAN_KEY = "co_fgsm_above_clean"
 
 
 MIN_BEST_PGD = 0.10
@@ -95,6 +100,55 @@ def last_good_epoch(history: Sequence[Mapping[str, Any]], onset: int) -> int | N
     return max(earlier) if earlier else None
 
 
+DETECTED_KEY = "co_detected"
+SIGNALS = (RATIO_KEY, ABOVE_CLEAN_KEY, GAP_KEY, ALIGN_KEY)
+"""The detector's candidate signals, recorded in every monitored row."""
+
+
+@dataclass(frozen=True)
+class DetectorRule:
+    """The early detector (see the module docstring): an epoch is flagged when ``signal`` is
+    below ``threshold`` (``below``) or above it (not ``below``) while the monitor's FGSM
+    accuracy is at least ``min_fgsm`` (the model resists the one-step attack: a model that is
+    not robust yet is not overfitting to it)."""
+
+    signal: str = RATIO_KEY
+    threshold: float = 0.5
+    below: bool = True
+    min_fgsm: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
+
+    def flags(self, row: Mapping[str, Any]) -> bool:
+        """Whether a monitored row (its ``co_*`` values) is flagged; False when a value is
+        missing (an unmonitored epoch, or a row written before the signal existed)."""
+        value, fgsm = row.get(self.signal), row.get(FGSM_KEY)
+        if value is None or fgsm is None or float(fgsm) < self.min_fgsm:
+            return False
+        return float(value) < self.threshold if self.below else float(value) > self.threshold
+
+    def describe(self) -> str:
+        """The rule in words, e.g. ``co_pgd_fgsm_ratio < 0.5 and co_fgsm_acc >= 0.25``."""
+        op = "<" if self.below else ">"
+        return f"{self.signal} {op} {self.threshold:g} and {FGSM_KEY} >= {self.min_fgsm:g}"
+
+
+DETECTOR = DetectorRule()
+"""The detector's rule (chosen by leave-one-setting-out: ``scripts/co_detector_study.py``)."""
+
+
+def detected_onset(
+    history: Sequence[Mapping[str, Any]], rule: DetectorRule = DETECTOR
+) -> int | None:
+    """The first epoch (1-based) that ``rule`` flags (None: none)."""
+    for row in history:
+        if rule.flags(row):
+            return int(row["epoch"])
+    return None
+
+
 def attack_accuracy(
     model: nn.Module,
     data: Dataset,
@@ -131,6 +185,65 @@ def attack_accuracy(
     return correct / max(n, 1)
 
 
+def sample_signals(
+    model: nn.Module,
+    data: Dataset,
+    eps: float,
+    *,
+    norm: str,
+    examples: int,
+    seed: int,
+    batch_size: int = 128,
+) -> dict[str, float | None]:
+    """Clean accuracy and gradient alignment of ``model`` in eval mode on the monitor's sample
+    (the same seeded, stratified ``examples`` items of ``data`` as :func:`attack_accuracy`):
+    ``{co_clean_acc, co_grad_align}``. Gradient alignment is the mean cosine between the input
+    gradients of the loss at ``x`` and at a uniform random point of the eps-ball
+    (:func:`robustft.objectives.gradient_cosines`, drawn from ``seed``), over the examples whose
+    gradients are non-zero (None when none is). Cost: one forward pass, then one forward and
+    one backward pass at ``x`` and at the random point."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from robustft.attacks import get_geometry
+    from robustft.attacks.base import crafting_mode
+    from robustft.objectives import gradient_cosines
+    from robustft.subset import subset
+    from robustft.utils.device import model_device
+
+    device = model_device(model)
+    geometry = get_geometry(norm)
+    sample, _ = subset(data, examples, seed)
+    n = len(sample)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(seed)
+    correct, cosines, counted = 0, 0.0, 0.0
+    with crafting_mode(model):
+        for x, y in DataLoader(sample, batch_size=batch_size):
+            x, y = x.to(device).float(), y.to(device)
+            with torch.no_grad():
+                correct += int((model(x).argmax(1) == y).sum())
+            cosine, counts = gradient_cosines(
+                model, x, y, eps, geometry=geometry, generator=generator
+            )
+            cosines += float((cosine * counts).sum())
+            counted += float(counts.sum())
+    return {
+        CLEAN_KEY: correct / max(n, 1),
+        ALIGN_KEY: cosines / counted if counted else None,
+    }
+
+
+def derived_signals(pgd_acc: float, fgsm_acc: float, clean_acc: float) -> dict[str, float | None]:
+    """The signals computed from the three accuracies: ``co_gap`` (FGSM minus PGD),
+    ``co_pgd_fgsm_ratio`` (PGD over FGSM; None when FGSM accuracy is 0) and
+    ``co_fgsm_above_clean`` (FGSM minus clean), fractions."""
+    return {
+        GAP_KEY: fgsm_acc - pgd_acc,
+        RATIO_KEY: pgd_acc / fgsm_acc if fgsm_acc > 0 else None,
+        ABOVE_CLEAN_KEY: fgsm_acc - clean_acc,
+    }
+
+
 def measure(
     model: nn.Module,
     data: Dataset,
@@ -140,14 +253,17 @@ def measure(
     examples: int,
     pgd_steps: int,
     seed: int,
-) -> dict[str, float]:
-    """The monitor's two accuracies at ``eps``: ``{co_pgd_acc, co_fgsm_acc}`` (fractions)."""
+) -> dict[str, float | None]:
+    """The monitor's measurements at ``eps`` on its sample (fractions): ``co_pgd_acc``,
+    ``co_fgsm_acc``, ``co_clean_acc``, ``co_grad_align`` and the :func:`derived_signals`."""
     from robustft import attacks
 
     pgd = attacks.create("pgd", norm=norm, steps=pgd_steps)
     fgsm = attacks.create("fgsm", norm=norm)
     kwargs: dict[str, Any] = {"examples": examples, "seed": seed}
-    return {
-        PGD_KEY: attack_accuracy(model, data, pgd, eps, **kwargs),
-        FGSM_KEY: attack_accuracy(model, data, fgsm, eps, **kwargs),
-    }
+    pgd_acc = attack_accuracy(model, data, pgd, eps, **kwargs)
+    fgsm_acc = attack_accuracy(model, data, fgsm, eps, **kwargs)
+    out: dict[str, float | None] = {PGD_KEY: pgd_acc, FGSM_KEY: fgsm_acc}
+    out.update(sample_signals(model, data, eps, norm=norm, **kwargs))
+    out.update(derived_signals(pgd_acc, fgsm_acc, float(out[CLEAN_KEY] or 0.0)))
+    return out

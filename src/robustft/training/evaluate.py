@@ -14,7 +14,7 @@ from robustft import attacks, distributed
 from robustft.callbacks import Callbacks
 from robustft.config import RunConfig
 from robustft.distributed import SINGLE, World
-from robustft.monitor import FGSM_KEY, PGD_KEY, best_pgd, measure
+from robustft.monitor import DETECTED_KEY, DETECTOR, FGSM_KEY, PGD_KEY, best_pgd, measure
 from robustft.robustness.curve import RobustnessCurve
 from robustft.robustness.evaluate import robustness_curve
 from robustft.subset import sample_size, subset
@@ -115,6 +115,7 @@ def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
     out["co_eps"] = eps
     best = best_pgd(state.history)
     out["co_flagged"] = overfit_rule(state.config).flags(out[PGD_KEY], out[FGSM_KEY], best)
+    out[DETECTED_KEY] = DETECTOR.flags(out)
     out["monitor_seconds"] = round(time.perf_counter() - start, 3)
     return out
 
