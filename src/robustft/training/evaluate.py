@@ -14,6 +14,7 @@ from robustft import attacks, distributed
 from robustft.callbacks import Callbacks
 from robustft.config import RunConfig
 from robustft.distributed import SINGLE, World
+from robustft.errors import UserError
 from robustft.monitor import DETECTED_KEY, DETECTOR, FGSM_KEY, PGD_KEY, best_pgd, measure
 from robustft.robustness.curve import RobustnessCurve
 from robustft.robustness.evaluate import robustness_curve
@@ -94,6 +95,18 @@ def monitor_enabled(config: RunConfig) -> bool:
     one-step training attacks)."""
     co = config.monitor.co
     return co == "on" or (co == "auto" and config.attack.name in ONE_STEP_ATTACKS)
+
+
+def check_monitor_sample(config: RunConfig, val_size: int) -> None:
+    """Refuse a monitor sample (``monitor.examples``) larger than the validation split it is
+    drawn from, when the monitor runs: called as soon as the split is built, before training."""
+    examples = config.monitor.examples
+    if monitor_enabled(config) and examples > val_size:
+        raise UserError(
+            f"config monitor.examples: {examples} is larger than the validation split "
+            f"({val_size} images) the overfitting monitor samples from; set "
+            f"monitor.examples to at most {val_size}"
+        )
 
 
 def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
