@@ -8,8 +8,10 @@ its precision and recall on the held-out settings (issue 22).
 Runs: every directory below the arguments that holds ``result.json`` and ``metrics.jsonl``.
 
 Setting: data size x eps x mode (``data.name``, ``data.max_train_per_class``, ``attack.eps``,
-``model.mode``). The runs of a setting are compared with its PGD-7 run (``attack.name: pgd``,
-``attack.steps: 7``; the mean when several seeds), the reference.
+``model.mode``), written ``digits:100:8/255:full``. The runs of a setting are compared with its
+PGD-7 run (``attack.name: pgd``, ``attack.steps: 7``; the mean when several seeds), the
+reference; ``--reference SETTING=ACC`` gives it for a setting whose PGD-7 run is not among the
+runs (a run of the same config recorded elsewhere).
 
 Label: a run is **CO** when its final robust accuracy at eps_g under the independent
 evaluation curve (``robustness.json``) is below half of the reference's while the monitor's FGSM
@@ -143,10 +145,8 @@ def read_run(path: Path) -> LabelledRun | None:
         back = int(switched.get("rolled_back_to") or 0)
         rows = [*(r for r in rows if int(r["epoch"]) <= back), *switched.get("discarded", [])]
     monitored = tuple(with_signals(r) for r in rows if r.get(FGSM_KEY) is not None)
-    setting = (
-        f"{data.get('name')}/{data.get('max_train_per_class')} per class, "
-        f"eps {format_eps(eps)}, {model.get('mode')}"
-    )
+    size, mode = data.get("max_train_per_class"), model.get("mode")
+    setting = f"{data.get('name')}:{size}:{format_eps(eps)}:{mode}"
     steps = attack.get("steps")
     return LabelledRun(
         path=str(path),
@@ -159,12 +159,17 @@ def read_run(path: Path) -> LabelledRun | None:
     )
 
 
-def label_runs(runs: Sequence[LabelledRun], fgsm_high: float) -> list[LabelledRun]:
-    """The runs with their labels (see the module docstring)."""
+def label_runs(
+    runs: Sequence[LabelledRun], fgsm_high: float, given: Mapping[str, float] | None = None
+) -> list[LabelledRun]:
+    """The runs with their labels (see the module docstring); ``given``: the PGD-7 robust
+    accuracy of settings without a PGD-7 run among ``runs`` (``--reference``)."""
     references: dict[str, list[float]] = {}
     for run in runs:
         if run.reference:
             references.setdefault(run.setting, []).append(run.robust)
+    for setting, value in (given or {}).items():
+        references.setdefault(setting, [value])
     out = []
     for run in runs:
         values = references.get(run.setting)
@@ -378,13 +383,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run directories")
     parser.add_argument("--fgsm-high", type=float, default=0.5, help="the CO label's FGSM floor")
     parser.add_argument("--json", type=Path, help="also write the study here")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="SETTING=ACC",
+        help="the PGD-7 robust accuracy (fraction) of a setting without a PGD-7 run here, "
+        "e.g. digits:100:8/255:full=0.58 (a run of the same config recorded elsewhere)",
+    )
     args = parser.parse_args(argv)
+    given = {}
+    for item in args.reference:
+        setting, _, value = item.rpartition("=")
+        try:
+            given[setting] = float(value)
+        except ValueError:
+            parser.error(f"--reference {item!r}: expected SETTING=ACC, ACC a fraction")
     paths = find_runs(args.roots)
     runs = [r for p in paths if (r := read_run(p)) is not None]
     if not runs:
         print(f"co_detector_study: no finished run below {', '.join(map(str, args.roots))}")
         return 2
-    runs = sorted(label_runs(runs, args.fgsm_high), key=lambda r: (r.setting, r.method))
+    runs = sorted(label_runs(runs, args.fgsm_high, given), key=lambda r: (r.setting, r.method))
     result = study(runs)
     print(render(runs, result))
     if args.json:

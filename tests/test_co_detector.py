@@ -200,3 +200,8 @@ def test_the_study_chooses_thresholds_on_the_other_settings_and_reports_held_out
     if ship["signal"] == "co_pgd_fgsm_ratio":
         assert 0.1 < ship["threshold"] < 0.6
     assert study.main([str(tmp_path / "empty")]) == 2
+    # a reference recorded elsewhere labels the setting without a PGD-7 run
+    given = ["--reference", "digits:100:16/255:full=0.3", "--json", str(out)]
+    assert study.main([str(tmp_path), *given]) == 0
+    labels = {Path(r["path"]).name: r["label"] for r in json.loads(out.read_text())["per_run"]}
+    assert labels["d-fgsm"] is True
