@@ -22,14 +22,16 @@ is unlabelled (listed, not used).
 Signals (``metrics.jsonl``, :data:`robustft.monitor.SIGNALS`): ``co_pgd_fgsm_ratio`` (low at
 CO), ``co_fgsm_above_clean`` (high), ``co_gap`` (FGSM minus PGD, high) and ``co_grad_align``
 (low); rows of older runs without the derived keys get them from ``co_pgd_acc``,
-``co_fgsm_acc`` and ``co_clean_acc``. A run is flagged by a rule when any monitored epoch of the
-epochs it trained with its own attack (before a ``monitor.action: switch``) is.
+``co_fgsm_acc`` and ``co_clean_acc``. A run is flagged by a rule when it fires at any
+monitored epoch of the epochs it trained with its own attack (before a ``monitor.action:
+switch``).
 
-Rule forms: one signal, its direction, and a floor on the monitor's FGSM accuracy
-(``min_fgsm`` in 0, 0.25, 0.5). On a set of runs, a form's threshold is the one that maximises
-balanced accuracy (mean of recall and specificity), the midpoint of the widest such interval
-between consecutive run values; among forms, the highest balanced accuracy wins, then the widest
-interval relative to the signal's spread. Leave-one-setting-out: for each setting, the form and
+Rule forms: one signal, its direction, a floor on the monitor's FGSM accuracy (``min_fgsm`` in
+0, 0.25, 0.5) and the number of consecutive monitored epochs that must match (1 to 4). On a set
+of runs, a form's threshold is the one that maximises balanced accuracy (mean of recall and
+specificity), the midpoint of the widest such interval between consecutive run values; among
+forms, the highest balanced accuracy wins, then the widest interval relative to the signal's
+spread, then the fewest epochs. Leave-one-setting-out: for each setting, the form and
 threshold are chosen on the other settings' runs (a fold whose training runs lack either label
 is skipped) and applied to the held-out setting's runs; the held-out predictions of every fold
 give precision and recall. Each form is also scored alone the same way (its threshold per fold).
@@ -63,11 +65,12 @@ from robustft.monitor import (
     detected_onset,
 )
 from robustft.run.rundir import RunDir
-from robustft.units import format_eps
+from robustft.units import format_eps, parse_eps
 
 BELOW = {RATIO_KEY: True, ABOVE_CLEAN_KEY: False, GAP_KEY: False, ALIGN_KEY: True}
 """Each signal's direction at catastrophic overfitting: True = low values flag."""
 MIN_FGSM = (0.0, 0.25, 0.5)
+EPOCHS = (1, 2, 3, 4)
 SHORT = {
     RATIO_KEY: "pgd/fgsm",
     ABOVE_CLEAN_KEY: "fgsm-clean",
@@ -135,7 +138,7 @@ def read_run(path: Path) -> LabelledRun | None:
     if result is None or not config or curve is None:
         return None
     data, attack, model = (config.get(k) or {} for k in ("data", "attack", "model"))
-    eps = float(attack.get("eps") or 0.0)
+    eps = parse_eps(attack.get("eps") or 0.0, name="attack.eps", upper=float("inf"))
     robust = robust_at(curve, eps)
     if robust is None:
         return None
@@ -187,17 +190,23 @@ def label_runs(
     return out
 
 
-def extreme(run: LabelledRun, signal: str, min_fgsm: float) -> float | None:
-    """The run's most CO-like value of ``signal`` over its monitored epochs with FGSM accuracy
-    at least ``min_fgsm`` (the lowest for a signal that is low at CO), None when none."""
+def extreme(run: LabelledRun, signal: str, min_fgsm: float, epochs: int = 1) -> float | None:
+    """The run's most CO-like value of ``signal`` sustained over ``epochs`` consecutive
+    monitored epochs with FGSM accuracy at least ``min_fgsm``: for a signal that is low at CO,
+    the lowest over such windows of the window's highest value (a rule below it fires), None
+    when there is no such window."""
+    below = BELOW[signal]
+    worst = float("inf") if below else float("-inf")
     values = [
-        float(r[signal])
+        worst if r.get(signal) is None or float(r[FGSM_KEY]) < min_fgsm else float(r[signal])
         for r in run.rows
-        if r.get(signal) is not None and float(r[FGSM_KEY]) >= min_fgsm
     ]
-    if not values:
+    windows = [values[i : i + epochs] for i in range(len(values) - epochs + 1)]
+    scores = [max(w) if below else min(w) for w in windows]
+    scores = [v for v in scores if v != worst]
+    if not scores:
         return None
-    return min(values) if BELOW[signal] else max(values)
+    return min(scores) if below else max(scores)
 
 
 def flagged(run: LabelledRun, rule: DetectorRule) -> bool:
@@ -213,9 +222,11 @@ def balanced_accuracy(runs: Sequence[LabelledRun], rule: DetectorRule) -> float:
     return (recall + specificity) / 2
 
 
-def fit_form(runs: Sequence[LabelledRun], signal: str, min_fgsm: float) -> Choice | None:
+def fit_form(
+    runs: Sequence[LabelledRun], signal: str, min_fgsm: float, epochs: int
+) -> Choice | None:
     """The best threshold of one form on ``runs`` (None when no run has the signal)."""
-    values = sorted({v for r in runs if (v := extreme(r, signal, min_fgsm)) is not None})
+    values = sorted({v for r in runs if (v := extreme(r, signal, min_fgsm, epochs)) is not None})
     if not values:
         return None
     below = BELOW[signal]
@@ -223,17 +234,20 @@ def fit_form(runs: Sequence[LabelledRun], signal: str, min_fgsm: float) -> Choic
     edges = [values[0] - 0.01, *values, values[-1] + 0.01]
     best: Choice | None = None
     for lo, hi in itertools.pairwise(edges):
-        rule = DetectorRule(signal, (lo + hi) / 2, below=below, min_fgsm=min_fgsm)
+        rule = DetectorRule(signal, (lo + hi) / 2, below, min_fgsm, epochs)
         choice = Choice(rule, balanced_accuracy(runs, rule), (hi - lo) / spread)
         if best is None or (choice.score, choice.margin) > (best.score, best.margin):
             best = choice
     return best
 
 
-def fit(runs: Sequence[LabelledRun], forms: Sequence[tuple[str, float]]) -> Choice | None:
+Form = tuple[str, float, int]  # signal, min_fgsm, epochs
+
+
+def fit(runs: Sequence[LabelledRun], forms: Sequence[Form]) -> Choice | None:
     """The best form and threshold on ``runs``."""
-    choices = [c for s, m in forms if (c := fit_form(runs, s, m)) is not None]
-    return max(choices, key=lambda c: (c.score, c.margin), default=None)
+    choices = [c for s, m, k in forms if (c := fit_form(runs, s, m, k)) is not None]
+    return max(choices, key=lambda c: (c.score, c.margin, -c.rule.epochs), default=None)
 
 
 def confusion(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
@@ -253,7 +267,7 @@ def confusion(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
 
 
 def leave_one_setting_out(
-    runs: Sequence[LabelledRun], forms: Sequence[tuple[str, float]]
+    runs: Sequence[LabelledRun], forms: Sequence[Form]
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[bool, DetectorRule]]]:
     """The folds (held-out setting, rule chosen on the others, its training score; or why the
     fold was skipped) and each held-out run's prediction with the rule that made it."""
@@ -277,11 +291,15 @@ def leave_one_setting_out(
     return folds, predictions
 
 
+def _form(rule: DetectorRule) -> Form:
+    return (rule.signal, rule.min_fgsm, rule.epochs)
+
+
 def study(runs: Sequence[LabelledRun]) -> dict[str, Any]:
     """Leave-one-setting-out over every form together and over each form alone; the rule to
     ship."""
     labelled = [r for r in runs if r.label is not None]
-    forms = [(s, m) for s in SIGNALS for m in MIN_FGSM]
+    forms = [(s, m, k) for s in SIGNALS for m in MIN_FGSM for k in EPOCHS]
     folds, predictions = leave_one_setting_out(labelled, forms)
     held_out = confusion(
         [(bool(r.label), predictions[r.path][0]) for r in labelled if r.path in predictions]
@@ -296,16 +314,17 @@ def study(runs: Sequence[LabelledRun]) -> dict[str, Any]:
         ]
         thresholds = [f["rule"].threshold for f in form_folds if "rule" in f]
         per_form[form] = {**confusion(pairs), "thresholds": thresholds}
-    chosen = Counter((f["rule"].signal, f["rule"].min_fgsm) for f in folds if "rule" in f)
+    chosen = Counter(_form(f["rule"]) for f in folds if "rule" in f)
     ship = None
     if chosen:
-        (signal, min_fgsm), _ = chosen.most_common(1)[0]
+        (signal, min_fgsm, epochs), _ = chosen.most_common(1)[0]
         thresholds = [
             f["rule"].threshold
             for f in folds
-            if "rule" in f and (f["rule"].signal, f["rule"].min_fgsm) == (signal, min_fgsm)
+            if "rule" in f and _form(f["rule"]) == (signal, min_fgsm, epochs)
         ]
-        ship = DetectorRule(signal, statistics.median(thresholds), BELOW[signal], min_fgsm)
+        threshold = statistics.median(thresholds)
+        ship = DetectorRule(signal, threshold, BELOW[signal], min_fgsm, epochs)
     return {
         "runs": len(labelled),
         "settings": len({r.setting for r in labelled}),
@@ -366,10 +385,10 @@ def render(runs: Sequence[LabelledRun], result: Mapping[str, Any]) -> str:
         "| form | held-out precision % | recall % | TP/FP/FN/TN | fold thresholds |",
         "|---|---|---|---|---|",
     ]
-    for (signal, min_fgsm), c in result["per_form"].items():
+    for (signal, min_fgsm, epochs), c in result["per_form"].items():
         op = "<" if BELOW[signal] else ">"
         lines.append(
-            f"| {signal} {op} t, fgsm >= {min_fgsm:g} | {_pct(c['precision'])} | "
+            f"| {signal} {op} t, fgsm >= {min_fgsm:g}, {epochs} epochs | {_pct(c['precision'])} | "
             f"{_pct(c['recall'])} | {c['tp']}/{c['fp']}/{c['fn']}/{c['tn']} | "
             f"{', '.join(f'{t:.3f}' for t in c['thresholds']) or '-'} |"
         )

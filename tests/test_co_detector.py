@@ -28,6 +28,7 @@ from robustft.monitor import (
     sample_signals,
 )
 from robustft.training.evaluate import check_monitor_sample
+from robustft.units import format_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -111,7 +112,7 @@ def test_monitored_rows_carry_the_detector_signals(tmp_path: Path) -> None:
     ratio = row["co_pgd_fgsm_ratio"]
     assert ratio is None or ratio == pytest.approx(row["co_pgd_acc"] / row["co_fgsm_acc"])
     assert -1 <= row[ALIGN_KEY] <= 1
-    assert row[DETECTED_KEY] == DETECTOR.flags(row)
+    assert row[DETECTED_KEY] == DETECTOR.fires(rows[:2])
     assert set(SIGNALS) <= set(row)
 
 
@@ -134,7 +135,7 @@ def _run_dir(
     config = {
         "name": name,
         "data": {"name": "digits", "max_train_per_class": per_class},
-        "attack": {"name": attack, "steps": steps, "eps": eps},
+        "attack": {"name": attack, "steps": steps, "eps": format_eps(eps)},  # as config.yaml
         "model": {"mode": "full"},
     }
     (path / "config.yaml").write_text(yaml.safe_dump(config))

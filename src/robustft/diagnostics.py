@@ -424,13 +424,14 @@ def _co_detected(
         return None
     row = next(r for r in rows if int(r["epoch"]) == onset)
     pgd, fgsm = float(row[PGD_KEY]), float(row[FGSM_KEY])
-    flagged = sum(1 for r in rows if rule.flags(r))
-    monitored = sum(1 for r in rows if r.get(FGSM_KEY) is not None)
+    monitored = [i for i, r in enumerate(rows) if r.get(FGSM_KEY) is not None]
+    fired = sum(1 for i in monitored if rule.fires(rows[: i + 1]))
     message = (
-        f"the training attack overfit from epoch {onset} (eps {_eps(float(row.get('eps', 0.0)))}"
-        f"): on the monitor's sample PGD accuracy {percent(pgd, 1)}% against FGSM "
-        f"{percent(fgsm, 1)}% ({rule.describe()}; {flagged} of {monitored} monitored epochs): "
-        "robustness to a multi-step attack is likely far below what FGSM suggests"
+        f"the training attack overfit: detected at epoch {onset} (eps "
+        f"{_eps(float(row.get('eps', 0.0)))}), where on the monitor's sample PGD accuracy was "
+        f"{percent(pgd, 1)}% against FGSM {percent(fgsm, 1)}% ({rule.describe()}; fired in "
+        f"{fired} of {len(monitored)} monitored epochs): robustness to a multi-step attack is "
+        "likely far below what FGSM suggests"
     )
     suggestion = (
         "train with a multi-step attack (attack.name=pgd attack.steps=7), or try "

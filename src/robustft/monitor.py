@@ -107,32 +107,45 @@ SIGNALS = (RATIO_KEY, ABOVE_CLEAN_KEY, GAP_KEY, ALIGN_KEY)
 
 @dataclass(frozen=True)
 class DetectorRule:
-    """The early detector (see the module docstring): an epoch is flagged when ``signal`` is
-    below ``threshold`` (``below``) or above it (not ``below``) while the monitor's FGSM
-    accuracy is at least ``min_fgsm`` (the model resists the one-step attack: a model that is
-    not robust yet is not overfitting to it)."""
+    """The early detector (see the module docstring): a monitored epoch *matches* when
+    ``signal`` is below ``threshold`` (``below``) or above it (not ``below``) while the
+    monitor's FGSM accuracy is at least ``min_fgsm`` (the model resists the one-step attack: a
+    model that is not robust yet is not overfitting to it); the detector *fires* at the epoch
+    that ends ``epochs`` consecutive matching monitored epochs (a multi-step run also resists
+    FGSM but not PGD in its first epochs; it grows out of it, an overfit run does not)."""
 
     signal: str = RATIO_KEY
     threshold: float = 0.5
     below: bool = True
     min_fgsm: float = 0.25
+    epochs: int = 1
 
     def __post_init__(self) -> None:
         if self.signal not in SIGNALS:
             raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 
-    def flags(self, row: Mapping[str, Any]) -> bool:
-        """Whether a monitored row (its ``co_*`` values) is flagged; False when a value is
-        missing (an unmonitored epoch, or a row written before the signal existed)."""
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        """Whether a monitored row (its ``co_*`` values) matches; False when a value is missing
+        (an unmonitored epoch, or a row written before the signal existed)."""
         value, fgsm = row.get(self.signal), row.get(FGSM_KEY)
         if value is None or fgsm is None or float(fgsm) < self.min_fgsm:
             return False
         return float(value) < self.threshold if self.below else float(value) > self.threshold
 
+    def fires(self, history: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the last ``epochs`` monitored rows of ``history`` all match."""
+        monitored = [row for row in history if row.get(FGSM_KEY) is not None]
+        last = monitored[-self.epochs :]
+        return len(last) == self.epochs and all(self.matches(row) for row in last)
+
     def describe(self) -> str:
-        """The rule in words, e.g. ``co_pgd_fgsm_ratio < 0.5 and co_fgsm_acc >= 0.25``."""
+        """The rule in words, e.g. ``co_pgd_fgsm_ratio < 0.5 and co_fgsm_acc >= 0.25 in 3
+        consecutive monitored epochs``."""
         op = "<" if self.below else ">"
-        return f"{self.signal} {op} {self.threshold:g} and {FGSM_KEY} >= {self.min_fgsm:g}"
+        text = f"{self.signal} {op} {self.threshold:g} and {FGSM_KEY} >= {self.min_fgsm:g}"
+        return text if self.epochs == 1 else f"{text} in {self.epochs} consecutive monitored epochs"
 
 
 DETECTOR = DetectorRule()
@@ -142,9 +155,9 @@ DETECTOR = DetectorRule()
 def detected_onset(
     history: Sequence[Mapping[str, Any]], rule: DetectorRule = DETECTOR
 ) -> int | None:
-    """The first epoch (1-based) that ``rule`` flags (None: none)."""
-    for row in history:
-        if rule.flags(row):
+    """The first epoch (1-based) at which ``rule`` fires (None: never)."""
+    for i, row in enumerate(history):
+        if row.get(FGSM_KEY) is not None and rule.fires(history[: i + 1]):
             return int(row["epoch"])
     return None
 

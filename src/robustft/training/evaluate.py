@@ -128,7 +128,7 @@ def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
     out["co_eps"] = eps
     best = best_pgd(state.history)
     out["co_flagged"] = overfit_rule(state.config).flags(out[PGD_KEY], out[FGSM_KEY], best)
-    out[DETECTED_KEY] = DETECTOR.flags(out)
+    out[DETECTED_KEY] = DETECTOR.fires([*state.history, out])
     out["monitor_seconds"] = round(time.perf_counter() - start, 3)
     return out
 
