@@ -29,13 +29,14 @@ switch``).
 Rule forms: one signal, its direction, a floor on the monitor's FGSM accuracy (``min_fgsm`` in
 0, 0.25, 0.5) and the number of consecutive monitored epochs that must match (1 to 4). On a set
 of runs, a form's threshold is the one that maximises balanced accuracy (mean of recall and
-specificity), the midpoint of the widest such interval between consecutive run values; among
-forms, the highest balanced accuracy wins, then the widest interval relative to the signal's
-spread, then the fewest epochs. Leave-one-setting-out: for each setting, the form and
-threshold are chosen on the other settings' runs (a fold whose training runs lack either label
-is skipped) and applied to the held-out setting's runs; the held-out predictions of every fold
-give precision and recall. Each form is also scored alone the same way (its threshold per fold).
-The rule to ship: the form chosen by most folds, at the median of its fold thresholds.
+specificity), the midpoint of the widest such interval between consecutive run values and the
+signal's bounds; among forms, the highest balanced accuracy wins, then the widest interval
+relative to the signal's spread, then the higher FGSM floor, then the fewest epochs.
+Leave-one-setting-out: for each setting, the form and threshold are chosen on the other
+settings' runs (a fold whose training runs lack either label is skipped) and applied to the
+held-out setting's runs; the held-out predictions of every fold give precision and recall. Each
+form is also scored alone the same way (its threshold per fold). The rule to ship: the form
+chosen by most folds, at the median of its fold thresholds.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ from robustft.units import format_eps, parse_eps
 
 BELOW = {RATIO_KEY: True, ABOVE_CLEAN_KEY: False, GAP_KEY: False, ALIGN_KEY: True}
 """Each signal's direction at catastrophic overfitting: True = low values flag."""
+BOUNDS = {
+    RATIO_KEY: (0.0, 1.0),
+    ABOVE_CLEAN_KEY: (-1.0, 1.0),
+    GAP_KEY: (-1.0, 1.0),
+    ALIGN_KEY: (-1.0, 1.0),
+}
+"""Each signal's range: the outermost thresholds tried."""
 MIN_FGSM = (0.0, 0.25, 0.5)
 EPOCHS = (1, 2, 3, 4)
 SHORT = {
@@ -230,8 +238,9 @@ def fit_form(
     if not values:
         return None
     below = BELOW[signal]
-    spread = max(values[-1] - values[0], _TOL)
-    edges = [values[0] - 0.01, *values, values[-1] + 0.01]
+    low, high = BOUNDS[signal]
+    edges = sorted({low, *values, high})
+    spread = high - low
     best: Choice | None = None
     for lo, hi in itertools.pairwise(edges):
         rule = DetectorRule(signal, (lo + hi) / 2, below, min_fgsm, epochs)
@@ -247,7 +256,8 @@ Form = tuple[str, float, int]  # signal, min_fgsm, epochs
 def fit(runs: Sequence[LabelledRun], forms: Sequence[Form]) -> Choice | None:
     """The best form and threshold on ``runs``."""
     choices = [c for s, m, k in forms if (c := fit_form(runs, s, m, k)) is not None]
-    return max(choices, key=lambda c: (c.score, c.margin, -c.rule.epochs), default=None)
+    key = lambda c: (c.score, c.margin, c.rule.min_fgsm, -c.rule.epochs)  # noqa: E731
+    return max(choices, key=key, default=None)
 
 
 def confusion(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:

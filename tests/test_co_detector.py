@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,8 +26,14 @@ from robustft.monitor import (
     DETECTED_KEY,
     DETECTOR,
     SIGNALS,
+    OverfitRule,
+    derived_signals,
+    detected_onset,
+    overfit_onset,
     sample_signals,
 )
+from robustft.report.collect import _epoch_record
+from robustft.run.result import diagnose
 from robustft.training.evaluate import check_monitor_sample
 from robustft.units import format_eps
 
@@ -161,7 +168,7 @@ def test_the_study_chooses_thresholds_on_the_other_settings_and_reports_held_out
     study = _load_study()
     eps4, eps8 = 4 / 255, 8 / 255
     _run_dir(tmp_path, "a-pgd", per_class=20, eps=eps4, attack="pgd", robust=0.5,
-             monitored=[(0.2, 0.4), (0.3, 0.5)])  # fmt: skip
+             monitored=[(0.3, 0.4), (0.45, 0.5)])  # fmt: skip
     _run_dir(tmp_path, "a-fgsm", per_class=20, eps=eps4, attack="fgsm-rs", robust=0.05,
              monitored=[(0.04, 0.8)])  # fmt: skip
     _run_dir(tmp_path, "b-pgd", per_class=20, eps=eps8, attack="pgd", robust=0.4,
@@ -206,3 +213,122 @@ def test_the_study_chooses_thresholds_on_the_other_settings_and_reports_held_out
     assert study.main([str(tmp_path), *given]) == 0
     labels = {Path(r["path"]).name: r["label"] for r in json.loads(out.read_text())["per_run"]}
     assert labels["d-fgsm"] is True
+
+
+# Recorded monitor values (co_pgd_acc, co_fgsm_acc, co_clean_acc, co_grad_align) per epoch of
+# four real runs of configs/reproduction/paper_b_data.yaml and fast_safe_pilot.yaml (seed 0,
+# 128 validation images, epochs 1..n): FGSM-RS with 100 images per class at 4 and 8/255
+# (catastrophic overfitting: robust accuracy 21.5% and 9.5% against PGD-7's 69.0% and 58.0%),
+# PGD-7 at 100 per class and 4/255 (healthy: it resists PGD from epoch 5 on) and PGD-7 at 20
+# per class and 4/255 (never robust: 2.0%).
+FGSM_RS_100_4 = [
+    (0.0, 0.1719, 0.25, 0.0325),
+    (0.0156, 0.4688, 0.6406, 0.03),
+    (0.0078, 0.6328, 0.8125, 0.09),
+    (0.0078, 0.7656, 0.8516, 0.0953),
+    (0.0234, 0.8281, 0.8984, 0.1111),
+    (0.0547, 0.8281, 0.8828, 0.1065),
+    (0.0938, 0.8594, 0.9219, 0.098),
+    (0.1094, 0.8359, 0.8984, 0.1125),
+    (0.1016, 0.875, 0.9062, 0.1213),
+    (0.0781, 0.8984, 0.9453, 0.1239),
+    (0.1094, 0.8984, 0.9219, 0.1075),
+    (0.125, 0.8906, 0.9141, 0.11),
+    (0.1094, 0.8984, 0.9062, 0.1097),
+    (0.1094, 0.8906, 0.8984, 0.115),
+    (0.1406, 0.8906, 0.9297, 0.0985),
+]
+FGSM_RS_100_8 = [
+    (0.0, 0.1406, 0.1953, 0.0084),
+    (0.0, 0.2422, 0.3281, 0.0233),
+    (0.0, 0.4062, 0.4766, 0.0323),
+    (0.0, 0.4375, 0.4453, 0.0219),
+    (0.0, 0.3828, 0.4141, 0.0294),
+    (0.0, 0.5312, 0.5391, 0.0264),
+    (0.0234, 0.5234, 0.5391, 0.0167),
+    (0.0, 0.7031, 0.7266, 0.0159),
+    (0.0, 0.6328, 0.6562, 0.0257),
+    (0.0, 0.6797, 0.6953, 0.0304),
+    (0.0, 0.6562, 0.6719, 0.0168),
+    (0.0234, 0.6875, 0.7031, 0.0203),
+    (0.0391, 0.6953, 0.6953, 0.0246),
+    (0.0078, 0.625, 0.6484, 0.0245),
+    (0.0469, 0.6562, 0.6719, 0.0231),
+]
+PGD7_100_4 = [
+    (0.0078, 0.2344, 0.3516, 0.0111),
+    (0.0234, 0.4219, 0.5625, 0.0095),
+    (0.0078, 0.6016, 0.7344, 0.0238),
+    (0.1406, 0.7656, 0.8281, 0.0188),
+    (0.2812, 0.8672, 0.9297, 0.0535),
+    (0.4531, 0.8984, 0.9219, 0.0732),
+    (0.5391, 0.8984, 0.9297, 0.0808),
+    (0.5391, 0.8984, 0.9531, 0.1063),
+    (0.6484, 0.9297, 0.9609, 0.1049),
+    (0.6406, 0.9219, 0.9609, 0.1212),
+    (0.7031, 0.9219, 0.9531, 0.1217),
+    (0.7031, 0.9297, 0.9531, 0.1442),
+    (0.7031, 0.9297, 0.9531, 0.1306),
+    (0.7109, 0.9297, 0.9453, 0.1316),
+    (0.6875, 0.9375, 0.9688, 0.1102),
+]
+PGD7_20_4 = [
+    (0.0, 0.0078, 0.2031, 0.1528),
+    (0.0, 0.1094, 0.2344, 0.1104),
+    (0.0, 0.1719, 0.3828, 0.0807),
+    (0.0, 0.2031, 0.4141, 0.0616),
+    (0.0, 0.2891, 0.4141, 0.0393),
+    (0.0, 0.3047, 0.4531, 0.0304),
+    (0.0, 0.2969, 0.5625, 0.0326),
+    (0.0, 0.2656, 0.5781, 0.0321),
+    (0.0, 0.3125, 0.5312, 0.022),
+    (0.0078, 0.3281, 0.5469, 0.0231),
+    (0.0156, 0.3438, 0.5547, 0.0339),
+    (0.0078, 0.3359, 0.5938, 0.0197),
+    (0.0078, 0.3906, 0.5781, 0.0271),
+    (0.0234, 0.3438, 0.5469, 0.032),
+    (0.0156, 0.3438, 0.5859, 0.026),
+]
+
+
+def _rows(values: list[tuple[float, float, float, float]], eps: float) -> list[dict[str, Any]]:
+    keys = ("co_pgd_acc", "co_fgsm_acc", "co_clean_acc", "co_grad_align")
+    rows = []
+    for epoch, measured in enumerate(values, start=1):
+        row: dict[str, Any] = {"epoch": epoch, "eps": eps, "val_acc": 0.9}
+        row.update(zip(keys, measured))
+        row.update(derived_signals(row["co_pgd_acc"], row["co_fgsm_acc"], row["co_clean_acc"]))
+        rows.append(row)
+    return rows
+
+
+def test_the_detector_flags_recorded_overfit_runs_and_not_recorded_pgd7_runs() -> None:
+    """The recorded FGSM-RS runs overfit from their first epochs and the collapse rule never
+    flags them (PGD accuracy never had 10% to collapse from); the detector does, at epochs 6
+    and 9 of 15. It flags neither PGD-7 run, although in its epochs 3-5 the healthy
+    one also resists FGSM (60-87%) far better than PGD (1-28%): one matching epoch is not
+    enough."""
+    co_4, co_8 = _rows(FGSM_RS_100_4, 4 / 255), _rows(FGSM_RS_100_8, 8 / 255)
+    healthy, weak = _rows(PGD7_100_4, 4 / 255), _rows(PGD7_20_4, 4 / 255)
+    for rows in (co_4, co_8):
+        assert overfit_onset(rows, OverfitRule()) is None
+        onset = detected_onset(rows)
+        assert onset is not None and onset <= 9  # of 15 epochs
+    assert detected_onset(co_4) == 6 and detected_onset(co_8) == 9
+    assert detected_onset(healthy) is None and detected_onset(weak) is None
+    assert detected_onset(healthy, replace(DETECTOR, epochs=1)) == 3
+
+
+def test_the_detector_finding_reaches_result_and_report() -> None:
+    """diagnose (result.json's findings) and the report's rows (EpochRecord) both give the
+    co_detected finding with its epoch; a healthy run gets none."""
+    rows = _rows(FGSM_RS_100_4, 4 / 255)
+    onset = detected_onset(rows)
+    result = {"num_classes": 10, "eps_g": 4 / 255, "clean_accuracy": 0.96}
+    config = {"attack": {"name": "fgsm-rs"}, "monitor": {}}
+    for history in (rows, [_epoch_record(r).as_row() for r in rows]):
+        findings = {f.code: f for f in diagnose(result, history, config)}
+        assert f"detected at epoch {onset} " in findings["co_detected"].message
+        assert "multi-step attack" in findings["co_detected"].suggestion
+    healthy = _rows(PGD7_100_4, 4 / 255)
+    assert "co_detected" not in {f.code for f in diagnose(result, healthy, config)}
