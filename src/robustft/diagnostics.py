@@ -43,7 +43,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from robustft.monitor import FGSM_KEY, PGD_KEY, OverfitRule, best_pgd, overfit_onset
+from robustft.monitor import (
+    DETECTOR,
+    FGSM_KEY,
+    PGD_KEY,
+    DetectorRule,
+    OverfitRule,
+    best_pgd,
+    detected_onset,
+    overfit_onset,
+)
 from robustft.units import format_eps
 from robustft.utils.text import percent
 
@@ -107,7 +116,7 @@ class Finding:
     """One diagnosis of a run.
 
     Attributes:
-        code: stable identifier (``never_adapts``, ``catastrophic_overfitting``,
+        code: stable identifier (``never_adapts``, ``catastrophic_overfitting``, ``co_detected``,
             ``collapse_on_ramp``, ``no_robustness``, ``suboptimal_transfer``).
         message: what was observed, with the numbers.
         suggestion: one concrete thing to try (config keys and schedule text).
@@ -365,10 +374,7 @@ def _suboptimal_transfer(
 def _catastrophic_overfitting(
     history: Sequence[Mapping[str, Any]], rule: OverfitRule, switched: Mapping[str, Any] | None
 ) -> Finding | None:
-    if switched:  # monitor.action=switch: the flagged epochs were rolled back
-        back = int(switched.get("rolled_back_to") or 0)
-        discarded = list(switched.get("discarded") or [])
-        history = [*(r for r in history if int(r["epoch"]) <= back), *discarded]
+    history = _rows_trained(history, switched)  # monitor.action=switch rolled some back
     onset = overfit_onset(history, rule)
     if onset is None:
         return None
@@ -397,6 +403,48 @@ def _catastrophic_overfitting(
     return Finding("catastrophic_overfitting", message, suggestion)
 
 
+def _rows_trained(
+    history: Sequence[Mapping[str, Any]], switched: Mapping[str, Any] | None
+) -> list[Mapping[str, Any]]:
+    """The rows of the epochs trained with the run's own attack: after ``monitor.action:
+    switch``, those up to the epoch it went back to, then the ones it rolled back."""
+    if not switched:
+        return list(history)
+    back = int(switched.get("rolled_back_to") or 0)
+    discarded = list(switched.get("discarded") or [])
+    return [*(r for r in history if int(r["epoch"]) <= back), *discarded]
+
+
+def _co_detected(
+    history: Sequence[Mapping[str, Any]], rule: DetectorRule, switched: Mapping[str, Any] | None
+) -> Finding | None:
+    rows = _rows_trained(history, switched)
+    onset = detected_onset(rows, rule)
+    if onset is None:
+        return None
+    row = next(r for r in rows if int(r["epoch"]) == onset)
+    pgd, fgsm = float(row[PGD_KEY]), float(row[FGSM_KEY])
+    monitored = [i for i, r in enumerate(rows) if r.get(FGSM_KEY) is not None]
+    fired = sum(1 for i in monitored if rule.fires(rows[: i + 1]))
+    message = (
+        f"the training attack overfit: detected at epoch {onset} (eps "
+        f"{_eps(float(row.get('eps', 0.0)))}), where on the monitor's sample PGD accuracy was "
+        f"{percent(pgd, 1)}% against FGSM {percent(fgsm, 1)}% ({rule.describe()}; fired in "
+        f"{fired} of {len(monitored)} monitored epochs): robustness to a multi-step attack is "
+        "likely far below what FGSM suggests"
+    )
+    suggestion = (
+        "train with a multi-step attack (attack.name=pgd attack.steps=7), or try "
+        "attack.name=n-fgsm or a schedule that ramps eps from 0, and check the robustness curve"
+    )
+    if switched:
+        suggestion = (
+            f"the run switched to {switched.get('to_attack')} at epoch {switched.get('onset')}; "
+            "to catch it earlier, train with a multi-step attack from the start"
+        )
+    return Finding("co_detected", message, suggestion)
+
+
 def diagnose_run(
     history: Sequence[Mapping[str, Any]],
     result: Mapping[str, Any],
@@ -407,6 +455,7 @@ def diagnose_run(
     attack_name: str | None = None,
     attack_steps: int | None = None,
     overfit_rule: OverfitRule | None = None,
+    detector: DetectorRule | None = None,
 ) -> list[Finding]:
     """Diagnose one finished run from its history (``metrics.jsonl`` rows) and ``result.json``.
 
@@ -417,6 +466,8 @@ def diagnose_run(
       high (:mod:`robustft.monitor`, ``overfit_rule``; default thresholds when None); after
       ``monitor.action: switch`` from the rows it rolled back (``result["switched"]``), and
       the message says the run switched;
+    * ``co_detected``: the early detector (:class:`robustft.monitor.DetectorRule`, ``detector``;
+      :data:`robustft.monitor.DETECTOR` when None) flagged a monitored epoch, with its onset;
     * ``collapse_on_ramp``: :func:`find_collapse` found a drop of more than
       :data:`COLLAPSE_DROP` while eps grew;
     * ``suboptimal_transfer``: test clean accuracy more than :data:`SUBOPTIMAL_TRANSFER_GAP`
@@ -444,6 +495,7 @@ def diagnose_run(
     findings = [
         never,
         _catastrophic_overfitting(history, overfit_rule or OverfitRule(), result.get("switched")),
+        _co_detected(history, detector or DETECTOR, result.get("switched")),
         _collapse_on_ramp(history, num_classes, profile, schedule),
         None if never else _suboptimal_transfer(result, reference_clean, profile, schedule),
         _no_robustness(result, profile, attack_name, attack_steps),

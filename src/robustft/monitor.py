@@ -24,6 +24,16 @@ metrics and the result's findings; ``stop`` ends training there and evaluates th
 the last epoch before the onset (weights and optimizer state, from its checkpoint) and trains the
 rest of the planned epochs with a multi-step attack (``monitor.switch_attack``, PGD-7 by
 default), once: a run that switched does not switch again.
+
+The early detector (:class:`DetectorRule`, :data:`DETECTOR`), beside that collapse rule: every
+monitored epoch also records clean accuracy on the same sample (``co_clean_acc``), gradient
+alignment (``co_grad_align``: the mean cosine between the input gradients at x and at a uniform
+random point of the eps-ball, Andriushchenko & Flammarion 2020) and :func:`derived_signals`
+(``co_gap``, ``co_pgd_fgsm_ratio``, ``co_fgsm_above_clean``); the detector fires
+(``co_detected``) when one signal stays on the overfitting side of a threshold while FGSM
+accuracy is high, for some consecutive monitored epochs: a run that overfit from its first
+epochs never had PGD accuracy to collapse from, so the collapse rule misses it. The actions act
+on the collapse rule only.
 """
 
 from __future__ import annotations
@@ -40,6 +50,11 @@ if TYPE_CHECKING:  # the rule is torch-free (reports import it); measuring needs
 
 PGD_KEY = "co_pgd_acc"
 FGSM_KEY = "co_fgsm_acc"
+CLEAN_KEY = "co_clean_acc"
+ALIGN_KEY = "co_grad_align"
+GAP_KEY = "co_gap"
+RATIO_KEY = "co_pgd_fgsm_ratio"
+ABOVE_CLEAN_KEY = "co_fgsm_above_clean"
 
 
 MIN_BEST_PGD = 0.10
@@ -95,6 +110,71 @@ def last_good_epoch(history: Sequence[Mapping[str, Any]], onset: int) -> int | N
     return max(earlier) if earlier else None
 
 
+DETECTED_KEY = "co_detected"
+SIGNALS = (RATIO_KEY, ABOVE_CLEAN_KEY, GAP_KEY, ALIGN_KEY)
+"""The detector's candidate signals, recorded in every monitored row."""
+
+
+@dataclass(frozen=True)
+class DetectorRule:
+    """The early detector (see the module docstring): a monitored epoch *matches* when
+    ``signal`` is below ``threshold`` (``below``) or above it (not ``below``) while the
+    monitor's FGSM accuracy is at least ``min_fgsm`` (the model resists the one-step attack: a
+    model that is not robust yet is not overfitting to it); the detector *fires* at the epoch
+    that ends ``epochs`` consecutive matching monitored epochs (a multi-step run also resists
+    FGSM but not PGD in its first epochs; it grows out of it, an overfit run does not)."""
+
+    signal: str = RATIO_KEY
+    threshold: float = 0.5
+    below: bool = True
+    min_fgsm: float = 0.25
+    epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        """Whether a monitored row (its ``co_*`` values) matches; False when a value is missing
+        (an unmonitored epoch, or a row written before the signal existed)."""
+        value, fgsm = row.get(self.signal), row.get(FGSM_KEY)
+        if value is None or fgsm is None or float(fgsm) < self.min_fgsm:
+            return False
+        return float(value) < self.threshold if self.below else float(value) > self.threshold
+
+    def fires(self, history: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the last ``epochs`` monitored rows of ``history`` all match."""
+        monitored = [row for row in history if row.get(FGSM_KEY) is not None]
+        last = monitored[-self.epochs :]
+        return len(last) == self.epochs and all(self.matches(row) for row in last)
+
+    def describe(self) -> str:
+        """The rule in words, e.g. ``co_pgd_fgsm_ratio < 0.5 and co_fgsm_acc >= 0.25 in 3
+        consecutive monitored epochs``."""
+        op = "<" if self.below else ">"
+        text = f"{self.signal} {op} {self.threshold:g} and {FGSM_KEY} >= {self.min_fgsm:g}"
+        return text if self.epochs == 1 else f"{text} in {self.epochs} consecutive monitored epochs"
+
+
+DETECTOR = DetectorRule(RATIO_KEY, 0.285, below=True, min_fgsm=0.5, epochs=4)
+"""The detector's rule: PGD accuracy below 0.285 of FGSM accuracy while FGSM accuracy is at least
+50%, in 4 consecutive monitored epochs. Chosen by leave-one-setting-out on 5 labelled runs in 3
+settings (``scripts/co_detector_study.py``, docs/reproduction.md "Fast and safe"): the form the
+folds chose most, at the median of their thresholds (0.2852, rounded)."""
+
+
+def detected_onset(
+    history: Sequence[Mapping[str, Any]], rule: DetectorRule = DETECTOR
+) -> int | None:
+    """The first epoch (1-based) at which ``rule`` fires (None: never)."""
+    for i, row in enumerate(history):
+        if row.get(FGSM_KEY) is not None and rule.fires(history[: i + 1]):
+            return int(row["epoch"])
+    return None
+
+
 def attack_accuracy(
     model: nn.Module,
     data: Dataset,
@@ -132,6 +212,67 @@ def attack_accuracy(
     return correct / max(n, 1)
 
 
+def sample_signals(
+    model: nn.Module,
+    data: Dataset,
+    eps: float,
+    *,
+    norm: str,
+    examples: int,
+    seed: int,
+    batch_size: int = 128,
+    space: str = "pixel",
+) -> dict[str, float | None]:
+    """Clean accuracy and gradient alignment of ``model`` in eval mode on the monitor's sample
+    (the same seeded, stratified ``examples`` items of ``data`` as :func:`attack_accuracy`):
+    ``{co_clean_acc, co_grad_align}``. Gradient alignment is the mean cosine between the input
+    gradients of the loss at ``x`` and at a uniform random point of the eps-ball
+    (:func:`robustft.objectives.gradient_cosines`, drawn from ``seed``), over the examples whose
+    gradients are non-zero (None when none is). Cost: one forward pass, then one forward and
+    one backward pass at ``x`` and at the random point. ``space``: the input space
+    (``embedding`` for text: the cosine over the coordinates its attacks move)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from robustft.attacks import get_geometry
+    from robustft.attacks.base import crafting_mode
+    from robustft.objectives import gradient_cosines
+    from robustft.subset import subset
+    from robustft.utils.device import model_device
+
+    device = model_device(model)
+    geometry = get_geometry(norm, space)
+    sample, _ = subset(data, examples, seed)
+    n = len(sample)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(seed)
+    correct, cosines, counted = 0, 0.0, 0.0
+    with crafting_mode(model):
+        for x, y in DataLoader(sample, batch_size=batch_size):
+            x, y = x.to(device).float(), y.to(device)
+            with torch.no_grad():
+                correct += int((model(x).argmax(1) == y).sum())
+            cosine, counts = gradient_cosines(
+                model, x, y, eps, geometry=geometry, generator=generator
+            )
+            cosines += float((cosine * counts).sum())
+            counted += float(counts.sum())
+    return {
+        CLEAN_KEY: correct / max(n, 1),
+        ALIGN_KEY: cosines / counted if counted else None,
+    }
+
+
+def derived_signals(pgd_acc: float, fgsm_acc: float, clean_acc: float) -> dict[str, float | None]:
+    """The signals computed from the three accuracies: ``co_gap`` (FGSM minus PGD),
+    ``co_pgd_fgsm_ratio`` (PGD over FGSM; None when FGSM accuracy is 0) and
+    ``co_fgsm_above_clean`` (FGSM minus clean), fractions."""
+    return {
+        GAP_KEY: fgsm_acc - pgd_acc,
+        RATIO_KEY: pgd_acc / fgsm_acc if fgsm_acc > 0 else None,
+        ABOVE_CLEAN_KEY: fgsm_acc - clean_acc,
+    }
+
+
 def measure(
     model: nn.Module,
     data: Dataset,
@@ -142,15 +283,18 @@ def measure(
     pgd_steps: int,
     seed: int,
     space: str = "pixel",
-) -> dict[str, float]:
-    """The monitor's two accuracies at ``eps``: ``{co_pgd_acc, co_fgsm_acc}`` (fractions);
+) -> dict[str, float | None]:
+    """The monitor's measurements at ``eps`` on its sample (fractions): ``co_pgd_acc``,
+    ``co_fgsm_acc``, ``co_clean_acc``, ``co_grad_align`` and the :func:`derived_signals`;
     ``space``: the attacks' input space (``embedding`` for text)."""
     from robustft import attacks
 
     pgd = attacks.create("pgd", norm=norm, steps=pgd_steps, space=space)
     fgsm = attacks.create("fgsm", norm=norm, space=space)
     kwargs: dict[str, Any] = {"examples": examples, "seed": seed}
-    return {
-        PGD_KEY: attack_accuracy(model, data, pgd, eps, **kwargs),
-        FGSM_KEY: attack_accuracy(model, data, fgsm, eps, **kwargs),
-    }
+    pgd_acc = attack_accuracy(model, data, pgd, eps, **kwargs)
+    fgsm_acc = attack_accuracy(model, data, fgsm, eps, **kwargs)
+    out: dict[str, float | None] = {PGD_KEY: pgd_acc, FGSM_KEY: fgsm_acc}
+    out.update(sample_signals(model, data, eps, norm=norm, space=space, **kwargs))
+    out.update(derived_signals(pgd_acc, fgsm_acc, float(out[CLEAN_KEY] or 0.0)))
+    return out

@@ -128,16 +128,41 @@ def grad_align_penalty(
     Returns:
         A scalar in [0, 2], differentiable in the model's parameters.
     """
+    cosine, counted = gradient_cosines(
+        model, x, y, eps, geometry=geometry, generator=generator, create_graph=True
+    )
+    return ((1.0 - cosine) * counted).sum() / counted.sum().clamp_min(1.0)
+
+
+def gradient_cosines(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    *,
+    geometry: Geometry,
+    generator: torch.Generator | None = None,
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-example ``cos(g(x), g(x + eta))`` and whether it counts (both (B,), float).
+
+    ``g`` is the input gradient of the cross-entropy, ``eta`` a random point of the eps-ball
+    (``geometry.random_init``), the cosine taken over all input dimensions; an example counts
+    when both its gradients are non-zero (its cosine is then meaningful). With
+    ``create_graph`` the gradient at ``x + eta`` keeps its graph (GradAlign's update
+    differentiates through it); without, this is a measurement (the overfitting monitor's
+    ``co_grad_align``, :mod:`robustft.monitor`). Cost: one forward and one backward pass at
+    ``x`` and at ``x + eta``, in the model's current mode.
+    """
     radius = torch.full((len(x),), float(eps), dtype=torch.float32, device=x.device)
     # over the coordinates the threat model moves (every pixel; not text's frozen tokens)
     restrict = geometry.space.restrict
     at_x = restrict(_input_gradient(model, x, y, create_graph=False), x).flatten(1)
     noisy = geometry.random_init(x.detach(), radius, generator)
-    at_noise = restrict(_input_gradient(model, noisy, y, create_graph=True), x).flatten(1)
+    at_noise = restrict(_input_gradient(model, noisy, y, create_graph=create_graph), x).flatten(1)
     norms = at_x.norm(dim=1) * at_noise.norm(dim=1)
     cosine = (at_x * at_noise).sum(dim=1) / norms.clamp_min(_TINY)
-    counted = (norms > 0).to(cosine.dtype)
-    return ((1.0 - cosine) * counted).sum() / counted.sum().clamp_min(1.0)
+    return cosine, (norms > 0).to(cosine.dtype)
 
 
 def _input_gradient(model: nn.Module, x: Tensor, y: Tensor, *, create_graph: bool) -> Tensor:

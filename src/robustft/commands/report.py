@@ -14,7 +14,7 @@ seeds) as markdown, CSV and a self-contained HTML page; a cost table (measured t
 example-passes, time per epoch, trainable parameters next to expected robustness); plots (PNG
 and SVG) of validation accuracy per epoch with the eps schedule, accuracy-vs-eps curves,
 expected robustness and expected robustness vs training compute; and per-run diagnostics
-(never_adapts, catastrophic_overfitting, collapse_on_ramp, suboptimal_transfer,
+(never_adapts, catastrophic_overfitting, co_detected, collapse_on_ramp, suboptimal_transfer,
 no_robustness) with a suggestion each, and runs the overfitting monitor stopped early.
 
 examples:

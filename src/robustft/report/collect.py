@@ -32,7 +32,7 @@ from typing import Any
 from robustft.config import flatten
 from robustft.diagnostics import Finding, task_adaptation_delay
 from robustft.errors import UserError, is_int
-from robustft.monitor import FGSM_KEY, PGD_KEY
+from robustft.monitor import CLEAN_KEY, FGSM_KEY, PGD_KEY, SIGNALS
 from robustft.run.result import RunResult, diagnose
 from robustft.run.rundir import RunDir, read_metrics, run_state
 
@@ -51,6 +51,8 @@ class EpochRecord:
     val_robust_acc: float | None = None
     co_pgd_acc: float | None = None
     co_fgsm_acc: float | None = None
+    co_clean_acc: float | None = None
+    co_signals: tuple[tuple[str, float | None], ...] = ()  # the detector's (monitor.SIGNALS)
 
     def as_row(self) -> dict[str, Any]:
         """The row as a plain dict, as :mod:`robustft.diagnostics` expects."""
@@ -65,6 +67,8 @@ class EpochRecord:
             "val_robust_acc": self.val_robust_acc,
             PGD_KEY: self.co_pgd_acc,
             FGSM_KEY: self.co_fgsm_acc,
+            CLEAN_KEY: self.co_clean_acc,
+            **dict(self.co_signals),
         }
 
 
@@ -331,6 +335,8 @@ def _epoch_record(row: Mapping[str, Any]) -> EpochRecord:
         val_robust_acc=_opt_float(row.get("val_robust_acc")),
         co_pgd_acc=_opt_float(row.get(PGD_KEY)),
         co_fgsm_acc=_opt_float(row.get(FGSM_KEY)),
+        co_clean_acc=_opt_float(row.get(CLEAN_KEY)),
+        co_signals=tuple((key, _opt_float(row.get(key))) for key in SIGNALS),
     )
 
 

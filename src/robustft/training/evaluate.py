@@ -14,7 +14,8 @@ from robustft import attacks, distributed
 from robustft.callbacks import Callbacks
 from robustft.config import RunConfig
 from robustft.distributed import SINGLE, World
-from robustft.monitor import FGSM_KEY, PGD_KEY, best_pgd, measure
+from robustft.errors import UserError
+from robustft.monitor import DETECTED_KEY, DETECTOR, FGSM_KEY, PGD_KEY, best_pgd, measure
 from robustft.robustness.curve import RobustnessCurve
 from robustft.robustness.evaluate import robustness_curve
 from robustft.subset import sample_size, subset
@@ -102,6 +103,18 @@ def monitor_enabled(config: RunConfig) -> bool:
     return co == "on" or (co == "auto" and config.attack.name in ONE_STEP_ATTACKS)
 
 
+def check_monitor_sample(config: RunConfig, val_size: int) -> None:
+    """Refuse a monitor sample (``monitor.examples``) larger than the validation split it is
+    drawn from, when the monitor runs: called as soon as the split is built, before training."""
+    examples = config.monitor.examples
+    if monitor_enabled(config) and examples > val_size:
+        raise UserError(
+            f"config monitor.examples: {examples} is larger than the validation split "
+            f"({val_size} images) the overfitting monitor samples from; set "
+            f"monitor.examples to at most {val_size}"
+        )
+
+
 def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
     """The monitor's row entries for an epoch ending at training eps ``eps`` (none when the
     monitor is off or eps is 0); see :mod:`robustft.monitor`."""
@@ -122,6 +135,7 @@ def monitor_epoch(state: TrainState, epoch: int, eps: float) -> dict[str, Any]:
     out["co_eps"] = eps
     best = best_pgd(state.history)
     out["co_flagged"] = overfit_rule(state.config).flags(out[PGD_KEY], out[FGSM_KEY], best)
+    out[DETECTED_KEY] = DETECTOR.fires([*state.history, out])
     out["monitor_seconds"] = round(time.perf_counter() - start, 3)
     return out
 

@@ -176,6 +176,9 @@ def build_state(
     optimizer, schedule and objective from the config (:mod:`robustft.training.build`); wrapped for
     data-parallel training when ``world`` has several ranks (:func:`distribute`)."""
     data = build_data(config) if data is None else data
+    from robustft.training.evaluate import check_monitor_sample  # evaluate imports this module
+
+    check_monitor_sample(config, len(data.val))
     if config.eval.autoattack is not None:  # the final evaluation's, refused before training
         from robustft.robustness.autoattack import check_classes
 
