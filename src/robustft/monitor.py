@@ -239,8 +239,9 @@ def sample_signals(
     from robustft.objectives import gradient_cosines
     from robustft.subset import subset
     from robustft.utils.device import model_device
+    from robustft.utils.memory_format import as_format, model_format
 
-    device = model_device(model)
+    device, layout = model_device(model), model_format(model)
     geometry = get_geometry(norm, space)
     sample, _ = subset(data, examples, seed)
     n = len(sample)  # type: ignore[arg-type]
@@ -248,7 +249,7 @@ def sample_signals(
     correct, cosines, counted = 0, 0.0, 0.0
     with crafting_mode(model):
         for x, y in DataLoader(sample, batch_size=batch_size):
-            x, y = x.to(device).float(), y.to(device)
+            x, y = as_format(x.to(device).float(), layout), y.to(device)
             with torch.no_grad():
                 correct += int((model(x).argmax(1) == y).sum())
             cosine, counts = gradient_cosines(
