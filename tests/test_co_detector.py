@@ -98,6 +98,8 @@ def test_a_monitor_sample_larger_than_the_validation_split_is_refused_before_tra
     assert not (run / "metrics.jsonl").exists()
     config = load_config(SMOKE, [*TINY, "attack.name=fgsm-rs", "monitor.examples=216"])
     check_monitor_sample(config, 216)  # the whole split is a valid sample
+    default = load_config(SMOKE, [*TINY, "attack.name=fgsm-rs"])  # monitor.examples: 128
+    check_monitor_sample(default, 24)  # the default is "at most 128": a small split is whole
     base[3] = str(tmp_path / "pgd")
     pgd = [a for s in TINY for a in ("--set", s)]
     assert cli.main([*base, *pgd, "--set", "monitor.examples=217"]) == 0, capsys.readouterr().err

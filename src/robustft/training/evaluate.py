@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustft import attacks, distributed
 from robustft.callbacks import Callbacks
-from robustft.config import RunConfig
+from robustft.config import MonitorConfig, RunConfig
 from robustft.distributed import SINGLE, World
 from robustft.errors import UserError
 from robustft.monitor import DETECTED_KEY, DETECTOR, FGSM_KEY, PGD_KEY, best_pgd, measure
@@ -105,8 +105,12 @@ def monitor_enabled(config: RunConfig) -> bool:
 
 def check_monitor_sample(config: RunConfig, val_size: int) -> None:
     """Refuse a monitor sample (``monitor.examples``) larger than the validation split it is
-    drawn from, when the monitor runs: called as soon as the split is built, before training."""
+    drawn from, when the monitor runs: called as soon as the split is built, before training.
+    The default (128) is "at most 128": a smaller split is sampled whole, as before; only a
+    value the config sets is refused."""
     examples = config.monitor.examples
+    if examples == MonitorConfig.examples:
+        return
     if monitor_enabled(config) and examples > val_size:
         raise UserError(
             f"config monitor.examples: {examples} is larger than the validation split "
