@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         method = _method(config)
         run_dir = default_run_dir(config, Path(args.out))
         resume = RunDir(run_dir).has_checkpoint()
-        progress = Progress(label=method)
+        progress = Progress(label=method, norm=config.attack.norm)
         result = fit(config, run_dir, resume=resume, callbacks=progress, device=args.device)
         runs.append((config, run_dir, result))
     print(summary_table(runs, eps))
