@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,18 +151,7 @@ def build_datasets_from_spec(spec: DataSpec, *, tokenizer: TokenizerLike = None)
             else:
                 source, transform = preprocess(source, idx, eval_tf), identity
         splits[split] = ImageSplit(source, idx, transform)
-    out = DataSplits(
-        splits["train"],
-        splits["val"],
-        splits["test"],
-        len(raw.class_names),
-        raw.class_names,
-        spec,
-        flip,
-        raw.skipped,
-    )
-    logger.info("data %s: %s, %d classes", spec.name, out.sizes(), out.num_classes)
-    return out
+    return _assemble(splits, raw, spec)
 
 
 def _text_splits(
@@ -178,6 +168,11 @@ def _text_splits(
     for split, idx in indices.items():
         part = train_part(raw) if split not in raw.parts else split
         splits[split] = TextSplit(sources[part], idx, raw.class_names, encoder)
+    return _assemble(splits, raw, spec)
+
+
+def _assemble(splits: dict[str, Any], raw: Raw, spec: DataSpec) -> DataSplits:
+    """The :class:`DataSplits` of an image or text task, logged."""
     out = DataSplits(
         splits["train"],
         splits["val"],
